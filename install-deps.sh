@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vdm needs, only those missing, and says what it installs.
+# Idempotent: a second run installs nothing. Usage: ./install-deps.sh [--check]
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ccache pkg-config
+  libtorch-dev            # LibTorch 1.13 (CPU)
+  libopenblas0-pthread    # fast BLAS (Debian's default reference BLAS is ~20x slower)
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev
+  ffmpeg                  # ffprobe, used by the tests to check outputs independently
+  libfmt-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+  echo "install-deps: missing: ${missing[*]}"
+  exit 1
+fi
+
+echo "install-deps: installing ${#missing[@]} missing package(s): ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
+  echo "install-deps: apt-get install failed; refreshing the package index and retrying"
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# Make sure the fast BLAS is the one LibTorch picks up.
+if [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ]; then
+  $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu \
+    /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1 || true
+fi
+echo "install-deps: done"

@@ -1,0 +1,22 @@
+// The `vdm` subcommands. Each cmd_*.cpp file defines one register function that adds its
+// subcommand(s) to the app; main.cpp calls them all. Subcommand callbacks throw vdm::Error
+// subclasses; main prints one line and exits with the error's code.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace vdm::cli {
+
+void register_info(CLI::App& app);      // vdm info MODEL_DIR
+void register_generate(CLI::App& app);  // vdm generate | animate | restyle
+void register_batch(CLI::App& app);     // vdm batch SHOTLIST
+void register_train(CLI::App& app);     // vdm train
+void register_eval(CLI::App& app);      // vdm eval shapes
+void register_bench(CLI::App& app);     // vdm bench
+
+// The model folder used when --model is not given: the embedded default model.
+const char* default_model_dir();
+
+}  // namespace vdm::cli

@@ -1,0 +1,24 @@
+// First-frame conditioning shared by the image-to-video pipeline and the trainer.
+//
+// A UNet whose in_channels is 2 * latent_channels + 1 takes cat([noisy latents, condition], dim=1)
+// where condition: [B, C + 1, F, h, w] holds
+//   channels 0..C-1  the (scaled) latent of the still image at frame 0, zeros at other frames
+//   channel  C       a mask: 1 at frame 0 when an image is given, 0 elsewhere
+// and is all zeros for text-to-video (no image).
+#pragma once
+#include <ATen/ATen.h>
+
+namespace vdm::pipelines {
+
+// image_latent: [B, C, h, w] (already multiplied by the VAE scaling factor) or undefined.
+// Returns condition: [B, C + 1, F, h, w] in `options` dtype/device.
+at::Tensor first_frame_condition(const at::Tensor& image_latent, int64_t batch, int64_t channels,
+                                 int64_t frames, int64_t height, int64_t width,
+                                 const at::TensorOptions& options);
+
+// True when a UNet with `unet_in_channels` takes first-frame conditioning for `latent_channels`.
+inline bool takes_first_frame_condition(int64_t unet_in_channels, int64_t latent_channels) {
+  return unet_in_channels == 2 * latent_channels + 1;
+}
+
+}  // namespace vdm::pipelines

@@ -1,0 +1,71 @@
+#include "test_support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+namespace vdm::test {
+namespace fs = std::filesystem;
+
+std::string shared_fixtures_root() {
+  const char* env = std::getenv("VDM_FIXTURES_ROOT");
+  std::string root = env && *env ? env : VDM_DEFAULT_FIXTURES;
+  return fs::is_directory(root) ? root : std::string();
+}
+
+std::string diffusers_tiny_root() {
+  const char* env = std::getenv("VDM_FIXTURES");
+  std::string root;
+  if (env && *env) {
+    root = env;
+  } else {
+    std::string shared = shared_fixtures_root();
+    if (shared.empty()) return {};
+    root = shared + "/diffusers-tiny";
+  }
+  return fs::is_directory(root + "/golden") ? root : std::string();
+}
+
+std::string make_temp_dir(const std::string& tag) {
+  fs::path base = fs::temp_directory_path() / ("vdm-test-" + tag + "-XXXXXX");
+  std::string templ = base.string();
+  char* made = ::mkdtemp(templ.data());
+  if (!made) throw std::runtime_error("mkdtemp failed for " + templ);
+  return made;
+}
+
+std::string vdm_binary() {
+  const char* env = std::getenv("VDM_BIN");
+  if (env && *env) return env;
+  return std::string(VDM_BINARY_DIR) + "/vdm";
+}
+
+int run_command(const std::string& cmd, std::string* output) {
+  std::string full = cmd + " 2>&1";
+  FILE* p = ::popen(full.c_str(), "r");
+  if (!p) return -1;
+  std::array<char, 4096> buf{};
+  std::string out;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int status = ::pclose(p);
+  if (output) *output = out;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) {
+    ADD_FAILURE() << "shape mismatch: " << a.sizes() << " vs " << b.sizes();
+    return INFINITY;
+  }
+  if (a.numel() == 0) return 0.0;
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+}  // namespace vdm::test

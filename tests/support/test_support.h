@@ -1,0 +1,36 @@
+// Shared helpers for the test suites.
+#pragma once
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace vdm::test {
+
+// Root of the shared reference fixtures: $VDM_FIXTURES_ROOT, else ../shared/fixtures next to
+// the source tree. Empty string when absent.
+std::string shared_fixtures_root();
+
+// The diffusers-tiny fixture folder: $VDM_FIXTURES (default <shared>/diffusers-tiny). Empty when
+// absent.
+std::string diffusers_tiny_root();
+
+// A fresh, empty temporary folder for one test (removed at process exit is not guaranteed).
+std::string make_temp_dir(const std::string& tag);
+
+// Path of the built `vdm` executable.
+std::string vdm_binary();
+
+// Runs a shell command, captures stdout+stderr; returns the exit status (WEXITSTATUS or 128+sig).
+int run_command(const std::string& cmd, std::string* output = nullptr);
+
+// max |a - b| (after casting to float64); shapes must match (ADD_FAILURE otherwise).
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace vdm::test
+
+// Skips the current test with a reason when the diffusers-tiny fixtures are absent.
+#define VDM_REQUIRE_FIXTURES(root_var)                                                     \
+  std::string root_var = ::vdm::test::diffusers_tiny_root();                               \
+  if (root_var.empty()) GTEST_SKIP() << "reference fixtures not found (set VDM_FIXTURES or " \
+                                        "place them at ../shared/fixtures/diffusers-tiny)"
