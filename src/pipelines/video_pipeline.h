@@ -16,6 +16,9 @@
 
 namespace vdm::pipelines {
 
+// Per-step observer: step index (0-based) and the latents after that step [1, C, F, h, w].
+using StepObserver = std::function<void(int64_t step, const at::Tensor& latents)>;
+
 struct GenerateOptions {
   std::string prompt;
   std::string negative_prompt;        // "" = unconditional (empty prompt)
@@ -33,6 +36,7 @@ struct GenerateOptions {
   double strength = 0.8;              // SDEdit strength (plain text-to-video models, restyle)
   std::string fit = "crop";           // crop | pad | stretch: how an image/video is fitted to the size
   ProgressCallback progress;          // called after each denoising step (may be empty)
+  StepObserver on_step;               // called with the latents after each step (may be empty)
   std::string preview_dir;            // write latent previews here every preview_every steps
   int64_t preview_every = 5;
 };
@@ -48,22 +52,60 @@ class VideoPipeline {
   // Loads every component listed in model_dir/model_index.json; a missing or mismatched
   // component is an InputError before any work starts.
   static std::unique_ptr<VideoPipeline> load(const PipelineConfig& config);
-  virtual ~VideoPipeline() = default;
+  ~VideoPipeline();
 
   // Text-to-video. Returns frames uint8 [F, H, W, 3].
-  virtual at::Tensor generate(const GenerateOptions& options) = 0;
-  // Image-to-video: image uint8 [H, W, 3]. Returns frames uint8 [F, H, W, 3].
-  virtual at::Tensor animate(const at::Tensor& image, const GenerateOptions& options) = 0;
-  // Video-to-video: video uint8 [F, H, W, 3]. Returns frames uint8 [F', H, W, 3].
-  virtual at::Tensor restyle(const at::Tensor& video, const GenerateOptions& options) = 0;
+  at::Tensor generate(const GenerateOptions& options);
+  // Text-to-video before quantisation: frames float [F, 3, H, W] in [0, 1].
+  at::Tensor generate_float(const GenerateOptions& options);
+  // Image-to-video: image uint8 [H, W, 3]. A UNet with first-frame conditioning
+  // (in_channels = 2 * latent + 1) keeps the image as frame 0; a plain text-to-video model starts
+  // every frame from the image, noised to options.strength (SDEdit). Returns uint8 [F, H, W, 3].
+  at::Tensor animate(const at::Tensor& image, const GenerateOptions& options);
+  // Video-to-video: video uint8 [F, H, W, 3], each frame encoded, noised to options.strength and
+  // denoised toward the prompt. options.frames is taken from the video. Returns uint8 [F, H, W, 3].
+  at::Tensor restyle(const at::Tensor& video, const GenerateOptions& options);
 
-  // The prompt embeddings as the pipeline computes them: [B, 77, D] (B = 2 with guidance: uncond, cond).
-  virtual at::Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
-                                   bool do_guidance) = 0;
-  // Checks frames/width/height against the model (VAE and UNet down-sampling) and fills
-  // defaults; throws InputError saying which values would work.
-  virtual void validate(GenerateOptions& options) const = 0;
-  virtual std::string describe() const = 0;  // one line: model folder, components, dtype, device
+  // Prompt embeddings as diffusers' encode_prompt computes them: [2, L, D] = (negative, prompt)
+  // with guidance, [1, L, D] without.
+  at::Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
+                           bool do_guidance);
+  // The denoising loop from step `start_step` on: latents [1, C, F, h, w] (already scaled by
+  // the scheduler's init sigma or noised to the start step), condition [1, C+1, F, h, w] or
+  // undefined. Returns the final latents [1, C, F, h, w] (float32).
+  at::Tensor denoise(const GenerateOptions& options, const at::Tensor& text_embeddings,
+                     at::Tensor latents, const at::Tensor& condition, int64_t start_step,
+                     const StepObserver& observer = {});
+  // latents [1, C, F, h, w] -> frames float [F, 3, H, W] in [0, 1], decoded in chunks.
+  at::Tensor decode_latents(const at::Tensor& latents, int64_t decode_chunk = 0);
+
+  // Checks frames/width/height/steps/guidance/strength against the model and fills defaults
+  // (size from the model); throws InputError saying which values would work.
+  void validate(GenerateOptions& options) const;
+  std::string describe() const;  // model folder, components, dtype, device
+
+  int64_t latent_channels() const;
+  int64_t spatial_factor() const;  // pixel size multiple: VAE factor * UNet factor
+  bool has_first_frame_conditioning() const;
+  const std::string& model_dir() const;
+  // Scheduler name actually used for `sampler` ("" = the folder's).
+  std::string scheduler_name(const std::string& sampler) const;
+
+  struct Components;
+
+ private:
+  explicit VideoPipeline(std::unique_ptr<Components> c);
+  at::Tensor encode_image_latents(const at::Tensor& frames_uint8, const GenerateOptions& options);
+  // Returns frames float [F, 3, H, W] in [0, 1].
+  at::Tensor run(const GenerateOptions& options, const at::Tensor& init_latents,
+                 const at::Tensor& image_condition_latent);
+  std::unique_ptr<Components> c_;
 };
+
+// frames float [F, 3, H, W] in [0, 1] -> uint8 [F, H, W, 3]
+at::Tensor frames_to_uint8(const at::Tensor& frames);
+// Fits an RGB image uint8 [H, W, 3] to width x height: "crop" (scale to cover, centre crop),
+// "pad" (scale to fit, pad with black), "stretch". Returns uint8 [height, width, 3].
+at::Tensor fit_image(const at::Tensor& image, int64_t width, int64_t height, const std::string& mode);
 
 }  // namespace vdm::pipelines

@@ -1,0 +1,164 @@
+// vdm generate | animate | restyle: text-to-video, image-to-video, video-to-video.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "cli/commands.h"
+#include "pipelines/clip_output.h"
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/log.h"
+#include "core/runtime.h"
+#include "pipelines/progress.h"
+#include "pipelines/video_pipeline.h"
+#ifdef VDM_WITH_FFMPEG
+#include "codecs/image_reader.h"
+#include "codecs/video_reader.h"
+#endif
+
+namespace vdm::cli {
+
+namespace {
+
+enum class Mode { kGenerate, kAnimate, kRestyle };
+
+struct GenerateArgs {
+  pipelines::PipelineConfig pipeline;
+  pipelines::GenerateOptions options;
+  std::string output;
+  std::string input;  // image (animate) or video (restyle)
+  int64_t fps = 8;
+  int64_t crf = 18;
+  std::string preset = "medium";
+  std::string format;
+  std::string progress = "text";
+  int64_t seed = -1;
+};
+
+void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
+  auto& o = a.options;
+  cmd->add_option("--model", a.pipeline.model_dir, "Model folder (diffusers layout)")
+      ->default_str(default_model_dir());
+  cmd->add_option("--prompt", o.prompt, "What the clip shows")->required();
+  cmd->add_option("--negative-prompt", o.negative_prompt, "What to steer away from");
+  if (mode != Mode::kRestyle)
+    cmd->add_option("--frames", o.frames, "Number of frames")->capture_default_str();
+  cmd->add_option("--width", o.width, "Width in pixels (default: the model's native size)");
+  cmd->add_option("--height", o.height, "Height in pixels (default: the model's native size)");
+  cmd->add_option("--steps", o.steps, "Denoising steps")->capture_default_str();
+  cmd->add_option("--guidance", o.guidance, "Classifier-free guidance scale (<= 1: off)")
+      ->capture_default_str();
+  cmd->add_option("--seed", a.seed, "Random seed (default: random, printed)");
+  cmd->add_option("--sampler", o.sampler,
+                  "Sampler: ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_3m, dpmpp_2m_sde "
+                  "(default: the model's scheduler)");
+  cmd->add_option("--eta", o.eta, "DDIM eta (0 = deterministic)")->capture_default_str();
+  cmd->add_option("--fps", a.fps, "Frames per second of the output")->capture_default_str();
+  cmd->add_option("--crf", a.crf, "Quality for MP4/WebM (lower is better)")->capture_default_str();
+  cmd->add_option("--preset", a.preset, "x264 preset for MP4")->capture_default_str();
+  cmd->add_option("--format", a.format, "Output format: mp4, webm, gif, png (default: by extension)");
+  cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
+  cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--decode-chunk", o.decode_chunk, "Frames per VAE decode call (0 = automatic)");
+  cmd->add_option("--progress", a.progress, "Progress on stderr: text, json or none")
+      ->capture_default_str();
+  cmd->add_option("--preview", o.preview_dir, "Write latent previews (PNG) into this folder");
+  cmd->add_option("--preview-every", o.preview_every, "Steps between previews")->capture_default_str();
+  cmd->add_option("--output,-o", a.output,
+                  "Output file (.mp4, .webm, .gif) or folder of PNG frames")
+      ->required();
+  if (mode != Mode::kGenerate) {
+    cmd->add_option("--strength", o.strength,
+                    "How far from the input to go, in (0, 1] (SDEdit)")
+        ->capture_default_str();
+    cmd->add_option("--fit", o.fit, "Fit the input to the size: crop, pad or stretch")
+        ->capture_default_str();
+  }
+}
+
+void run(Mode mode, GenerateArgs& a) {
+  install_interrupt_handlers();
+  if (a.pipeline.model_dir.empty()) a.pipeline.model_dir = default_model_dir();
+  auto& o = a.options;
+  o.seed = a.seed >= 0 ? static_cast<uint64_t>(a.seed) : random_seed();
+  o.progress = pipelines::make_progress_printer(pipelines::parse_progress_format(a.progress));
+
+  // Everything that can be checked before the long work is checked now.
+  pipelines::OutputSpec out = pipelines::resolve_output(a.output, a.format, a.fps, a.crf, a.preset);
+  if (a.fps < 1 || a.fps > 240)
+    throw InputError(fmt::format("--fps {}: must be between 1 and 240", a.fps));
+
+  at::Tensor input;
+#ifdef VDM_WITH_FFMPEG
+  if (mode == Mode::kAnimate) input = codecs::read_image(a.input);
+  if (mode == Mode::kRestyle) {
+    codecs::VideoReader reader(a.input);
+    input = reader.read_all();
+    if (input.size(0) == 0)
+      throw InputError(fmt::format("{}: the video holds no frames", a.input));
+  }
+#else
+  throw Error("this build of vdm has no FFmpeg support (VDM_WITH_FFMPEG=OFF): generate, animate and "
+              "restyle need it to write video; rebuild with FFmpeg or use `vdm bench`/`vdm train`");
+#endif
+
+  auto pipe = pipelines::VideoPipeline::load(a.pipeline);
+  if (mode == Mode::kRestyle) o.frames = input.size(0);
+  pipe->validate(o);
+  pipelines::check_output_size(out, o.width, o.height);
+  log::info("model {}", pipe->describe());
+  log::info("seed {}  {} frames {}x{}  {} steps  guidance {}  sampler {}", o.seed, o.frames,
+            o.width, o.height, o.steps, o.guidance, pipe->scheduler_name(o.sampler));
+
+  at::Tensor frames;
+  switch (mode) {
+    case Mode::kGenerate: frames = pipe->generate(o); break;
+    case Mode::kAnimate: frames = pipe->animate(input, o); break;
+    case Mode::kRestyle: frames = pipe->restyle(input, o); break;
+  }
+  throw_if_interrupted();
+  std::map<std::string, std::string> meta = {
+      {"prompt", o.prompt},
+      {"negative_prompt", o.negative_prompt},
+      {"seed", std::to_string(o.seed)},
+      {"model", pipe->model_dir()},
+      {"steps", std::to_string(o.steps)},
+      {"guidance", fmt::format("{}", o.guidance)},
+      {"sampler", pipe->scheduler_name(o.sampler)},
+      {"mode", mode == Mode::kGenerate ? "text-to-video"
+               : mode == Mode::kAnimate ? "image-to-video"
+                                        : "video-to-video"},
+      {"software", "vdm 0.1.0"}};
+  if (mode != Mode::kGenerate) {
+    meta["source"] = a.input;
+    meta["strength"] = fmt::format("{}", o.strength);
+  }
+  pipelines::write_clip(out, frames, meta);
+  log::info("wrote {} ({} frames, {}x{}, {} fps)", out.path, frames.size(0), frames.size(2),
+            frames.size(1), a.fps);
+}
+
+CLI::App* add_mode(CLI::App& app, const char* name, const char* help, Mode mode) {
+  auto* cmd = app.add_subcommand(name, help);
+  auto args = std::make_shared<GenerateArgs>();
+  if (mode == Mode::kAnimate)
+    cmd->add_option("--image", args->input, "Still image to animate (PNG, JPEG, WebP, ...)")->required();
+  if (mode == Mode::kRestyle)
+    cmd->add_option("--video", args->input, "Source video to restyle")->required();
+  add_common_options(cmd, *args, mode);
+  if (mode == Mode::kRestyle) args->options.strength = 0.6;
+  cmd->callback([args, mode] { run(mode, *args); });
+  return cmd;
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  add_mode(app, "generate", "Render a clip from a text prompt", Mode::kGenerate);
+  add_mode(app, "animate", "Animate a still image guided by a prompt", Mode::kAnimate);
+  add_mode(app, "restyle", "Restyle a video toward a prompt (video-to-video)", Mode::kRestyle);
+}
+
+}  // namespace vdm::cli

@@ -1,0 +1,52 @@
+// `vdm bench`: per-stage timings of a text-to-video run (text encoding, each UNet step, VAE
+// decode, video encoding) and peak memory, on a real model folder or on random weights built
+// from configs (so the ModelScope-size UNet can be measured without its weights).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace vdm::pipelines {
+
+struct BenchOptions {
+  std::string model_dir;   // a diffusers folder with weights, or
+  std::string config_dir;  // a folder with unet/, vae/, text_encoder/ config.json (random weights)
+  int64_t frames = 16;
+  int64_t width = 256;
+  int64_t height = 256;
+  int64_t steps = 5;        // UNet steps timed (after one warm-up step)
+  double guidance = 9.0;    // > 1: batch 2 (classifier-free guidance)
+  std::string dtype = "float32";
+  std::string device = "cpu";
+  int64_t repeat = 1;       // repetitions of the text/VAE/encode stages
+  int64_t decode_chunk = 0; // 0 = automatic
+  bool cuda_graph = false;  // capture the UNet step as one CUDA graph (CUDA only)
+  bool skip_vae = false;
+  bool skip_encode = false;
+};
+
+struct StageTiming {
+  std::string stage;
+  std::vector<double> ms;  // one entry per run
+  double median() const;
+  double min() const;
+  double max() const;
+};
+
+struct BenchReport {
+  std::string device_name;
+  std::string dtype;
+  std::string source;  // model folder or config folder
+  int64_t unet_parameters = 0;
+  int64_t batch = 1;
+  std::vector<StageTiming> stages;
+  double peak_host_mb = 0;    // max resident set size
+  double peak_device_mb = 0;  // CUDA caching allocator peak (0 on CPU)
+  nlohmann::json to_json() const;
+  std::string to_table() const;
+};
+
+BenchReport run_bench(const BenchOptions& options);
+
+}  // namespace vdm::pipelines

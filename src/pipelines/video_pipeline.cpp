@@ -1,0 +1,379 @@
+#include "pipelines/video_pipeline.h"
+
+#include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/log.h"
+#include "core/runtime.h"
+#include "io/json_config.h"
+#include "models/autoencoder_kl.h"
+#include "models/unet_3d_condition.h"
+#include "pipelines/conditioning.h"
+#include "pipelines/latent_preview.h"
+#include "pipelines/model_folder.h"
+#include "schedulers/scheduler.h"
+#include "text/clip_text_model.h"
+#include "text/clip_tokenizer.h"
+
+namespace vdm::pipelines {
+
+namespace fs = std::filesystem;
+using at::indexing::Slice;
+
+struct VideoPipeline::Components {
+  ModelFolder folder;
+  io::JsonConfig scheduler_config;
+  text::ClipTokenizer tokenizer;
+  text::CLIPTextModel text_encoder{nullptr};
+  models::UNet3DConditionModel unet{nullptr};
+  models::AutoencoderKL vae{nullptr};
+  c10::Device device{c10::kCPU};
+  c10::ScalarType dtype = at::kFloat;
+};
+
+namespace {
+
+// The scheduler for a sampler choice: "" = the folder's scheduler; a diffusers class name
+// ("EulerDiscreteScheduler") = that class from the folder's config, as diffusers' from_config;
+// otherwise a sampler preset name (ddim, euler, dpmpp_2m, ...).
+std::unique_ptr<schedulers::Scheduler> make_pipeline_scheduler(const io::JsonConfig& config,
+                                                               const std::string& sampler) {
+  if (sampler.empty()) return schedulers::make_scheduler(config);
+  if (sampler.size() > 9 && sampler.compare(sampler.size() - 9, 9, "Scheduler") == 0) {
+    nlohmann::json j = config.json();
+    j["_class_name"] = sampler;
+    return schedulers::make_scheduler(io::JsonConfig(j, config.source()));
+  }
+  return schedulers::make_scheduler(config, sampler);
+}
+
+}  // namespace
+
+VideoPipeline::VideoPipeline(std::unique_ptr<Components> c) : c_(std::move(c)) {}
+VideoPipeline::~VideoPipeline() = default;
+
+std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config) {
+  // Validate everything cheap before loading weights.
+  c10::Device device = parse_device(config.device);
+  c10::ScalarType dtype = parse_dtype(config.dtype);
+  ModelFolder folder = ModelFolder::open(config.model_dir);
+  io::JsonConfig scheduler_config =
+      io::JsonConfig::load(folder.component("scheduler").config_path);
+  schedulers::make_scheduler(scheduler_config);  // fails early on an unknown scheduler
+
+  auto c = std::make_unique<Components>(Components{
+      folder, scheduler_config, text::ClipTokenizer::load(folder.component("tokenizer").dir),
+      nullptr, nullptr, nullptr, device, dtype});
+  c->text_encoder = text::load_clip_text_model(folder.component("text_encoder").dir);
+  c->unet = models::load_unet3d(folder.component("unet").dir);
+  c->vae = models::load_autoencoder_kl(folder.component("vae").dir);
+
+  const auto& ucfg = c->unet->config();
+  const auto& vcfg = c->vae->config();
+  const int64_t text_dim = c->text_encoder->config().hidden_size;
+  if (ucfg.cross_attention_dim != text_dim)
+    throw InputError(fmt::format(
+        "{}: unet cross_attention_dim {} does not match text_encoder hidden_size {}; the "
+        "components come from different models",
+        folder.dir(), ucfg.cross_attention_dim, text_dim));
+  const int64_t lc = vcfg.latent_channels;
+  if (ucfg.in_channels != lc && !takes_first_frame_condition(ucfg.in_channels, lc))
+    throw InputError(fmt::format(
+        "{}: unet in_channels {} fits neither the VAE's {} latent channels nor first-frame "
+        "conditioning ({}); the components come from different models",
+        folder.dir(), ucfg.in_channels, lc, 2 * lc + 1));
+  if (ucfg.out_channels != lc)
+    throw InputError(fmt::format("{}: unet out_channels {} differs from the VAE's latent_channels {}",
+                                 folder.dir(), ucfg.out_channels, lc));
+
+  for (torch::nn::Module* m : std::initializer_list<torch::nn::Module*>{
+           c->text_encoder.get(), c->unet.get(), c->vae.get()}) {
+    m->eval();
+    m->to(device, dtype);
+  }
+  return std::unique_ptr<VideoPipeline>(new VideoPipeline(std::move(c)));
+}
+
+int64_t VideoPipeline::latent_channels() const { return c_->vae->config().latent_channels; }
+int64_t VideoPipeline::spatial_factor() const {
+  return c_->vae->downsample_factor() * c_->unet->config().downsample_factor();
+}
+bool VideoPipeline::has_first_frame_conditioning() const {
+  return takes_first_frame_condition(c_->unet->config().in_channels, latent_channels());
+}
+const std::string& VideoPipeline::model_dir() const { return c_->folder.dir(); }
+
+std::string VideoPipeline::scheduler_name(const std::string& sampler) const {
+  return make_pipeline_scheduler(c_->scheduler_config, sampler)->name();
+}
+
+std::string VideoPipeline::describe() const {
+  return fmt::format("{} (unet in_channels {}, {}; {} on {})", c_->folder.dir(),
+                     c_->unet->config().in_channels,
+                     has_first_frame_conditioning() ? "text- and image-to-video" : "text-to-video",
+                     dtype_name(c_->dtype), c_->device.str());
+}
+
+void VideoPipeline::validate(GenerateOptions& o) const {
+  const int64_t vf = c_->vae->downsample_factor();
+  const int64_t f = spatial_factor();
+  const int64_t native = c_->unet->config().sample_size.value_or(c_->vae->config().sample_size / vf) * vf;
+  if (o.width == 0) o.width = native;
+  if (o.height == 0) o.height = native;
+  auto near = [f](int64_t v) {
+    int64_t lo = std::max<int64_t>(f, v / f * f);
+    return lo == v ? fmt::format("{}", v) : fmt::format("{} or {}", lo, lo + f);
+  };
+  if (o.width <= 0 || o.width % f != 0 || o.width > 4096)
+    throw InputError(fmt::format(
+        "--width {}: must be a positive multiple of {} (VAE factor {} x UNet factor {}) up to 4096; "
+        "use {}",
+        o.width, f, vf, c_->unet->config().downsample_factor(), near(std::max<int64_t>(o.width, 1))));
+  if (o.height <= 0 || o.height % f != 0 || o.height > 4096)
+    throw InputError(fmt::format(
+        "--height {}: must be a positive multiple of {} (VAE factor {} x UNet factor {}) up to 4096; "
+        "use {}",
+        o.height, f, vf, c_->unet->config().downsample_factor(), near(std::max<int64_t>(o.height, 1))));
+  if (o.frames < 1 || o.frames > 1024)
+    throw InputError(fmt::format("--frames {}: must be between 1 and 1024", o.frames));
+  if (o.steps < 1 || o.steps > 1000)
+    throw InputError(fmt::format("--steps {}: must be between 1 and 1000", o.steps));
+  if (!std::isfinite(o.guidance) || o.guidance < 0)
+    throw InputError(fmt::format(
+        "--guidance {}: must be a finite number >= 0 (<= 1 turns guidance off; 7-12 is usual)",
+        o.guidance));
+  if (!std::isfinite(o.strength) || o.strength <= 0 || o.strength > 1)
+    throw InputError(fmt::format("--strength {}: must be in (0, 1]", o.strength));
+  if (o.fit != "crop" && o.fit != "pad" && o.fit != "stretch")
+    throw InputError(fmt::format("--fit {}: expected crop, pad or stretch", o.fit));
+  if (o.decode_chunk < 0)
+    throw InputError(fmt::format("--decode-chunk {}: must be >= 0 (0 = automatic)", o.decode_chunk));
+  make_pipeline_scheduler(c_->scheduler_config, o.sampler);
+}
+
+at::Tensor VideoPipeline::encode_prompt(const std::string& prompt, const std::string& negative_prompt,
+                                        bool do_guidance) {
+  c10::InferenceMode guard;
+  auto encode = [&](const std::string& text) {
+    at::Tensor ids = c_->tokenizer.batch({text}).to(c_->device);
+    return c_->text_encoder->forward(ids).last_hidden_state;  // [1, L, D]
+  };
+  at::Tensor cond = encode(prompt);
+  if (!do_guidance) return cond;
+  at::Tensor uncond = encode(negative_prompt);
+  return at::cat({uncond, cond}, 0);  // [2, L, D]
+}
+
+at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& text_embeddings,
+                                  at::Tensor latents, const at::Tensor& condition,
+                                  int64_t start_step, const StepObserver& observer) {
+  c10::InferenceMode guard;
+  auto scheduler = make_pipeline_scheduler(c_->scheduler_config, o.sampler);
+  scheduler->set_timesteps(o.steps);
+  if (start_step > 0) scheduler->set_begin_index(start_step);
+  scheduler->set_eta(o.eta);
+  const bool guidance = text_embeddings.size(0) == 2;
+  at::Generator gen = make_generator(o.seed ^ 0x5eedULL);
+  const at::Tensor timesteps = scheduler->timesteps().to(at::kCPU);
+  const int64_t n = timesteps.size(0);
+  ProgressMeter meter("denoise", n - start_step, o.progress);
+  const auto opts = at::TensorOptions().device(c_->device).dtype(c_->dtype);
+  const at::Tensor text = text_embeddings.to(opts);
+  // Conditioning channels do not change across steps: build the batched tensor once.
+  at::Tensor cond_batch;
+  if (condition.defined()) cond_batch = (guidance ? condition.repeat({2, 1, 1, 1, 1}) : condition).to(opts);
+
+  // latents: [1, C, F, h, w], float32 on the pipeline device
+  latents = latents.to(c_->device, at::kFloat);
+  for (int64_t i = start_step; i < n; ++i) {
+    throw_if_interrupted();
+    const at::Tensor t = timesteps.index({i});
+    at::Tensor model_input = guidance ? at::cat({latents, latents}, 0) : latents;
+    model_input = scheduler->scale_model_input(model_input, i);
+    if (cond_batch.defined()) model_input = at::cat({model_input.to(opts), cond_batch}, 1);
+    at::Tensor noise_pred = c_->unet->forward(model_input.to(opts), t.to(c_->device), text).to(at::kFloat);
+    if (guidance) {
+      auto parts = noise_pred.chunk(2, 0);
+      noise_pred = parts[0] + o.guidance * (parts[1] - parts[0]);
+    }
+    latents = scheduler->step(noise_pred, i, latents, gen).prev_sample;
+    if (observer) observer(i, latents);
+    if (o.on_step) o.on_step(i, latents);
+    if (!o.preview_dir.empty() && o.preview_every > 0 &&
+        ((i - start_step + 1) % o.preview_every == 0 || i + 1 == n))
+      write_latent_preview(o.preview_dir, i, latents);
+    meter.update(i - start_step + 1);
+  }
+  return latents;
+}
+
+at::Tensor VideoPipeline::decode_latents(const at::Tensor& latents, int64_t decode_chunk) {
+  c10::InferenceMode guard;
+  // latents: [1, C, F, h, w] -> per-frame [F, C, h, w]
+  const auto& vcfg = c_->vae->config();
+  at::Tensor z = latents.squeeze(0).permute({1, 0, 2, 3}) / vcfg.scaling_factor;
+  if (vcfg.shift_factor) z = z + *vcfg.shift_factor;
+  const int64_t frames = z.size(0);
+  if (decode_chunk <= 0) {
+    // Bound the decoder's largest activations (about 6 live tensors of the widest level at full
+    // resolution) to roughly 1.5 GB per chunk.
+    const int64_t f = c_->vae->downsample_factor();
+    const double per_frame = 6.0 * 4.0 * static_cast<double>(z.size(2) * f * z.size(3) * f) *
+                             static_cast<double>(vcfg.block_out_channels.back());
+    decode_chunk = std::max<int64_t>(1, static_cast<int64_t>(1.5e9 / per_frame));
+  }
+  std::vector<at::Tensor> out;
+  for (int64_t s = 0; s < frames; s += decode_chunk) {
+    throw_if_interrupted();
+    at::Tensor chunk = z.index({Slice(s, std::min(frames, s + decode_chunk))});
+    at::Tensor img = c_->vae->decode(chunk.to(c_->device, c_->dtype)).to(at::kFloat);
+    out.push_back((img / 2 + 0.5).clamp(0, 1).to(at::kCPU));
+  }
+  return at::cat(out, 0);  // [F, 3, H, W]
+}
+
+at::Tensor VideoPipeline::encode_image_latents(const at::Tensor& frames_uint8,
+                                               const GenerateOptions& o) {
+  c10::InferenceMode guard;
+  // frames_uint8: [N, H, W, 3] -> scaled latents [N, C, h, w]
+  std::vector<at::Tensor> out;
+  const auto& vcfg = c_->vae->config();
+  for (int64_t s = 0; s < frames_uint8.size(0); s += 8) {
+    at::Tensor x = frames_uint8.index({Slice(s, std::min(frames_uint8.size(0), s + 8))})
+                       .permute({0, 3, 1, 2})
+                       .to(at::kFloat)
+                       .div(127.5)
+                       .sub(1.0);
+    at::Tensor mean = c_->vae->encode(x.to(c_->device, c_->dtype)).mean.to(at::kFloat);
+    if (vcfg.shift_factor) mean = mean - *vcfg.shift_factor;
+    out.push_back(mean * vcfg.scaling_factor);
+  }
+  return at::cat(out, 0);
+}
+
+at::Tensor VideoPipeline::run(const GenerateOptions& o_in, const at::Tensor& init_latents,
+                              const at::Tensor& image_condition_latent) {
+  GenerateOptions o = o_in;
+  validate(o);
+  const int64_t f = c_->vae->downsample_factor();
+  const int64_t C = latent_channels(), h = o.height / f, w = o.width / f;
+  const bool guidance = o.guidance > 1.0;
+  at::Tensor text = encode_prompt(o.prompt, o.negative_prompt, guidance);
+
+  at::Tensor condition;
+  if (has_first_frame_conditioning())
+    condition = first_frame_condition(image_condition_latent, 1, C, o.frames, h, w,
+                                      at::TensorOptions().dtype(at::kFloat).device(c_->device));
+
+  auto scheduler = make_pipeline_scheduler(c_->scheduler_config, o.sampler);
+  scheduler->set_timesteps(o.steps);
+  at::Generator gen = make_generator(o.seed);
+  at::Tensor latents;
+  int64_t start = 0;
+  if (o.latents) {
+    latents = *o.latents;
+    const std::vector<int64_t> want{1, C, o.frames, h, w};
+    if (latents.sizes().vec() != want)
+      throw InputError(fmt::format("initial latents have shape {}, expected {}",
+                                   c10::str(latents.sizes()), c10::str(at::IntArrayRef(want))));
+    latents = latents.to(at::kFloat) * scheduler->init_noise_sigma();
+  } else {
+    at::Tensor noise = at::randn({1, C, o.frames, h, w}, gen, at::TensorOptions().dtype(at::kFloat));
+    if (init_latents.defined()) {
+      // SDEdit: start part-way, from the given latents noised to the first remaining timestep.
+      const auto tail = schedulers::timesteps_for_strength(*scheduler, o.strength);
+      if (tail.num_steps < 1)
+        throw InputError(fmt::format(
+            "--strength {} with --steps {} runs no denoising step; raise --strength or --steps",
+            o.strength, o.steps));
+      start = tail.begin_index;
+      at::Tensor t0 = scheduler->timesteps().index({start}).reshape({1});
+      latents = scheduler->add_noise(init_latents.to(at::kFloat), noise, t0);
+    } else {
+      latents = noise * scheduler->init_noise_sigma();
+    }
+  }
+  at::Tensor final_latents = denoise(o, text, latents, condition, start);
+  return decode_latents(final_latents, o.decode_chunk);
+}
+
+at::Tensor VideoPipeline::generate(const GenerateOptions& o) { return frames_to_uint8(run(o, {}, {})); }
+
+at::Tensor VideoPipeline::generate_float(const GenerateOptions& o) { return run(o, {}, {}); }
+
+at::Tensor VideoPipeline::animate(const at::Tensor& image, const GenerateOptions& o_in) {
+  GenerateOptions o = o_in;
+  validate(o);
+  if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != at::kByte)
+    throw InputError(fmt::format("animate: image must be uint8 [H, W, 3], got {} {}",
+                                 c10::toString(image.scalar_type()), c10::str(image.sizes())));
+  at::Tensor fitted = fit_image(image, o.width, o.height, o.fit);
+  at::Tensor latent = encode_image_latents(fitted.unsqueeze(0), o);  // [1, C, h, w]
+  if (has_first_frame_conditioning()) return frames_to_uint8(run(o, {}, latent));
+  // Plain text-to-video model: every frame starts from the image (SDEdit).
+  at::Tensor init = latent.unsqueeze(2).expand({1, latent.size(1), o.frames, latent.size(2), latent.size(3)});
+  return frames_to_uint8(run(o, init.contiguous(), {}));
+}
+
+at::Tensor VideoPipeline::restyle(const at::Tensor& video, const GenerateOptions& o_in) {
+  GenerateOptions o = o_in;
+  if (video.dim() != 4 || video.size(3) != 3 || video.scalar_type() != at::kByte || video.size(0) < 1)
+    throw InputError(fmt::format("restyle: video must be uint8 [F, H, W, 3] with F >= 1, got {} {}",
+                                 c10::toString(video.scalar_type()), c10::str(video.sizes())));
+  o.frames = video.size(0);
+  validate(o);
+  std::vector<at::Tensor> fitted;
+  for (int64_t i = 0; i < video.size(0); ++i) fitted.push_back(fit_image(video[i], o.width, o.height, o.fit));
+  at::Tensor latents = encode_image_latents(at::stack(fitted), o);  // [F, C, h, w]
+  at::Tensor init = latents.permute({1, 0, 2, 3}).unsqueeze(0).contiguous();  // [1, C, F, h, w]
+  at::Tensor first;
+  if (has_first_frame_conditioning()) first = latents.index({Slice(0, 1)});
+  return frames_to_uint8(run(o, init, first));
+}
+
+at::Tensor frames_to_uint8(const at::Tensor& frames) {
+  // frames: [F, 3, H, W] float in [0, 1] -> [F, H, W, 3] uint8
+  return frames.mul(255.0).round().clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+}
+
+at::Tensor fit_image(const at::Tensor& image, int64_t width, int64_t height, const std::string& mode) {
+  // image: [H, W, 3] uint8
+  if (image.size(0) < 1 || image.size(1) < 1)
+    throw InputError(fmt::format("image has zero size {}x{}", image.size(1), image.size(0)));
+  at::Tensor x = image.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat);  // [1, 3, H, W]
+  const double ih = static_cast<double>(image.size(0)), iw = static_cast<double>(image.size(1));
+  auto resize = [](const at::Tensor& t, int64_t h, int64_t w) {
+    return at::upsample_bilinear2d(t, {h, w}, false);
+  };
+  at::Tensor out;
+  if (mode == "stretch") {
+    out = resize(x, height, width);
+  } else if (mode == "crop") {
+    const double s = std::max(width / iw, height / ih);
+    const int64_t h = std::max<int64_t>(height, std::llround(ih * s));
+    const int64_t w = std::max<int64_t>(width, std::llround(iw * s));
+    at::Tensor r = resize(x, h, w);
+    const int64_t top = (h - height) / 2, left = (w - width) / 2;
+    out = r.index({Slice(), Slice(), Slice(top, top + height), Slice(left, left + width)});
+  } else if (mode == "pad") {
+    const double s = std::min(width / iw, height / ih);
+    const int64_t h = std::max<int64_t>(1, std::min<int64_t>(height, std::llround(ih * s)));
+    const int64_t w = std::max<int64_t>(1, std::min<int64_t>(width, std::llround(iw * s)));
+    at::Tensor r = resize(x, h, w);
+    out = at::zeros({1, 3, height, width});
+    const int64_t top = (height - h) / 2, left = (width - w) / 2;
+    out.index_put_({Slice(), Slice(), Slice(top, top + h), Slice(left, left + w)}, r);
+  } else {
+    throw InputError(fmt::format("--fit {}: expected crop, pad or stretch", mode));
+  }
+  return out.squeeze(0).round().clamp(0, 255).to(at::kByte).permute({1, 2, 0}).contiguous();
+}
+
+}  // namespace vdm::pipelines
