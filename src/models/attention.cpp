@@ -1,0 +1,304 @@
+#include "models/attention.h"
+
+#include <fmt/format.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "models/shape.h"
+
+namespace vdm::models {
+
+namespace {
+
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
+    throw Error(fmt::format("attention: q, k, v must be [B, heads, L, d]; got {}-D, {}-D, {}-D", q.dim(),
+                            k.dim(), v.dim()));
+  if (q.size(0) != k.size(0) || q.size(1) != k.size(1) || k.size(0) != v.size(0) || k.size(1) != v.size(1) ||
+      q.size(3) != k.size(3) || k.size(2) != v.size(2))
+    throw Error(fmt::format("attention: incompatible shapes q {}, k {}, v {}", shape_str(q.sizes()), shape_str(k.sizes()), shape_str(v.sizes())));
+}
+
+}  // namespace
+
+at::Tensor scaled_dot_product_attention_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                c10::optional<at::Tensor> mask, int64_t max_score_elements) {
+  check_qkv(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3);
+  const int64_t Lk = k.size(2), Dv = v.size(3);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const int64_t budget = std::max<int64_t>(max_score_elements, 1);
+
+  at::Tensor m;
+  if (mask && mask->defined()) m = mask->to(q.device()).expand({B, H, Lq, Lk});
+
+  // Chunk sizes over batch, heads and queries so that cb * ch * cq * Lk <= budget (at least one
+  // query row at a time).
+  const int64_t per_head = Lq * Lk;
+  int64_t cb = 1, ch = 1, cq = Lq;
+  if (H * per_head <= budget) {
+    ch = H;
+    cb = std::max<int64_t>(1, std::min<int64_t>(B, budget / (H * per_head)));
+  } else if (per_head <= budget) {
+    ch = std::max<int64_t>(1, std::min<int64_t>(H, budget / per_head));
+  } else {
+    cq = std::max<int64_t>(1, std::min<int64_t>(Lq, budget / std::max<int64_t>(Lk, 1)));
+  }
+
+  auto attend = [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& mc) {
+    // Scores in float32: matmul, then scale (baddbmm with beta 0 is unreliable on LibTorch 1.13).
+    at::Tensor s = at::matmul(qc, kc.transpose(-2, -1));
+    if (s.scalar_type() != at::kFloat && s.scalar_type() != at::kDouble) s = s.to(at::kFloat);
+    s.mul_(scale);
+    if (mc.defined()) {
+      if (mc.scalar_type() == at::kBool)
+        s.masked_fill_(mc.logical_not(), -std::numeric_limits<float>::infinity());
+      else
+        s.add_(mc.to(s.scalar_type()));
+    }
+    at::Tensor p = at::softmax(s, -1);
+    return at::matmul(p.to(vc.scalar_type()), vc);
+  };
+
+  if (cb >= B && ch >= H && cq >= Lq) return attend(q, k, v, m);
+
+  at::Tensor out = at::empty({B, H, Lq, Dv}, v.options());
+  for (int64_t b0 = 0; b0 < B; b0 += cb) {
+    const int64_t b1 = std::min(B, b0 + cb);
+    for (int64_t h0 = 0; h0 < H; h0 += ch) {
+      const int64_t h1 = std::min(H, h0 + ch);
+      at::Tensor kc = k.slice(0, b0, b1).slice(1, h0, h1);
+      at::Tensor vc = v.slice(0, b0, b1).slice(1, h0, h1);
+      for (int64_t q0 = 0; q0 < Lq; q0 += cq) {
+        const int64_t q1 = std::min(Lq, q0 + cq);
+        at::Tensor qc = q.slice(0, b0, b1).slice(1, h0, h1).slice(2, q0, q1);
+        at::Tensor mc = m.defined() ? m.slice(0, b0, b1).slice(1, h0, h1).slice(2, q0, q1) : at::Tensor();
+        out.slice(0, b0, b1).slice(1, h0, h1).slice(2, q0, q1).copy_(attend(qc, kc, vc, mc));
+      }
+    }
+  }
+  return out;
+}
+
+at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        c10::optional<at::Tensor> mask) {
+#if TORCH_VERSION_MAJOR >= 2
+  check_qkv(q, k, v);
+  c10::optional<at::Tensor> m;
+  if (mask && mask->defined()) {
+    at::Tensor mm = mask->to(q.device());
+    m = mm.scalar_type() == at::kBool ? mm : mm.to(q.scalar_type());
+  }
+  return at::scaled_dot_product_attention(q, k, v, m);
+#else
+  return scaled_dot_product_attention_chunked(q, k, v, std::move(mask));
+#endif
+}
+
+// ---- Attention ------------------------------------------------------------------------------
+
+AttentionImpl::AttentionImpl(const AttentionOptions& o) : options_(o) {
+  if (o.query_dim <= 0 || o.heads <= 0 || o.dim_head <= 0)
+    throw Error(fmt::format("Attention: query_dim, heads and dim_head must be positive (got {}, {}, {})",
+                            o.query_dim, o.heads, o.dim_head));
+  const int64_t inner = o.heads * o.dim_head;
+  const int64_t cross = o.cross_attention_dim.value_or(o.query_dim);
+  const int64_t out_dim = o.out_dim.value_or(o.query_dim);
+  if (o.norm_num_groups)
+    group_norm_ = register_module(
+        "group_norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(*o.norm_num_groups, o.query_dim).eps(o.eps)));
+  to_q_ = register_module("to_q", torch::nn::Linear(torch::nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
+  to_k_ = register_module("to_k", torch::nn::Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
+  to_v_ = register_module("to_v", torch::nn::Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
+  to_out_proj_ = torch::nn::Linear(torch::nn::LinearOptions(inner, out_dim).bias(o.out_bias));
+  to_out_dropout_ = torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout));
+  to_out_ = register_module("to_out", torch::nn::ModuleList(to_out_proj_, to_out_dropout_));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
+                                  c10::optional<at::Tensor> mask) {
+  const auto& o = options_;
+  const bool spatial = hidden_states.dim() == 4;
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  at::Tensor x = hidden_states;
+  if (spatial) {
+    N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    x = x.reshape({N, C, H * W}).transpose(1, 2);  // [N, HW, C]
+  }
+  if (group_norm_) x = group_norm_->forward(x.transpose(1, 2)).transpose(1, 2);
+  const at::Tensor& ctx = encoder_hidden_states.defined() ? encoder_hidden_states : x;
+  const int64_t B = x.size(0);
+  // [B, L, heads*d] -> [B, heads, L, d]
+  auto heads = [&](const at::Tensor& t) { return t.view({B, -1, o.heads, o.dim_head}).transpose(1, 2); };
+  at::Tensor q = heads(to_q_->forward(x));
+  at::Tensor k = heads(to_k_->forward(ctx));
+  at::Tensor v = heads(to_v_->forward(ctx));
+  at::Tensor a = models::scaled_dot_product_attention(q, k, v, std::move(mask));
+  a = a.transpose(1, 2).reshape({B, -1, o.heads * o.dim_head});
+  a = to_out_dropout_->forward(to_out_proj_->forward(a));
+  if (spatial) a = a.transpose(1, 2).reshape({N, a.size(2), H, W});
+  if (o.residual_connection) a = a + hidden_states;
+  if (o.rescale_output_factor != 1.0) a = a / o.rescale_output_factor;
+  return a;
+}
+
+// ---- FeedForward ----------------------------------------------------------------------------
+
+GeluProjImpl::GeluProjImpl(int64_t dim_in, int64_t dim_out, const std::string& activation_fn, bool bias) {
+  int64_t width = dim_out;
+  if (activation_fn == "gelu") {
+  } else if (activation_fn == "gelu-approximate") {
+    tanh_ = true;
+  } else if (activation_fn == "geglu") {
+    gated_ = true;
+    width = 2 * dim_out;
+  } else if (activation_fn == "geglu-approximate") {
+    sigmoid_approx_ = true;
+  } else {
+    throw ConfigError(fmt::format("FeedForward: unsupported activation_fn '{}' (expected gelu, gelu-approximate, "
+                                  "geglu or geglu-approximate)",
+                                  activation_fn));
+  }
+  proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(dim_in, width).bias(bias)));
+}
+
+at::Tensor GeluProjImpl::forward(const at::Tensor& x) {
+  at::Tensor h = proj_->forward(x);
+  if (gated_) {
+    auto parts = h.chunk(2, -1);
+    return parts[0] * at::gelu(parts[1]);
+  }
+  if (sigmoid_approx_) return h * at::sigmoid(1.702 * h);
+  return at::gelu(h, tanh_ ? "tanh" : "none");
+}
+
+FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& o) {
+  const int64_t inner = o.inner_dim.value_or(o.dim * o.mult);
+  const int64_t dim_out = o.dim_out.value_or(o.dim);
+  act_ = GeluProj(o.dim, inner, o.activation_fn, o.bias);
+  drop_ = torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout));
+  out_ = torch::nn::Linear(torch::nn::LinearOptions(inner, dim_out).bias(o.bias));
+  net_ = torch::nn::ModuleList(act_, drop_, out_);
+  if (o.final_dropout) {
+    final_drop_ = torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout));
+    net_->push_back(final_drop_);
+  }
+  register_module("net", net_);
+}
+
+at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
+  at::Tensor h = out_->forward(drop_->forward(act_->forward(x)));
+  if (final_drop_) h = final_drop_->forward(h);
+  return h;
+}
+
+// ---- BasicTransformerBlock ------------------------------------------------------------------
+
+BasicTransformerBlockImpl::BasicTransformerBlockImpl(const TransformerBlockOptions& o) : options_(o) {
+  auto ln = [&]() {
+    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.dim}).eps(o.norm_eps).elementwise_affine(o.norm_elementwise_affine));
+  };
+  norm1_ = register_module("norm1", ln());
+  AttentionOptions a1;
+  a1.query_dim = o.dim;
+  a1.heads = o.num_attention_heads;
+  a1.dim_head = o.attention_head_dim;
+  a1.dropout = o.dropout;
+  a1.bias = o.attention_bias;
+  a1.out_bias = o.attention_out_bias;
+  if (o.only_cross_attention) a1.cross_attention_dim = o.cross_attention_dim;
+  attn1_ = register_module("attn1", Attention(a1));
+  if (o.cross_attention_dim || o.double_self_attention) {
+    norm2_ = register_module("norm2", ln());
+    AttentionOptions a2 = a1;
+    a2.cross_attention_dim = o.double_self_attention ? c10::nullopt : o.cross_attention_dim;
+    attn2_ = register_module("attn2", Attention(a2));
+  }
+  norm3_ = register_module("norm3", ln());
+  FeedForwardOptions f;
+  f.dim = o.dim;
+  f.dropout = o.dropout;
+  f.activation_fn = o.activation_fn;
+  f.inner_dim = o.ff_inner_dim;
+  f.bias = o.ff_bias;
+  ff_ = register_module("ff", FeedForward(f));
+}
+
+at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
+                                              c10::optional<at::Tensor> encoder_attention_mask) {
+  at::Tensor h = x;
+  if (options_.only_cross_attention)
+    h = attn1_->forward(norm1_->forward(h), encoder_hidden_states, encoder_attention_mask) + h;
+  else
+    h = attn1_->forward(norm1_->forward(h)) + h;
+  if (attn2_) h = attn2_->forward(norm2_->forward(h), encoder_hidden_states, encoder_attention_mask) + h;
+  h = ff_->forward(norm3_->forward(h)) + h;
+  return h;
+}
+
+// ---- Transformer2DModel ---------------------------------------------------------------------
+
+Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o)
+    : options_(o), inner_dim_(o.num_attention_heads * o.attention_head_dim) {
+  const int64_t out_channels = o.out_channels.value_or(o.in_channels);
+  if (o.in_channels <= 0 || o.in_channels % o.norm_num_groups != 0)
+    throw ConfigError(fmt::format("Transformer2DModel: in_channels {} must be a positive multiple of norm_num_groups {}",
+                                  o.in_channels, o.norm_num_groups));
+  if (out_channels != o.in_channels)
+    throw ConfigError(fmt::format("Transformer2DModel: out_channels {} must equal in_channels {} (residual)",
+                                  out_channels, o.in_channels));
+  norm_ = register_module("norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
+  if (o.use_linear_projection)
+    proj_in_linear_ = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
+  else
+    proj_in_conv_ = register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels, inner_dim_, 1)));
+  transformer_blocks_ = register_module("transformer_blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    TransformerBlockOptions b;
+    b.dim = inner_dim_;
+    b.num_attention_heads = o.num_attention_heads;
+    b.attention_head_dim = o.attention_head_dim;
+    b.dropout = o.dropout;
+    b.cross_attention_dim = o.cross_attention_dim;
+    b.activation_fn = o.activation_fn;
+    b.attention_bias = o.attention_bias;
+    b.only_cross_attention = o.only_cross_attention;
+    b.double_self_attention = o.double_self_attention;
+    b.norm_elementwise_affine = o.norm_elementwise_affine;
+    b.norm_eps = o.norm_eps;
+    transformer_blocks_->push_back(BasicTransformerBlock(b));
+  }
+  if (o.use_linear_projection)
+    proj_out_linear_ = register_module("proj_out", torch::nn::Linear(inner_dim_, out_channels));
+  else
+    proj_out_conv_ = register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(inner_dim_, out_channels, 1)));
+}
+
+at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
+                                           c10::optional<at::Tensor> encoder_attention_mask) {
+  const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
+  at::Tensor h = norm_->forward(x);
+  if (proj_in_conv_) {
+    h = proj_in_conv_->forward(h);
+    h = h.permute({0, 2, 3, 1}).reshape({N, H * W, inner_dim_});
+  } else {
+    h = h.permute({0, 2, 3, 1}).reshape({N, H * W, h.size(1)});
+    h = proj_in_linear_->forward(h);
+  }
+  for (const auto& m : *transformer_blocks_)
+    h = m->as<BasicTransformerBlockImpl>()->forward(h, encoder_hidden_states, encoder_attention_mask);
+  if (proj_out_conv_) {
+    h = h.reshape({N, H, W, inner_dim_}).permute({0, 3, 1, 2}).contiguous();
+    h = proj_out_conv_->forward(h);
+  } else {
+    h = proj_out_linear_->forward(h);
+    h = h.reshape({N, H, W, h.size(2)}).permute({0, 3, 1, 2}).contiguous();
+  }
+  return h + x;
+}
+
+}  // namespace vdm::models

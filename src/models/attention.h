@@ -1,0 +1,195 @@
+// Attention and the transformer building blocks of diffusers v0.31 (Attention, FeedForward,
+// BasicTransformerBlock, Transformer2DModel). Child modules carry the diffusers attribute names,
+// so named_parameters() are the checkpoint keys ("to_q.weight", "to_out.0.weight",
+// "ff.net.0.proj.weight", "transformer_blocks.0.attn2.to_k.weight").
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/modules/conv.h>
+
+#include <cstdint>
+#include <string>
+
+namespace vdm::models {
+
+// softmax(q k^T / sqrt(d) + mask) v, the one attention function of vdm.
+// q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv].
+// mask: broadcastable to [B, heads, Lq, Lk]; bool (true = attend) or additive float.
+// LibTorch >= 2 uses at::scaled_dot_product_attention (flash / memory-efficient kernels);
+// LibTorch 1.x uses scaled_dot_product_attention_chunked with the default budget.
+// Call it qualified (models::scaled_dot_product_attention): with at::Tensor arguments an
+// unqualified call also finds at::scaled_dot_product_attention on LibTorch 2.x.
+at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        c10::optional<at::Tensor> mask = {});
+
+// Default budget of the chunked path: attention scores held at once (elements, float32).
+constexpr int64_t kAttentionScoreBudget = int64_t(1) << 24;  // 64 MiB
+
+// Memory-bounded attention on any LibTorch: splits batch*heads, then queries, so that at most
+// `max_score_elements` scores exist at once. Scores and softmax are computed in float32
+// (matmul then scale; no baddbmm), the result has q's dtype. Same shapes as above.
+at::Tensor scaled_dot_product_attention_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                c10::optional<at::Tensor> mask = {},
+                                                int64_t max_score_elements = kAttentionScoreBudget);
+
+// ---- Attention ------------------------------------------------------------------------------
+
+struct AttentionOptions {
+  int64_t query_dim = 0;                        // channels of the queries (required)
+  c10::optional<int64_t> cross_attention_dim;   // channels of encoder_hidden_states; none = self-attention
+  int64_t heads = 8;
+  int64_t dim_head = 64;
+  double dropout = 0.0;                         // on the output (to_out.1)
+  bool bias = false;                            // bias of to_q / to_k / to_v
+  bool out_bias = true;                         // bias of to_out.0
+  c10::optional<int64_t> out_dim;               // default: query_dim
+  c10::optional<int64_t> norm_num_groups;       // GroupNorm "group_norm" over the input (VAE attention)
+  double eps = 1e-5;                            // of group_norm
+  bool residual_connection = false;             // add the input to the output (VAE attention)
+  double rescale_output_factor = 1.0;           // divide the output by this
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const AttentionOptions& options);
+
+  // hidden_states: [B, L, query_dim], or [B, C, H, W] (flattened to H*W tokens and restored);
+  // encoder_hidden_states: [B, S, cross_attention_dim], undefined = self-attention;
+  // mask: broadcastable to [B, heads, L, S] (see scaled_dot_product_attention).
+  // Returns the shape of hidden_states (with out_dim channels).
+  at::Tensor forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states = {},
+                     c10::optional<at::Tensor> mask = {});
+
+  const AttentionOptions& options() const { return options_; }
+
+ private:
+  AttentionOptions options_;
+  torch::nn::GroupNorm group_norm_{nullptr};
+  torch::nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
+  torch::nn::ModuleList to_out_{nullptr};  // 0: Linear, 1: Dropout
+  torch::nn::Linear to_out_proj_{nullptr};
+  torch::nn::Dropout to_out_dropout_{nullptr};
+};
+TORCH_MODULE(Attention);
+
+// ---- FeedForward ----------------------------------------------------------------------------
+
+// "net.0": the input projection with its activation ("proj"), GELU or gated GELU (GEGLU).
+class GeluProjImpl : public torch::nn::Module {
+ public:
+  // activation_fn: "gelu", "gelu-approximate", "geglu", "geglu-approximate".
+  GeluProjImpl(int64_t dim_in, int64_t dim_out, const std::string& activation_fn, bool bias = true);
+  at::Tensor forward(const at::Tensor& x);  // x: [..., dim_in] -> [..., dim_out]
+
+ private:
+  torch::nn::Linear proj_{nullptr};  // dim_out (x2 when gated)
+  bool gated_ = false;
+  bool tanh_ = false;
+  bool sigmoid_approx_ = false;  // "geglu-approximate": x * sigmoid(1.702 x), not gated
+};
+TORCH_MODULE(GeluProj);
+
+struct FeedForwardOptions {
+  int64_t dim = 0;                      // input channels (required)
+  c10::optional<int64_t> dim_out;       // default: dim
+  int64_t mult = 4;                     // inner = dim * mult unless inner_dim is given
+  c10::optional<int64_t> inner_dim;
+  std::string activation_fn = "geglu";
+  double dropout = 0.0;
+  bool final_dropout = false;
+  bool bias = true;
+};
+
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  explicit FeedForwardImpl(const FeedForwardOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // x: [..., dim] -> [..., dim_out]
+
+ private:
+  torch::nn::ModuleList net_{nullptr};  // 0: GeluProj, 1: Dropout, 2: Linear, (3: Dropout)
+  GeluProj act_{nullptr};
+  torch::nn::Dropout drop_{nullptr};
+  torch::nn::Linear out_{nullptr};
+  torch::nn::Dropout final_drop_{nullptr};
+};
+TORCH_MODULE(FeedForward);
+
+// ---- BasicTransformerBlock ------------------------------------------------------------------
+
+struct TransformerBlockOptions {
+  int64_t dim = 0;                              // token channels (required)
+  int64_t num_attention_heads = 8;
+  int64_t attention_head_dim = 64;
+  double dropout = 0.0;
+  c10::optional<int64_t> cross_attention_dim;   // attn2 attends to encoder_hidden_states of this width
+  std::string activation_fn = "geglu";
+  bool attention_bias = false;
+  bool only_cross_attention = false;            // attn1 attends to encoder_hidden_states too
+  bool double_self_attention = false;           // attn2 is self-attention (temporal transformers)
+  bool norm_elementwise_affine = true;
+  double norm_eps = 1e-5;
+  bool attention_out_bias = true;
+  c10::optional<int64_t> ff_inner_dim;
+  bool ff_bias = true;
+};
+
+// norm1 -> attn1 (+), [norm2 -> attn2 (+)], norm3 -> ff (+). attn2 exists when
+// cross_attention_dim is set or double_self_attention.
+class BasicTransformerBlockImpl : public torch::nn::Module {
+ public:
+  explicit BasicTransformerBlockImpl(const TransformerBlockOptions& options);
+  // x: [B, L, dim]; encoder_hidden_states: [B, S, cross_attention_dim] or undefined -> [B, L, dim].
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states = {},
+                     c10::optional<at::Tensor> encoder_attention_mask = {});
+
+ private:
+  TransformerBlockOptions options_;
+  torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr}, norm3_{nullptr};
+  Attention attn1_{nullptr}, attn2_{nullptr};
+  FeedForward ff_{nullptr};
+};
+TORCH_MODULE(BasicTransformerBlock);
+
+// ---- Transformer2DModel (continuous input) --------------------------------------------------
+
+struct Transformer2DOptions {
+  int64_t num_attention_heads = 16;
+  int64_t attention_head_dim = 88;
+  int64_t in_channels = 0;                      // required
+  c10::optional<int64_t> out_channels;          // default: in_channels
+  int64_t num_layers = 1;
+  double dropout = 0.0;
+  int64_t norm_num_groups = 32;
+  c10::optional<int64_t> cross_attention_dim;
+  bool attention_bias = false;
+  std::string activation_fn = "geglu";
+  bool use_linear_projection = false;           // proj_in/proj_out Linear (else 1x1 Conv2d)
+  bool only_cross_attention = false;
+  bool double_self_attention = false;
+  bool norm_elementwise_affine = true;
+  double norm_eps = 1e-5;
+};
+
+// GroupNorm "norm" (eps 1e-6) -> proj_in -> transformer_blocks over H*W tokens -> proj_out -> + input.
+class Transformer2DModelImpl : public torch::nn::Module {
+ public:
+  explicit Transformer2DModelImpl(const Transformer2DOptions& options);
+  // x: [N, C, H, W]; encoder_hidden_states: [N, S, D] or undefined -> [N, C, H, W].
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states = {},
+                     c10::optional<at::Tensor> encoder_attention_mask = {});
+
+ private:
+  Transformer2DOptions options_;
+  int64_t inner_dim_;
+  torch::nn::GroupNorm norm_{nullptr};
+  torch::nn::Linear proj_in_linear_{nullptr}, proj_out_linear_{nullptr};
+  torch::nn::Conv2d proj_in_conv_{nullptr}, proj_out_conv_{nullptr};
+  torch::nn::ModuleList transformer_blocks_{nullptr};
+};
+TORCH_MODULE(Transformer2DModel);
+
+}  // namespace vdm::models

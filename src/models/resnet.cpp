@@ -1,0 +1,83 @@
+#include "models/resnet.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace vdm::models {
+
+namespace {
+torch::nn::GroupNorm group_norm(int64_t groups, int64_t channels, double eps, const char* who) {
+  if (groups <= 0 || channels % groups != 0)
+    throw ConfigError(fmt::format("{}: {} channels cannot be split into {} groups", who, channels, groups));
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps).affine(true));
+}
+}  // namespace
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options_(o) {
+  const int64_t in = o.in_channels;
+  const int64_t out = o.out_channels.value_or(in);
+  norm1_ = register_module("norm1", group_norm(o.groups, in, o.eps, "ResnetBlock2D norm1"));
+  conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1)));
+  if (o.temb_channels) time_emb_proj_ = register_module("time_emb_proj", torch::nn::Linear(*o.temb_channels, out));
+  norm2_ = register_module("norm2", group_norm(o.groups_out.value_or(o.groups), out, o.eps, "ResnetBlock2D norm2"));
+  dropout_ = register_module("dropout", torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout)));
+  conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).stride(1).padding(1)));
+  if (o.use_in_shortcut.value_or(in != out))
+    conv_shortcut_ = register_module(
+        "conv_shortcut", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1).stride(1).padding(0).bias(o.conv_shortcut_bias)));
+}
+
+at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
+  const Activation act = options_.non_linearity;
+  at::Tensor h = apply_activation(act, norm1_->forward(x));
+  h = conv1_->forward(h);
+  if (time_emb_proj_ && temb.defined()) {
+    at::Tensor t = time_emb_proj_->forward(apply_activation(act, temb));
+    h = h + t.unsqueeze(-1).unsqueeze(-1);
+  }
+  h = apply_activation(act, norm2_->forward(h));
+  h = conv2_->forward(dropout_->forward(h));
+  at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
+  at::Tensor out = shortcut + h;
+  if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;
+  return out;
+}
+
+Downsample2DImpl::Downsample2DImpl(const Downsample2DOptions& o) : options_(o) {
+  const int64_t out = o.out_channels.value_or(o.channels);
+  if (o.use_conv) {
+    conv_ = register_module(
+        "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.channels, out, 3).stride(2).padding(o.padding)));
+  } else if (out != o.channels) {
+    throw ConfigError(fmt::format("Downsample2D: average pooling cannot change channels ({} -> {})", o.channels, out));
+  }
+}
+
+at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
+  if (!conv_) return at::avg_pool2d(x, {2, 2}, {2, 2});
+  if (options_.padding == 0) return conv_->forward(at::constant_pad_nd(x, {0, 1, 0, 1}, 0));
+  return conv_->forward(x);
+}
+
+Upsample2DImpl::Upsample2DImpl(const Upsample2DOptions& o) : options_(o) {
+  const int64_t out = o.out_channels.value_or(o.channels);
+  if (o.use_conv)
+    conv_ = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.channels, out, 3).padding(1)));
+  else if (out != o.channels)
+    throw ConfigError(fmt::format("Upsample2D: without a conv the channels cannot change ({} -> {})", o.channels, out));
+}
+
+at::Tensor Upsample2DImpl::forward(const at::Tensor& x, const std::vector<int64_t>& output_size) {
+  // Nearest-neighbour upsampling has no bfloat16 kernel on some builds: run it in float32.
+  const auto dtype = x.scalar_type();
+  at::Tensor h = dtype == at::kBFloat16 ? x.to(at::kFloat) : x;
+  if (h.size(0) >= 64) h = h.contiguous();
+  const std::vector<int64_t> size =
+      output_size.empty() ? std::vector<int64_t>{h.size(2) * 2, h.size(3) * 2} : std::vector<int64_t>{output_size.at(0), output_size.at(1)};
+  h = at::upsample_nearest2d(h, at::IntArrayRef(size));
+  if (dtype == at::kBFloat16) h = h.to(dtype);
+  return conv_ ? conv_->forward(h) : h;
+}
+
+}  // namespace vdm::models

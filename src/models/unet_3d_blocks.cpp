@@ -1,0 +1,306 @@
+#include "models/unet_3d_blocks.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "models/attention.h"
+#include "models/resnet.h"
+#include "temporal/temporal_conv.h"
+#include "temporal/transformer_temporal.h"
+
+namespace vdm::models {
+
+namespace {
+
+// Dropout of the temporal convolutions in every UNet3D block (diffusers hard-codes it).
+constexpr double kTempConvDropout = 0.1;
+
+ResnetBlock2D make_resnet(const Block3DOptions& o, int64_t in, int64_t out) {
+  ResnetBlock2DOptions r;
+  r.in_channels = in;
+  r.out_channels = out;
+  r.temb_channels = o.temb_channels;
+  r.eps = o.resnet_eps;
+  r.groups = o.resnet_groups;
+  r.dropout = o.dropout;
+  r.non_linearity = o.resnet_act_fn;
+  r.output_scale_factor = o.output_scale_factor;
+  return ResnetBlock2D(r);
+}
+
+temporal::TemporalConvLayer make_temp_conv(const Block3DOptions& o, int64_t channels) {
+  temporal::TemporalConvOptions t;
+  t.in_dim = channels;
+  t.out_dim = channels;
+  t.dropout = kTempConvDropout;
+  t.norm_num_groups = o.resnet_groups;
+  return temporal::TemporalConvLayer(t);
+}
+
+void check_heads(const Block3DOptions& o, int64_t channels) {
+  if (o.num_attention_heads <= 0 || channels % o.num_attention_heads != 0)
+    throw ConfigError(fmt::format("UNet3D block: {} channels are not divisible by attention_head_dim {}", channels,
+                                  o.num_attention_heads));
+}
+
+// diffusers passes (channels // n, n) positionally as (num_attention_heads, attention_head_dim).
+Transformer2DModel make_attention(const Block3DOptions& o, int64_t channels) {
+  check_heads(o, channels);
+  Transformer2DOptions t;
+  t.num_attention_heads = channels / o.num_attention_heads;
+  t.attention_head_dim = o.num_attention_heads;
+  t.in_channels = channels;
+  t.num_layers = 1;
+  t.cross_attention_dim = o.cross_attention_dim;
+  t.norm_num_groups = o.resnet_groups;
+  t.use_linear_projection = o.use_linear_projection;
+  t.only_cross_attention = o.only_cross_attention;
+  return Transformer2DModel(t);
+}
+
+temporal::TransformerTemporalModel make_temp_attention(const Block3DOptions& o, int64_t channels) {
+  check_heads(o, channels);
+  temporal::TransformerTemporalOptions t;
+  t.num_attention_heads = channels / o.num_attention_heads;
+  t.attention_head_dim = o.num_attention_heads;
+  t.in_channels = channels;
+  t.num_layers = 1;
+  t.cross_attention_dim = o.cross_attention_dim;
+  t.norm_num_groups = o.resnet_groups;
+  return temporal::TransformerTemporalModel(t);
+}
+
+torch::nn::ModuleList make_downsamplers(const Block3DOptions& o) {
+  Downsample2DOptions d;
+  d.channels = o.out_channels;
+  d.use_conv = true;
+  d.out_channels = o.out_channels;
+  d.padding = o.downsample_padding;
+  return torch::nn::ModuleList(Downsample2D(d));
+}
+
+torch::nn::ModuleList make_upsamplers(const Block3DOptions& o) {
+  Upsample2DOptions u;
+  u.channels = o.out_channels;
+  u.use_conv = true;
+  u.out_channels = o.out_channels;
+  return torch::nn::ModuleList(Upsample2D(u));
+}
+
+template <typename T>
+T* at_(const torch::nn::ModuleList& list, size_t i) {
+  return list->ptr(i)->template as<T>();
+}
+
+at::Tensor pop_back(std::vector<at::Tensor>& res_samples) {
+  if (res_samples.empty()) throw Error("UNet3D up block: no skip connection left (down/up blocks do not match)");
+  at::Tensor r = std::move(res_samples.back());
+  res_samples.pop_back();
+  return r;
+}
+
+}  // namespace
+
+// ---- down blocks ----------------------------------------------------------------------------
+
+CrossAttnDownBlock3DImpl::CrossAttnDownBlock3DImpl(const Block3DOptions& o) {
+  resnets_ = register_module("resnets", torch::nn::ModuleList());
+  temp_convs_ = register_module("temp_convs", torch::nn::ModuleList());
+  attentions_ = register_module("attentions", torch::nn::ModuleList());
+  temp_attentions_ = register_module("temp_attentions", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    resnets_->push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
+    temp_convs_->push_back(make_temp_conv(o, o.out_channels));
+    attentions_->push_back(make_attention(o, o.out_channels));
+    temp_attentions_->push_back(make_temp_attention(o, o.out_channels));
+  }
+  if (o.add_downsample) downsamplers_ = register_module("downsamplers", make_downsamplers(o));
+}
+
+at::Tensor CrossAttnDownBlock3DImpl::forward(const at::Tensor& x, const at::Tensor& temb,
+                                             const at::Tensor& encoder_hidden_states, int64_t num_frames,
+                                             std::vector<at::Tensor>& res_samples, const Tap& tap) {
+  at::Tensor h = x;
+  for (size_t i = 0; i < resnets_->size(); ++i) {
+    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
+    tap.child("resnets", i)(h);
+    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
+    tap.child("temp_convs", i)(h);
+    h = at_<Transformer2DModelImpl>(attentions_, i)->forward(h, encoder_hidden_states);
+    tap.child("attentions", i)(h);
+    h = at_<temporal::TransformerTemporalModelImpl>(temp_attentions_, i)->forward(h, num_frames);
+    tap.child("temp_attentions", i)(h);
+    res_samples.push_back(h);
+  }
+  if (downsamplers_) {
+    for (size_t i = 0; i < downsamplers_->size(); ++i) {
+      h = at_<Downsample2DImpl>(downsamplers_, i)->forward(h);
+      tap.child("downsamplers", i)(h);
+    }
+    res_samples.push_back(h);
+  }
+  return h;
+}
+
+DownBlock3DImpl::DownBlock3DImpl(const Block3DOptions& o) {
+  resnets_ = register_module("resnets", torch::nn::ModuleList());
+  temp_convs_ = register_module("temp_convs", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    resnets_->push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
+    temp_convs_->push_back(make_temp_conv(o, o.out_channels));
+  }
+  if (o.add_downsample) downsamplers_ = register_module("downsamplers", make_downsamplers(o));
+}
+
+at::Tensor DownBlock3DImpl::forward(const at::Tensor& x, const at::Tensor& temb, const at::Tensor&,
+                                    int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap) {
+  at::Tensor h = x;
+  for (size_t i = 0; i < resnets_->size(); ++i) {
+    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
+    tap.child("resnets", i)(h);
+    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
+    tap.child("temp_convs", i)(h);
+    res_samples.push_back(h);
+  }
+  if (downsamplers_) {
+    for (size_t i = 0; i < downsamplers_->size(); ++i) {
+      h = at_<Downsample2DImpl>(downsamplers_, i)->forward(h);
+      tap.child("downsamplers", i)(h);
+    }
+    res_samples.push_back(h);
+  }
+  return h;
+}
+
+// ---- mid block ------------------------------------------------------------------------------
+
+UNetMidBlock3DCrossAttnImpl::UNetMidBlock3DCrossAttnImpl(const Block3DOptions& o) {
+  const int64_t c = o.in_channels;
+  resnets_ = register_module("resnets", torch::nn::ModuleList());
+  temp_convs_ = register_module("temp_convs", torch::nn::ModuleList());
+  attentions_ = register_module("attentions", torch::nn::ModuleList());
+  temp_attentions_ = register_module("temp_attentions", torch::nn::ModuleList());
+  resnets_->push_back(make_resnet(o, c, c));
+  temp_convs_->push_back(make_temp_conv(o, c));
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    attentions_->push_back(make_attention(o, c));
+    temp_attentions_->push_back(make_temp_attention(o, c));
+    resnets_->push_back(make_resnet(o, c, c));
+    temp_convs_->push_back(make_temp_conv(o, c));
+  }
+}
+
+at::Tensor UNetMidBlock3DCrossAttnImpl::forward(const at::Tensor& x, const at::Tensor& temb,
+                                                const at::Tensor& encoder_hidden_states, int64_t num_frames,
+                                                const Tap& tap) {
+  at::Tensor h = at_<ResnetBlock2DImpl>(resnets_, 0)->forward(x, temb);
+  tap.child("resnets", 0)(h);
+  h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, 0)->forward(h, num_frames);
+  tap.child("temp_convs", 0)(h);
+  for (size_t i = 0; i < attentions_->size(); ++i) {
+    h = at_<Transformer2DModelImpl>(attentions_, i)->forward(h, encoder_hidden_states);
+    tap.child("attentions", i)(h);
+    h = at_<temporal::TransformerTemporalModelImpl>(temp_attentions_, i)->forward(h, num_frames);
+    tap.child("temp_attentions", i)(h);
+    h = at_<ResnetBlock2DImpl>(resnets_, i + 1)->forward(h, temb);
+    tap.child("resnets", i + 1)(h);
+    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i + 1)->forward(h, num_frames);
+    tap.child("temp_convs", i + 1)(h);
+  }
+  return h;
+}
+
+// ---- up blocks ------------------------------------------------------------------------------
+
+CrossAttnUpBlock3DImpl::CrossAttnUpBlock3DImpl(const Block3DOptions& o) {
+  resnets_ = register_module("resnets", torch::nn::ModuleList());
+  temp_convs_ = register_module("temp_convs", torch::nn::ModuleList());
+  attentions_ = register_module("attentions", torch::nn::ModuleList());
+  temp_attentions_ = register_module("temp_attentions", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    const int64_t res_skip = i == o.num_layers - 1 ? o.in_channels : o.out_channels;
+    const int64_t resnet_in = i == 0 ? o.prev_output_channel : o.out_channels;
+    resnets_->push_back(make_resnet(o, resnet_in + res_skip, o.out_channels));
+    temp_convs_->push_back(make_temp_conv(o, o.out_channels));
+    attentions_->push_back(make_attention(o, o.out_channels));
+    temp_attentions_->push_back(make_temp_attention(o, o.out_channels));
+  }
+  if (o.add_upsample) upsamplers_ = register_module("upsamplers", make_upsamplers(o));
+}
+
+at::Tensor CrossAttnUpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::Tensor>& res_samples,
+                                           const at::Tensor& temb, const at::Tensor& encoder_hidden_states,
+                                           int64_t num_frames, const std::vector<int64_t>& upsample_size,
+                                           const Tap& tap) {
+  at::Tensor h = x;
+  for (size_t i = 0; i < resnets_->size(); ++i) {
+    h = at::cat({h, pop_back(res_samples)}, 1);
+    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
+    tap.child("resnets", i)(h);
+    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
+    tap.child("temp_convs", i)(h);
+    h = at_<Transformer2DModelImpl>(attentions_, i)->forward(h, encoder_hidden_states);
+    tap.child("attentions", i)(h);
+    h = at_<temporal::TransformerTemporalModelImpl>(temp_attentions_, i)->forward(h, num_frames);
+    tap.child("temp_attentions", i)(h);
+  }
+  if (upsamplers_) {
+    for (size_t i = 0; i < upsamplers_->size(); ++i) {
+      h = at_<Upsample2DImpl>(upsamplers_, i)->forward(h, upsample_size);
+      tap.child("upsamplers", i)(h);
+    }
+  }
+  return h;
+}
+
+UpBlock3DImpl::UpBlock3DImpl(const Block3DOptions& o) {
+  resnets_ = register_module("resnets", torch::nn::ModuleList());
+  temp_convs_ = register_module("temp_convs", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    const int64_t res_skip = i == o.num_layers - 1 ? o.in_channels : o.out_channels;
+    const int64_t resnet_in = i == 0 ? o.prev_output_channel : o.out_channels;
+    resnets_->push_back(make_resnet(o, resnet_in + res_skip, o.out_channels));
+    temp_convs_->push_back(make_temp_conv(o, o.out_channels));
+  }
+  if (o.add_upsample) upsamplers_ = register_module("upsamplers", make_upsamplers(o));
+}
+
+at::Tensor UpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::Tensor>& res_samples, const at::Tensor& temb,
+                                  const at::Tensor&, int64_t num_frames, const std::vector<int64_t>& upsample_size,
+                                  const Tap& tap) {
+  at::Tensor h = x;
+  for (size_t i = 0; i < resnets_->size(); ++i) {
+    h = at::cat({h, pop_back(res_samples)}, 1);
+    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
+    tap.child("resnets", i)(h);
+    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
+    tap.child("temp_convs", i)(h);
+  }
+  if (upsamplers_) {
+    for (size_t i = 0; i < upsamplers_->size(); ++i) {
+      h = at_<Upsample2DImpl>(upsamplers_, i)->forward(h, upsample_size);
+      tap.child("upsamplers", i)(h);
+    }
+  }
+  return h;
+}
+
+// ---- factories ------------------------------------------------------------------------------
+
+std::shared_ptr<DownBlock3DBase> make_down_block_3d(const std::string& type, const Block3DOptions& options,
+                                                    const std::string& source) {
+  if (type == "CrossAttnDownBlock3D") return std::make_shared<CrossAttnDownBlock3DImpl>(options);
+  if (type == "DownBlock3D") return std::make_shared<DownBlock3DImpl>(options);
+  throw ConfigError(fmt::format("{}: unsupported down block type '{}' (expected CrossAttnDownBlock3D or DownBlock3D)",
+                                source, type));
+}
+
+std::shared_ptr<UpBlock3DBase> make_up_block_3d(const std::string& type, const Block3DOptions& options,
+                                                const std::string& source) {
+  if (type == "CrossAttnUpBlock3D") return std::make_shared<CrossAttnUpBlock3DImpl>(options);
+  if (type == "UpBlock3D") return std::make_shared<UpBlock3DImpl>(options);
+  throw ConfigError(fmt::format("{}: unsupported up block type '{}' (expected CrossAttnUpBlock3D or UpBlock3D)", source,
+                                type));
+}
+
+}  // namespace vdm::models

@@ -1,0 +1,52 @@
+#include "temporal/temporal_conv.h"
+
+#include <fmt/format.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/normalization.h>
+
+#include "core/error.h"
+
+namespace vdm::temporal {
+
+namespace {
+torch::nn::GroupNorm norm(int64_t groups, int64_t channels) {
+  if (groups <= 0 || channels % groups != 0)
+    throw ConfigError(fmt::format("TemporalConvLayer: {} channels cannot be split into {} groups", channels, groups));
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels));
+}
+torch::nn::Conv3d conv(int64_t in, int64_t out) {
+  return torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, {3, 1, 1}).padding({1, 0, 0}));
+}
+}  // namespace
+
+TemporalConvLayerImpl::TemporalConvLayerImpl(const TemporalConvOptions& o) : options_(o) {
+  const int64_t in = o.in_dim, out = o.out_dim.value_or(o.in_dim);
+  const int64_t g = o.norm_num_groups;
+  conv1_ = register_module("conv1", torch::nn::Sequential(norm(g, in), torch::nn::SiLU(), conv(in, out)));
+  auto stage = [&]() {
+    return torch::nn::Sequential(norm(g, out), torch::nn::SiLU(), torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout)),
+                                 conv(out, in));
+  };
+  conv2_ = register_module("conv2", stage());
+  conv3_ = register_module("conv3", stage());
+  conv4_ = register_module("conv4", stage());
+}
+
+at::Tensor TemporalConvLayerImpl::forward(const at::Tensor& x, int64_t num_frames) {
+  const int64_t BF = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  if (num_frames <= 0 || BF % num_frames != 0)
+    throw Error(fmt::format("TemporalConvLayer: {} frames in the batch is not a multiple of num_frames {}", BF, num_frames));
+  // [B*F, C, H, W] -> [B, C, F, H, W]
+  at::Tensor identity = x.reshape({BF / num_frames, num_frames, C, H, W}).permute({0, 2, 1, 3, 4});
+  at::Tensor h = conv1_->forward(identity);
+  h = conv2_->forward(h);
+  h = conv3_->forward(h);
+  h = conv4_->forward(h);
+  h = identity + h;
+  // [B, C, F, H, W] -> [B*F, C, H, W]
+  return h.permute({0, 2, 1, 3, 4}).reshape({BF, h.size(1), H, W});
+}
+
+}  // namespace vdm::temporal

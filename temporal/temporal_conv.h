@@ -1,0 +1,32 @@
+// TemporalConvLayer (diffusers v0.31): four (3,1,1) Conv3d stages over the frame axis with a
+// residual connection. Keys: conv1.0 (GroupNorm), conv1.2 (Conv3d); conv2..conv4: .0 (GroupNorm),
+// .3 (Conv3d) with .2 a Dropout.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/sequential.h>
+
+#include <cstdint>
+
+namespace vdm::temporal {
+
+struct TemporalConvOptions {
+  int64_t in_dim = 0;                     // required
+  c10::optional<int64_t> out_dim;         // default: in_dim (the output always has in_dim channels)
+  double dropout = 0.0;
+  int64_t norm_num_groups = 32;
+};
+
+class TemporalConvLayerImpl : public torch::nn::Module {
+ public:
+  explicit TemporalConvLayerImpl(const TemporalConvOptions& options);
+  // x: [B*F, C, H, W] (frames of one video consecutive) -> [B*F, C, H, W]
+  at::Tensor forward(const at::Tensor& x, int64_t num_frames);
+
+ private:
+  TemporalConvOptions options_;
+  torch::nn::Sequential conv1_{nullptr}, conv2_{nullptr}, conv3_{nullptr}, conv4_{nullptr};
+};
+TORCH_MODULE(TemporalConvLayer);
+
+}  // namespace vdm::temporal

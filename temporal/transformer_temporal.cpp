@@ -1,0 +1,54 @@
+#include "temporal/transformer_temporal.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "models/attention.h"
+
+namespace vdm::temporal {
+
+TransformerTemporalModelImpl::TransformerTemporalModelImpl(const TransformerTemporalOptions& o)
+    : options_(o), inner_dim_(o.num_attention_heads * o.attention_head_dim) {
+  if (o.in_channels <= 0 || o.norm_num_groups <= 0 || o.in_channels % o.norm_num_groups != 0)
+    throw ConfigError(fmt::format("TransformerTemporalModel: in_channels {} must be a positive multiple of norm_num_groups {}",
+                                  o.in_channels, o.norm_num_groups));
+  norm_ = register_module("norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
+  proj_in_ = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
+  transformer_blocks_ = register_module("transformer_blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    models::TransformerBlockOptions b;
+    b.dim = inner_dim_;
+    b.num_attention_heads = o.num_attention_heads;
+    b.attention_head_dim = o.attention_head_dim;
+    b.dropout = o.dropout;
+    b.cross_attention_dim = o.cross_attention_dim;
+    b.activation_fn = o.activation_fn;
+    b.attention_bias = o.attention_bias;
+    b.double_self_attention = o.double_self_attention;
+    b.norm_elementwise_affine = o.norm_elementwise_affine;
+    transformer_blocks_->push_back(models::BasicTransformerBlock(b));
+  }
+  proj_out_ = register_module("proj_out", torch::nn::Linear(inner_dim_, o.in_channels));
+}
+
+at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t num_frames,
+                                                 const at::Tensor& encoder_hidden_states) {
+  const int64_t BF = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  if (num_frames <= 0 || BF % num_frames != 0)
+    throw Error(fmt::format("TransformerTemporalModel: {} frames in the batch is not a multiple of num_frames {}", BF,
+                            num_frames));
+  const int64_t B = BF / num_frames;
+  // Normalise over all frames of a video: [B, C, F, H, W].
+  at::Tensor h = norm_->forward(x.reshape({B, num_frames, C, H, W}).permute({0, 2, 1, 3, 4}));
+  // One sequence of frames per spatial position: [B*H*W, F, C].
+  h = h.permute({0, 3, 4, 2, 1}).reshape({B * H * W, num_frames, C});
+  h = proj_in_->forward(h);
+  for (const auto& m : *transformer_blocks_)
+    h = m->as<models::BasicTransformerBlockImpl>()->forward(h, encoder_hidden_states);
+  h = proj_out_->forward(h);
+  // [B*H*W, F, C] -> [B, F, C, H, W] -> [B*F, C, H, W]
+  h = h.reshape({B, H, W, num_frames, C}).permute({0, 3, 4, 1, 2}).reshape({BF, C, H, W});
+  return h + x;
+}
+
+}  // namespace vdm::temporal

@@ -1,0 +1,47 @@
+// TransformerTemporalModel (diffusers v0.31): attention across the frames of each spatial
+// position. GroupNorm "norm" (eps 1e-6, statistics over all frames of a video) -> proj_in (Linear)
+// -> transformer_blocks (BasicTransformerBlock, double_self_attention: attn2 is self-attention
+// too) -> proj_out (Linear) -> + input.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <cstdint>
+#include <string>
+
+namespace vdm::temporal {
+
+struct TransformerTemporalOptions {
+  int64_t num_attention_heads = 16;
+  int64_t attention_head_dim = 88;
+  int64_t in_channels = 0;                    // required
+  int64_t num_layers = 1;
+  double dropout = 0.0;
+  int64_t norm_num_groups = 32;
+  c10::optional<int64_t> cross_attention_dim; // only used when double_self_attention is false
+  bool attention_bias = false;
+  std::string activation_fn = "geglu";
+  bool norm_elementwise_affine = true;
+  bool double_self_attention = true;
+};
+
+class TransformerTemporalModelImpl : public torch::nn::Module {
+ public:
+  explicit TransformerTemporalModelImpl(const TransformerTemporalOptions& options);
+  // x: [B*F, C, H, W] -> [B*F, C, H, W]. encoder_hidden_states: [B*H*W, S, D] or undefined
+  // (the UNet3D passes none: every attention is across frames).
+  at::Tensor forward(const at::Tensor& x, int64_t num_frames, const at::Tensor& encoder_hidden_states = {});
+
+ private:
+  TransformerTemporalOptions options_;
+  int64_t inner_dim_;
+  torch::nn::GroupNorm norm_{nullptr};
+  torch::nn::Linear proj_in_{nullptr}, proj_out_{nullptr};
+  torch::nn::ModuleList transformer_blocks_{nullptr};
+};
+TORCH_MODULE(TransformerTemporalModel);
+
+}  // namespace vdm::temporal

@@ -1,0 +1,89 @@
+// Microbenchmarks of the building blocks at shapes from the ModelScope text-to-video UNet
+// (16 frames, 256x256 pixels -> 32x32 latents, guidance batch 2), scaled by a width argument so
+// the CPU can run them: attention, ResnetBlock2D, TemporalConvLayer, TransformerTemporalModel.
+//   ./vdm_blocks_bench --benchmark_filter=Attention
+#include <benchmark/benchmark.h>
+#include <c10/core/InferenceMode.h>
+
+#include "core/runtime.h"
+#include "models/attention.h"
+#include "models/resnet.h"
+#include "temporal/temporal_conv.h"
+#include "temporal/transformer_temporal.h"
+
+namespace {
+
+constexpr int64_t kFrames = 16;
+constexpr int64_t kBatch = 2;
+
+// Spatial self-attention: B*F sequences of HxW tokens; args: tokens per side, channels.
+void BM_SpatialAttention(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t side = state.range(0), heads = 8, dim = state.range(1) / heads;
+  at::Tensor q = at::randn({kBatch * kFrames, heads, side * side, dim});
+  at::Tensor k = at::randn_like(q), v = at::randn_like(q);
+  for (auto _ : state) benchmark::DoNotOptimize(vdm::models::scaled_dot_product_attention(q, k, v));
+  state.SetItemsProcessed(state.iterations() * kBatch * kFrames);
+}
+BENCHMARK(BM_SpatialAttention)->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
+
+// Temporal attention: B*H*W sequences of F tokens.
+void BM_TemporalAttention(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t side = state.range(0), heads = 8, dim = state.range(1) / heads;
+  at::Tensor q = at::randn({kBatch * side * side, heads, kFrames, dim});
+  at::Tensor k = at::randn_like(q), v = at::randn_like(q);
+  for (auto _ : state) benchmark::DoNotOptimize(vdm::models::scaled_dot_product_attention(q, k, v));
+}
+BENCHMARK(BM_TemporalAttention)->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
+
+void BM_ResnetBlock2D(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t side = state.range(0), ch = state.range(1);
+  vdm::models::ResnetBlock2DOptions o;
+  o.in_channels = ch;
+  o.temb_channels = 4 * ch;
+  vdm::models::ResnetBlock2D block(o);
+  block->eval();
+  at::Tensor x = at::randn({kBatch * kFrames, ch, side, side});
+  at::Tensor temb = at::randn({kBatch * kFrames, 4 * ch});
+  for (auto _ : state) benchmark::DoNotOptimize(block->forward(x, temb));
+}
+BENCHMARK(BM_ResnetBlock2D)->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
+
+void BM_TemporalConvLayer(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t side = state.range(0), ch = state.range(1);
+  vdm::temporal::TemporalConvOptions o;
+  o.in_dim = ch;
+  vdm::temporal::TemporalConvLayer layer(o);
+  layer->eval();
+  at::Tensor x = at::randn({kBatch * kFrames, ch, side, side});
+  for (auto _ : state) benchmark::DoNotOptimize(layer->forward(x, kFrames));
+}
+BENCHMARK(BM_TemporalConvLayer)->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
+
+void BM_TransformerTemporal(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t side = state.range(0), ch = state.range(1);
+  vdm::temporal::TransformerTemporalOptions o;
+  o.in_channels = ch;
+  o.num_attention_heads = 8;
+  o.attention_head_dim = ch / 8;
+  vdm::temporal::TransformerTemporalModel model(o);
+  model->eval();
+  at::Tensor x = at::randn({kBatch * kFrames, ch, side, side});
+  for (auto _ : state) benchmark::DoNotOptimize(model->forward(x, kFrames));
+}
+BENCHMARK(BM_TransformerTemporal)->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  vdm::init_runtime(0);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
