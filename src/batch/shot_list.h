@@ -1,0 +1,101 @@
+// Shot lists: the input of `vdm batch`. A YAML file (or the same structure written as JSON):
+//
+//   defaults:                 # optional; any shot key except id and output
+//     frames: 16
+//     negative_prompt: blurry
+//   shots:
+//     - id: intro             # unique; letters, digits, '.', '_', '-'
+//       prompt: a red circle moving right
+//       seed: 7               # optional; derived from the id when absent
+//     - id: still
+//       prompt: the circle drifts up
+//       image: stills/circle.png        # animated from this image
+//     - id: restyled
+//       prompt: watercolor
+//       video: clips/take3.mp4          # restyled from this video
+//       strength: 0.6
+//       output: restyled-take3.webm     # file name in the output folder; default <id>.mp4
+//
+// Every problem (YAML syntax, unknown or duplicate keys, duplicate ids, wrong types, values out of
+// range, missing files) is collected and reported in one ConfigError, each with its line number,
+// before anything renders. Paths are relative to the shot list's folder.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace vdm::batch {
+
+// Values used when neither the shot nor `defaults:` sets a key.
+struct ShotDefaults {
+  static constexpr int64_t kFrames = 16;
+  static constexpr int64_t kFps = 8;
+  static constexpr int64_t kSteps = 25;
+  static constexpr double kGuidance = 9.0;
+  static constexpr double kStrength = 0.8;
+};
+
+// Accepted ranges (inclusive); the model may narrow sizes further (checked before rendering).
+struct ShotLimits {
+  static constexpr int64_t kMaxFrames = 1024;
+  static constexpr int64_t kMaxFps = 240;
+  static constexpr int64_t kMinSize = 8;      // width/height: multiples of 8
+  static constexpr int64_t kMaxSize = 8192;
+  static constexpr int64_t kMaxSteps = 1000;
+  static constexpr double kMaxGuidance = 100.0;
+  static constexpr size_t kMaxIdLength = 128;
+};
+
+struct Shot {
+  std::string id;
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  bool seed_derived = false;  // true: not given, derived from the id (see derive_seed)
+  int64_t frames = ShotDefaults::kFrames;
+  int64_t fps = ShotDefaults::kFps;  // frames per second of the output
+  int64_t width = 0;   // 0 = the model's native size
+  int64_t height = 0;
+  int64_t steps = ShotDefaults::kSteps;
+  double guidance = ShotDefaults::kGuidance;
+  std::string sampler;  // "" = the model folder's scheduler
+  std::string image;    // absolute path of the still to animate, or ""
+  std::string video;    // absolute path of the video to restyle, or ""
+  double strength = ShotDefaults::kStrength;  // meaningful with image or video
+  std::string output;   // file name inside the output folder (default "<id>.mp4")
+  // Where the shot came from, for messages.
+  size_t index = 0;     // 0-based position in the list
+  int line = 0;         // 1-based line of the shot's entry
+
+  enum class Mode { kGenerate, kAnimate, kRestyle };
+  Mode mode() const {
+    return !image.empty() ? Mode::kAnimate : !video.empty() ? Mode::kRestyle : Mode::kGenerate;
+  }
+};
+
+struct ShotList {
+  std::string source;  // the path as given (used in messages)
+  std::string dir;     // absolute folder that relative paths are resolved against
+  std::vector<Shot> shots;
+};
+
+// Reads and checks a shot list file (.yaml, .yml or .json). Throws InputError when unreadable,
+// ConfigError listing every problem otherwise.
+ShotList load_shot_list(const std::string& path);
+
+// Same, from text; `source` names it in messages and `base_dir` resolves relative paths.
+ShotList parse_shot_list(const std::string& text, const std::string& source,
+                         const std::string& base_dir);
+
+// The seed of a shot without one: the first 4 bytes of SHA-256("vdm-shot-seed:" + id), so it is
+// the same on every machine and every rerun, and small enough to type back into a shot list.
+uint64_t derive_seed(const std::string& id);
+
+// The shot keys (for messages and documentation).
+const std::vector<std::string>& shot_keys();
+
+// The closest of `candidates` to `word` by edit distance when close enough to be a likely typo,
+// else "".
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+}  // namespace vdm::batch

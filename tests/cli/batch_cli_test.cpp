@@ -1,0 +1,404 @@
+// `vdm batch` end to end, as real processes: outputs with the right frame counts (ffprobe), a
+// complete manifest, resume, three shard processes into one folder, a process killed with SIGKILL
+// mid-shot and resumed, SIGTERM, --concat, and shot-list errors with line numbers.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <thread>
+
+#include "batch/manifest.h"
+#include "batch/sha256.h"
+#include "batch/shard.h"
+#include "tests/support/test_support.h"
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+using vdm::test::run_command;
+
+namespace {
+
+// A small real model: the diffusers-written reference model when the fixtures are present.
+std::string model_dir() {
+  const char* env = std::getenv("VDM_BATCH_TEST_MODEL");
+  if (env && *env) return env;
+  std::string root = vdm::test::diffusers_tiny_root();
+  return root.empty() ? root : root + "/t2v_pipeline";
+}
+
+#ifdef VDM_WITH_FFMPEG
+constexpr bool kHaveCodecs = true;
+#else
+constexpr bool kHaveCodecs = false;
+#endif
+
+#define REQUIRE_MODEL(var)                                                                 \
+  if (!kHaveCodecs) GTEST_SKIP() << "built without FFmpeg: vdm batch cannot write video";  \
+  const std::string var = model_dir();                                                     \
+  if (var.empty()) GTEST_SKIP() << "no model: reference fixtures not found (VDM_FIXTURES) " \
+                                   "and VDM_BATCH_TEST_MODEL not set"
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Shots s0..s{n-1}: `frames` frames each at the model's native size, without classifier-free
+// guidance (half the work: these tests are about the batch machinery, not the images).
+// `steps_of(i)` gives each shot's denoising steps.
+std::string shot_list(int n, int frames, const std::function<int(int)>& steps_of) {
+  std::string s = fmt::format("defaults:\n  frames: {}\n  guidance: 1\n  fps: 8\nshots:\n", frames);
+  for (int i = 0; i < n; ++i)
+    s += fmt::format("  - id: s{}\n    prompt: shot {} of a red circle\n    steps: {}\n", i, i,
+                     steps_of(i));
+  return s;
+}
+std::string shot_list(int n, int frames, int steps) {
+  return shot_list(n, frames, [steps](int) { return steps; });
+}
+
+// Shot s1 takes several steps so that a signal reliably lands while it renders.
+int slow_second_shot(int i) { return i == 1 ? 10 : 1; }
+
+std::string batch_cmd(const std::string& model, const std::string& list, const std::string& out,
+                      const std::string& extra = "") {
+  return fmt::format("{} --threads 2 batch {} --out {} --model {} --progress none {}",
+                     vdm::test::vdm_binary(), list, out, model, extra);
+}
+
+int64_t ffprobe_frames(const std::string& path) {
+  std::string out;
+  int rc = run_command("ffprobe -v error -select_streams v:0 -count_frames -show_entries "
+                       "stream=nb_read_frames -of csv=p=0 '" + path + "'",
+                       &out);
+  EXPECT_EQ(rc, 0) << out;
+  return std::atoll(out.c_str());
+}
+
+std::vector<std::string> temp_files(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".tmp") out.push_back(e.path().filename().string());
+  return out;
+}
+
+// Starts `vdm` with `args` in the background, stdout+stderr into `log`, with `env` ("NAME=value")
+// added to this process's environment.
+pid_t spawn_vdm(const std::vector<std::string>& args, const std::string& log,
+                const std::vector<std::string>& env = {}) {
+  std::vector<std::string> env_s = env;
+  for (char** e = environ; *e; ++e) env_s.push_back(*e);
+  std::vector<char*> envp;
+  for (auto& e : env_s) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> argv_s = {vdm::test::vdm_binary()};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  EXPECT_EQ(rc, 0) << "cannot start " << argv_s[0];
+  return rc == 0 ? pid : -1;
+}
+
+// Exit status as run_command reports it: the code, or 128 + signal.
+int wait_exit(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+// Polls until `ready()` or the process ends or 120 s pass. Returns whether `ready()` held.
+bool wait_until(pid_t pid, const std::function<bool()>& ready) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ready()) return true;
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) return false;  // ended (reaped) before ready
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+size_t done_count(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& [id, r] : vdm::batch::read_manifests(dir).records) n += r.done();
+  return n;
+}
+
+class BatchCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = vdm::test::make_temp_dir("batchcli");
+    out_ = dir_ + "/out";
+    list_ = dir_ + "/shots.yaml";
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+  std::string dir_, out_, list_;
+};
+
+}  // namespace
+
+TEST_F(BatchCli, RendersAShotListResumesAndRerendersOnlyWhatIsMissing) {
+  REQUIRE_MODEL(model);
+  write_text(list_, shot_list(2, 2, 1) +
+                        "  - id: longer\n    prompt: a blue square\n    frames: 3\n    steps: 1\n"
+                        "    seed: 5\n");
+  std::string log;
+  ASSERT_EQ(run_command(batch_cmd(model, list_, out_, "--concat " + dir_ + "/all.mp4"), &log), 0)
+      << log;
+  EXPECT_EQ(ffprobe_frames(out_ + "/s0.mp4"), 2);
+  EXPECT_EQ(ffprobe_frames(out_ + "/s1.mp4"), 2);
+  EXPECT_EQ(ffprobe_frames(out_ + "/longer.mp4"), 3);
+  // Same size, rate and encoder for every shot: the join copies packets.
+  EXPECT_EQ(ffprobe_frames(dir_ + "/all.mp4"), 7);
+  EXPECT_NE(log.find("remuxed"), std::string::npos) << log;
+
+  auto m = vdm::batch::read_manifests(out_);
+  ASSERT_EQ(m.records.size(), 3u);
+  std::map<std::string, std::string> hashes;
+  std::map<std::string, int64_t> finished;
+  for (const auto& [id, r] : m.records) {
+    EXPECT_EQ(r.status, "done") << id;
+    EXPECT_EQ(r.sha256, vdm::batch::sha256_file(out_ + "/" + r.output)) << id;
+    EXPECT_TRUE(r.settings.contains("seed")) << id;
+    EXPECT_GT(r.resolved.at("width").get<int>(), 0);
+    EXPECT_GT(r.timings.at("render_s").get<double>(), 0);
+    hashes[id] = r.sha256;
+    finished[id] = r.finished_unix_ms;
+  }
+  EXPECT_EQ(m.find("longer")->settings.at("seed"), 5);
+  EXPECT_EQ(m.find("s0")->resolved.at("frames"), 2);
+
+  // Rerun: nothing rendered, nothing rewritten.
+  ASSERT_EQ(run_command(batch_cmd(model, list_, out_), &log), 0) << log;
+  EXPECT_NE(log.find("3 up to date, 0 to render"), std::string::npos) << log;
+  for (const auto& [id, r] : vdm::batch::read_manifests(out_).records)
+    EXPECT_EQ(r.finished_unix_ms, finished[id]) << id;
+
+  // Delete one output: exactly that shot is rendered again, to the same bytes.
+  fs::remove(out_ + "/s1.mp4");
+  ASSERT_EQ(run_command(batch_cmd(model, list_, out_), &log), 0) << log;
+  EXPECT_NE(log.find("2 up to date, 1 to render"), std::string::npos) << log;
+  m = vdm::batch::read_manifests(out_);
+  EXPECT_EQ(m.find("s0")->finished_unix_ms, finished["s0"]);
+  EXPECT_EQ(m.find("longer")->finished_unix_ms, finished["longer"]);
+  EXPECT_GT(m.find("s1")->finished_unix_ms, finished["s1"]);
+  EXPECT_EQ(m.find("s1")->sha256, hashes["s1"]) << "same seed and settings: same file";
+  EXPECT_TRUE(temp_files(out_).empty());
+}
+
+TEST_F(BatchCli, ThreeShardProcessesIntoOneFolder) {
+  REQUIRE_MODEL(model);
+  const int n = 6;
+  write_text(list_, shot_list(n, 2, 1));
+  // The same command as shard 1 by --shard, shard 2 as a Slurm array task (--array=1-3) and
+  // shard 3 as a Kubernetes Indexed Job pod.
+  const std::vector<std::vector<std::string>> how = {
+      {"--shard", "1/3"},
+      {"SLURM_ARRAY_TASK_ID=2", "SLURM_ARRAY_TASK_COUNT=3", "SLURM_ARRAY_TASK_MIN=1"},
+      {"JOB_COMPLETION_INDEX=2", "VDM_SHARD_COUNT=3"}};
+  std::vector<pid_t> pids;
+  for (int k = 1; k <= 3; ++k) {
+    std::vector<std::string> args = {"--threads", "1",          "batch",  list_,
+                                     "--out",     out_,         "--model", model,
+                                     "--progress", "none",      "--concat", dir_ + "/all.mp4"};
+    // The first definition of a name wins; the empty ones hide any inherited from this shell.
+    std::vector<std::string> env;
+    if (k == 1)
+      args.insert(args.end(), how[0].begin(), how[0].end());
+    else
+      env = how[k - 1];
+    env.insert(env.end(), {"SLURM_ARRAY_TASK_ID=", "JOB_COMPLETION_INDEX="});
+    pids.push_back(spawn_vdm(args, fmt::format("{}/shard{}.log", dir_, k), env));
+  }
+  for (size_t k = 0; k < pids.size(); ++k)
+    EXPECT_EQ(wait_exit(pids[k]), 0) << read_text(fmt::format("{}/shard{}.log", dir_, k + 1));
+
+  // Each shard's manifest holds exactly its own shots; together they hold every shot once.
+  std::set<std::string> seen;
+  for (int k = 1; k <= 3; ++k) {
+    const std::string path = fmt::format("{}/manifest.shard-{}-of-3.jsonl", out_, k);
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      const std::string id = j.at("id");
+      EXPECT_EQ(vdm::batch::shard_of(id, 3), k - 1) << id;
+      EXPECT_TRUE(seen.insert(id).second) << id << " rendered by two shards";
+      EXPECT_EQ(j.at("status"), "done");
+    }
+    // Each process rendered only its own share.
+    const std::string log = read_text(fmt::format("{}/shard{}.log", dir_, k));
+    for (int i = 0; i < n; ++i) {
+      const std::string id = fmt::format("s{}", i);
+      const bool rendered_here = log.find(fmt::format("shot {} (", id)) != std::string::npos;
+      EXPECT_EQ(rendered_here, vdm::batch::shard_of(id, 3) == k - 1) << id << " in shard " << k;
+    }
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) EXPECT_EQ(ffprobe_frames(fmt::format("{}/s{}.mp4", out_, i)), 2);
+  // The last shard to finish joined all shots.
+  EXPECT_EQ(ffprobe_frames(dir_ + "/all.mp4"), 2 * n);
+  EXPECT_TRUE(temp_files(out_).empty());
+  EXPECT_TRUE(temp_files(dir_).empty());
+}
+
+TEST_F(BatchCli, KilledMidShotThenRerunCompletesWithoutTouchingFinishedShots) {
+  REQUIRE_MODEL(model);
+  write_text(list_, shot_list(3, 2, slow_second_shot));
+  const std::string log_path = dir_ + "/run1.log";
+  pid_t pid = spawn_vdm({"--threads", "1", "batch", list_, "--out", out_, "--model", model,
+                         "--progress", "json"},
+                        log_path);
+  // Kill once s0 is finished and s1 is being denoised.
+  bool mid_shot = wait_until(pid, [&] {
+    return done_count(out_) >= 1 && read_text(log_path).find("\"detail\":\"shot s1") != std::string::npos;
+  });
+  ASSERT_TRUE(mid_shot) << read_text(log_path);
+  ::kill(pid, SIGKILL);
+  EXPECT_EQ(wait_exit(pid), 128 + SIGKILL);
+
+  auto m = vdm::batch::read_manifests(out_);
+  EXPECT_TRUE(m.warnings.empty());
+  ASSERT_NE(m.find("s0"), nullptr);
+  EXPECT_EQ(m.find("s1"), nullptr);
+  EXPECT_FALSE(fs::exists(out_ + "/s1.mp4"));
+  const std::string s0_hash = vdm::batch::sha256_file(out_ + "/s0.mp4");
+  const int64_t s0_finished = m.find("s0")->finished_unix_ms;
+  // What a kill during encoding leaves: the writer's temporary under the killed process id.
+  write_text(fmt::format("{}/.s1.mp4.{}.0.tmp", out_, pid), "partial");
+
+  std::string log;
+  ASSERT_EQ(run_command(batch_cmd(model, list_, out_), &log), 0) << log;
+  EXPECT_NE(log.find("1 up to date, 2 to render"), std::string::npos) << log;
+  EXPECT_NE(log.find("removed"), std::string::npos) << log;
+  m = vdm::batch::read_manifests(out_);
+  ASSERT_EQ(m.records.size(), 3u);
+  for (const auto& [id, r] : m.records) EXPECT_EQ(r.status, "done") << id;
+  EXPECT_EQ(vdm::batch::sha256_file(out_ + "/s0.mp4"), s0_hash);
+  EXPECT_EQ(m.find("s0")->finished_unix_ms, s0_finished);
+  EXPECT_EQ(ffprobe_frames(out_ + "/s1.mp4"), 2);
+  EXPECT_EQ(ffprobe_frames(out_ + "/s2.mp4"), 2);
+  EXPECT_TRUE(temp_files(out_).empty()) << fmt::format("{}", fmt::join(temp_files(out_), ", "));
+}
+
+TEST_F(BatchCli, SigtermMidShotExits143WithAConsistentManifest) {
+  REQUIRE_MODEL(model);
+  write_text(list_, shot_list(3, 2, slow_second_shot));
+  const std::string log_path = dir_ + "/run.log";
+  pid_t pid = spawn_vdm({"--threads", "1", "batch", list_, "--out", out_, "--model", model,
+                         "--progress", "json"},
+                        log_path);
+  bool mid_shot = wait_until(pid, [&] {
+    return done_count(out_) >= 1 && read_text(log_path).find("\"detail\":\"shot s1") != std::string::npos;
+  });
+  ASSERT_TRUE(mid_shot) << read_text(log_path);
+  ::kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid), 143) << read_text(log_path);
+  auto m = vdm::batch::read_manifests(out_);
+  EXPECT_TRUE(m.warnings.empty());
+  EXPECT_EQ(m.records.size(), 1u);
+  EXPECT_NE(m.find("s0"), nullptr);
+  EXPECT_FALSE(fs::exists(out_ + "/s1.mp4"));
+  EXPECT_TRUE(temp_files(out_).empty());
+  EXPECT_NE(read_text(log_path).find("interrupted"), std::string::npos);
+}
+
+TEST_F(BatchCli, FailingShotDoesNotStopTheOthersAndExitsNonZero) {
+  REQUIRE_MODEL(model);
+  // A restyle source that is not a video: that shot fails when it renders, the others finish.
+  write_text(dir_ + "/broken.mp4", "not a video at all");
+  write_text(list_, shot_list(1, 2, 1) +
+                        "  - id: broken\n    prompt: x\n    video: broken.mp4\n    strength: 0.5\n"
+                        "    steps: 1\n"
+                        "  - id: after\n    prompt: y\n    steps: 1\n");
+  std::string log;
+  EXPECT_EQ(run_command(batch_cmd(model, list_, out_), &log), 1) << log;
+  EXPECT_NE(log.find("1 of 3 shots failed (broken)"), std::string::npos) << log;
+  auto m = vdm::batch::read_manifests(out_);
+  EXPECT_EQ(m.find("broken")->status, "failed");
+  EXPECT_NE(m.find("broken")->error.find("broken.mp4"), std::string::npos);
+  EXPECT_EQ(m.find("after")->status, "done");
+  EXPECT_EQ(ffprobe_frames(out_ + "/after.mp4"), 2);
+  EXPECT_FALSE(fs::exists(out_ + "/broken.mp4"));
+}
+
+// ---- errors that need no model ------------------------------------------------------------------
+
+TEST_F(BatchCli, ShotListErrorsAreReportedTogetherWithLineNumbersAndNothingRenders) {
+  write_text(list_,
+             "defaults:\n"
+             "  frames: 8\n"
+             "shots:\n"
+             "  - id: a\n"
+             "    prompt: fine\n"
+             "  - id: b\n"
+             "    promt: typo\n"
+             "  - id: a\n"
+             "    prompt: again\n"
+             "    steps: many\n"
+             "    fps: 0\n");
+  std::string log;
+  EXPECT_EQ(run_command(batch_cmd("/nonexistent-model", list_, out_), &log), 2) << log;
+  for (const char* expected : {
+           "shots.yaml:7: shot 'b': unknown key 'promt' (did you mean 'prompt'?)",
+           "shots.yaml:6: shot 'b': missing 'prompt'",
+           "shots.yaml:8: shot 'a': duplicate id 'a' (first used at line 4)",
+           "shots.yaml:10: shot 'a': key 'steps': expected an integer, got 'many'",
+           "shots.yaml:11: shot 'a': key 'fps': 0 is out of range",
+       })
+    EXPECT_NE(log.find(expected), std::string::npos) << "missing: " << expected << "\n" << log;
+  EXPECT_FALSE(fs::exists(out_ + "/a.mp4"));
+
+  write_text(list_, "shots:\n  - id: a\n    prompt: [unclosed\n");
+  EXPECT_EQ(run_command(batch_cmd("/nonexistent-model", list_, out_), &log), 2) << log;
+  EXPECT_NE(log.find("invalid YAML/JSON syntax"), std::string::npos) << log;
+}
+
+TEST_F(BatchCli, BadArgumentsExitWithCode2) {
+  write_text(list_, shot_list(1, 2, 1));
+  std::string log;
+  EXPECT_EQ(run_command(batch_cmd("/nonexistent-model", list_, out_, "--shard 4/3"), &log), 2)
+      << log;
+  EXPECT_NE(log.find("--shard 4/3"), std::string::npos) << log;
+  EXPECT_EQ(run_command(batch_cmd("/nonexistent-model", list_, out_, "--concat all.txt"), &log), 2)
+      << log;
+  EXPECT_NE(log.find("--concat all.txt"), std::string::npos) << log;
+  EXPECT_EQ(run_command("JOB_COMPLETION_INDEX=1 " + batch_cmd("/nonexistent-model", list_, out_),
+                        &log),
+            2)
+      << log;
+  EXPECT_NE(log.find("VDM_SHARD_COUNT"), std::string::npos) << log;
+  // A missing model is reported before anything renders.
+  if (!kHaveCodecs) return;
+  EXPECT_EQ(run_command(batch_cmd("/nonexistent-model", list_, out_), &log), 2) << log;
+  EXPECT_NE(log.find("/nonexistent-model"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out_ + "/s0.mp4"));
+}
