@@ -1,0 +1,45 @@
+// vdm eval shapes: the prompt-adherence benchmark of a model trained on the moving-shapes world.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "train/shapes_benchmark.h"
+
+namespace vdm::cli {
+
+void register_eval(CLI::App& app) {
+  auto* eval = app.add_subcommand("eval", "Benchmarks of trained models");
+  eval->require_subcommand(1);
+  auto* cmd = eval->add_subcommand(
+      "shapes", "Render N grammar captions (text-to-video) and N animations (image-to-video) and measure colour, "
+                "direction, shape and persistence on the decoded frames");
+  auto o = std::make_shared<train::ShapesBenchmarkOptions>();
+  o->model_dir = default_model_dir();
+  o->out_dir = "eval_shapes";
+  auto mode = std::make_shared<std::string>("both");
+  cmd->add_option("--model", o->model_dir, "Model folder")->capture_default_str();
+  cmd->add_option("--n", o->n, "Clips per mode")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the captions and the generations")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Denoising steps")->capture_default_str();
+  cmd->add_option("--guidance", o->guidance, "Classifier-free guidance (0: the pipeline default)");
+  cmd->add_option("--sampler", o->sampler, "Sampler (default: the model's scheduler)");
+  cmd->add_option("--frames", o->frames, "Frames per clip")->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  cmd->add_option("--mode", *mode, "both | t2v | i2v")->capture_default_str();
+  cmd->add_option("--out", o->out_dir, "Folder for contact_t2v.png, contact_i2v.png, results.json")
+      ->capture_default_str();
+  cmd->callback([o, mode] {
+    if (*mode != "both" && *mode != "t2v" && *mode != "i2v")
+      throw InputError("--mode '" + *mode + "' is not known; use both, t2v or i2v");
+    o->text_to_video = *mode != "i2v";
+    o->image_to_video = *mode != "t2v";
+    auto report = train::run_shapes_benchmark(*o);
+    std::fputs(report.to_table().c_str(), stdout);
+    for (const auto& f : report.files) std::printf("wrote %s\n", f.c_str());
+  });
+}
+
+}  // namespace vdm::cli

@@ -1,0 +1,112 @@
+// A training recipe (configs/shapes/recipe.json): the data, the three model configs, and the
+// schedule of each stage. Every key has a documented default; unknown keys are rejected so a
+// typo does not silently fall back to a default.
+//
+// {
+//   "name": "shapes", "seed": 1234,
+//   "data": {"dataset": "shapes", "size": 64, "frames": 16, "fps": 8,
+//            "clips_dir": "", "captions": "",                 // dataset "folder": real clips
+//            "world": {"min_radius": 0.10, ...}},               // ShapeWorldConfig
+//   "tokenizer": {"num_merges": 400},
+//   "vae": {"config": {<AutoencoderKL config.json>}, "train": {<StageTraining>},
+//           "object_weight": 10, "kl_weight": 1e-6},
+//   "unet": {"config": {<UNet3DConditionModel config.json>}, "text_encoder": {<CLIPTextConfig>},
+//            "train": {<StageTraining>}, "caption_dropout": 0.1, "image_condition_prob": 0.5,
+//            "object_weight": 1, "min_snr_gamma": 0, "frame_noise_correlation": 0,
+//            "curriculum": [{"until_step": 2000, "frames": 8, "batch": 16}]},
+//   "scheduler": {<DDIMScheduler scheduler_config.json>},
+//   "export": {"dtype": "float16"}
+// }
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "train/shapes_dataset.h"
+
+namespace vdm::train {
+
+// The optimisation schedule of one stage.
+struct StageTraining {
+  int64_t steps = 1000;
+  int64_t batch = 8;
+  double lr = 1e-3;
+  int64_t warmup = 100;                  // linear learning-rate warm-up steps
+  std::string lr_schedule = "constant";  // constant | cosine (to 10% at `steps`)
+  double weight_decay = 0.01;
+  double ema_decay = 0.999;
+  double grad_clip = 1.0;                // global gradient norm; <= 0 disables clipping
+  int64_t checkpoint_every = 250;        // steps between checkpoints
+  int64_t export_every = 0;              // steps between model exports (0: at the end only)
+  int64_t log_every = 10;                // steps between loss-log rows
+  std::string precision = "auto";        // auto | float32 | bf16 (autocast; norms stay float32)
+};
+
+// A phase of the UNet curriculum: up to `until_step`, train on `frames` frames at `size`
+// pixels (0 = the recipe's) with batches of `batch`.
+struct CurriculumPhase {
+  int64_t until_step = 0;
+  int64_t frames = 16;
+  int64_t batch = 8;
+};
+
+struct TokenizerRecipe {
+  int64_t num_merges = 400;  // upper bound; merging stops early when no pair repeats
+};
+
+struct VaeRecipe {
+  nlohmann::json config;     // AutoencoderKL config.json
+  StageTraining train;
+  double object_weight = 10.0;  // loss weight of object pixels relative to background
+  double kl_weight = 1e-6;
+};
+
+struct UNetRecipe {
+  nlohmann::json config;        // UNet3DConditionModel config.json
+  nlohmann::json text_encoder;  // CLIPTextModel config.json (vocab and special ids come from the tokenizer)
+  StageTraining train;
+  double caption_dropout = 0.1;       // probability of training with the empty prompt (guidance)
+  double image_condition_prob = 0.5;  // probability of first-frame conditioning (image-to-video)
+  double object_weight = 1.0;         // loss weight of latent pixels covered by the object
+  double min_snr_gamma = 0.0;         // Min-SNR loss weighting (0: off)
+  double frame_noise_correlation = 0.0;  // share of the noise variance common to all frames
+  // > 0: encode this many full-length clips through the VAE once, before the first step, and draw
+  // every batch (with a random run of frames) from that pool; 0: encode fresh clips every step.
+  // On a CPU the VAE encoder costs more than the UNet step itself.
+  int64_t latent_pool = 0;
+  std::vector<CurriculumPhase> curriculum;
+};
+
+struct TrainRecipe {
+  std::string name = "shapes";
+  uint64_t seed = 1234;
+  // Data
+  std::string dataset = "shapes";  // shapes | folder
+  int64_t size = 64;               // square frames of size x size pixels
+  int64_t frames = 16;
+  double fps = 8.0;
+  std::string clips_dir;           // folder dataset: the clips
+  std::string captions;            // folder dataset: "<file>\t<caption>" lines
+  ShapeWorldConfig world;
+  TokenizerRecipe tokenizer;
+  VaeRecipe vae;
+  UNetRecipe unet;
+  nlohmann::json scheduler;        // scheduler_config.json written with the model
+  std::string export_dtype = "float16";  // float16 | float32 storage of exported weights
+
+  std::string source;  // file it came from (for messages)
+
+  // Parses and validates (model configs included); ConfigError naming the file and key.
+  static TrainRecipe from_json(const nlohmann::json& json, const std::string& source);
+  static TrainRecipe load(const std::string& path);
+  nlohmann::json to_json() const;
+
+  // The prediction type the scheduler config names ("epsilon" or "v_prediction").
+  std::string prediction_type() const;
+  // The curriculum phase for `step` (the recipe's frames and unet batch after the last phase).
+  CurriculumPhase phase_at(int64_t step) const;
+};
+
+}  // namespace vdm::train

@@ -1,0 +1,199 @@
+#include "train/shapes_benchmark.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/runtime.h"
+#include "io/atomic_file.h"
+#include "pipelines/video_pipeline.h"
+#include "train/shapes_dataset.h"
+#ifdef VDM_WITH_FFMPEG
+#include "codecs/image_codec.h"
+#endif
+
+namespace vdm::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json rates_json(const ShapeRates& r) {
+  return {{"n", r.n},           {"colour", r.colour},       {"direction", r.direction}, {"shape", r.shape},
+          {"persistence", r.persistence}, {"background", r.background}, {"all", r.all}};
+}
+
+bool write_sheet(const std::string& path, const at::Tensor& sheet) {
+#ifdef VDM_WITH_FFMPEG
+  codecs::write_png_file(path, sheet.data_ptr<uint8_t>(), static_cast<int>(sheet.size(1)),
+                         static_cast<int>(sheet.size(0)));
+  return true;
+#else
+  (void)path, (void)sheet;
+  return false;
+#endif
+}
+
+}  // namespace
+
+at::Tensor contact_sheet(const std::vector<at::Tensor>& clips, const std::vector<bool>& ok, int64_t columns) {
+  if (clips.empty()) return at::zeros({1, 1, 3}, at::TensorOptions().dtype(at::kByte));
+  const int64_t H = clips[0].size(1), W = clips[0].size(2);
+  const int64_t gap = 2, bar = 6, lead = bar + gap;
+  const int64_t rows = static_cast<int64_t>(clips.size());
+  at::Tensor sheet = at::full({rows * (H + gap), lead + columns * (W + gap), 3}, 255, at::TensorOptions().dtype(at::kByte));
+  for (int64_t r = 0; r < rows; ++r) {
+    const at::Tensor& c = clips[r];
+    const int64_t F = c.size(0);
+    const int64_t y = r * (H + gap);
+    at::Tensor colour = ok[r] ? at::tensor({40, 170, 60}, at::kByte) : at::tensor({210, 40, 40}, at::kByte);
+    sheet.slice(0, y, y + H).slice(1, 0, bar).copy_(colour.view({1, 1, 3}).expand({H, bar, 3}));
+    for (int64_t k = 0; k < columns; ++k) {
+      const int64_t f = columns > 1 ? std::llround(double(k) * double(F - 1) / double(columns - 1)) : 0;
+      const int64_t x = lead + k * (W + gap);
+      sheet.slice(0, y, y + H).slice(1, x, x + W).copy_(c[std::min(f, F - 1)]);
+    }
+  }
+  return sheet;
+}
+
+ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
+  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip per mode", o.n));
+  const auto t0 = std::chrono::steady_clock::now();
+  pipelines::PipelineConfig pc;
+  pc.model_dir = o.model_dir;
+  pc.device = o.device;
+  pc.dtype = o.dtype;
+  auto pipe = pipelines::VideoPipeline::load(pc);
+  log::info("eval shapes: {}", pipe->describe());
+  if (o.image_to_video && !pipe->has_first_frame_conditioning()) {
+    log::warn("{}: the UNet takes no first-frame condition; image-to-video falls back to animating from a noised "
+              "image",
+              o.model_dir);
+  }
+  ShapesBenchmarkReport report;
+  at::Generator gen = make_generator(o.seed);
+  std::vector<at::Tensor> sheet_clips[2];
+  std::vector<bool> sheet_ok[2];
+  for (int mode = 0; mode < 2; ++mode) {
+    const bool i2v = mode == 1;
+    if ((i2v && !o.image_to_video) || (!i2v && !o.text_to_video)) continue;
+    std::vector<ShapeClipScore> scores;
+    for (int64_t i = 0; i < o.n; ++i) {
+      ShapeClipSpec spec = sample_spec(gen);
+      pipelines::GenerateOptions g;
+      g.prompt = caption(spec);
+      g.frames = o.frames;
+      g.steps = o.steps;
+      if (o.guidance > 0) g.guidance = o.guidance;
+      g.sampler = o.sampler;
+      g.seed = o.seed * 1000003ULL + static_cast<uint64_t>(mode * 100000 + i);
+      at::Tensor frames;
+      if (i2v) {
+        pipelines::GenerateOptions probe = g;
+        pipe->validate(probe);
+        at::Tensor image = render_clip(spec, 1, probe.width)[0];  // [S, S, 3]
+        frames = pipe->animate(image, g);
+      } else {
+        frames = pipe->generate(g);
+      }
+      ShapesBenchmarkClip clip;
+      clip.mode = i2v ? "i2v" : "t2v";
+      clip.caption = g.prompt;
+      clip.seed = g.seed;
+      clip.score = score_clip(frames, spec.attributes);
+      if (i2v) {
+        FrameMeasure m = measure_frame(frames[0]);
+        const double side = static_cast<double>(frames.size(2));
+        const double dx = m.cx / side - spec.x0, dy = m.cy / static_cast<double>(frames.size(1)) - spec.y0;
+        clip.first_frame_kept = m.found && std::sqrt(dx * dx + dy * dy) <= spec.radius;
+      }
+      log::info("{} {:>3}/{}  {}  {}{}", clip.mode, i + 1, o.n, clip.caption, clip.score.all_ok() ? "ok" : "FAIL: ",
+                clip.score.failure);
+      scores.push_back(clip.score);
+      report.clips.push_back(clip);
+      sheet_clips[mode].push_back(frames);
+      sheet_ok[mode].push_back(clip.score.all_ok());
+    }
+    (i2v ? report.i2v : report.t2v) = summarize(scores);
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  if (!o.out_dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(o.out_dir, ec);
+    if (ec) throw InputError(fmt::format("cannot create '{}': {}", o.out_dir, ec.message()));
+    for (int mode = 0; mode < 2; ++mode) {
+      if (sheet_clips[mode].empty()) continue;
+      const std::string path = (fs::path(o.out_dir) / (mode == 0 ? "contact_t2v.png" : "contact_i2v.png")).string();
+      if (write_sheet(path, contact_sheet(sheet_clips[mode], sheet_ok[mode], o.sheet_columns))) {
+        report.files.push_back(path);
+      } else {
+        log::warn("contact sheets need the codecs (FFmpeg), which this build lacks; only results.json is written");
+        break;
+      }
+    }
+    const std::string json_path = (fs::path(o.out_dir) / "results.json").string();
+    report.files.push_back(json_path);
+    io::write_file_atomic(json_path, report.to_json(o).dump(2) + "\n");
+  }
+  return report;
+}
+
+nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) const {
+  nlohmann::json clips_json = nlohmann::json::array();
+  for (const auto& c : clips) {
+    const ShapeClipScore& s = c.score;
+    nlohmann::json j = {{"mode", c.mode},
+                        {"caption", c.caption},
+                        {"seed", c.seed},
+                        {"colour_ok", s.colour_ok},
+                        {"direction_ok", s.direction_ok},
+                        {"shape_ok", s.shape_ok},
+                        {"persistence_ok", s.persistence_ok},
+                        {"background_ok", s.background_ok},
+                        {"detected", {{"colour", s.colour}, {"shape", s.shape}, {"direction", s.direction},
+                                      {"background", s.background}}},
+                        {"travel", {s.travel_x, s.travel_y}},
+                        {"r2", s.r2},
+                        {"fill", s.fill},
+                        {"skew", s.skew},
+                        {"corner", s.corner},
+                        {"frames_ok", s.frames_ok},
+                        {"failure", s.failure}};
+    if (c.mode == "i2v") j["first_frame_kept"] = c.first_frame_kept;
+    clips_json.push_back(j);
+  }
+  return {{"model", o.model_dir},
+          {"n", o.n},
+          {"seed", o.seed},
+          {"steps", o.steps},
+          {"guidance", o.guidance},
+          {"sampler", o.sampler},
+          {"frames", o.frames},
+          {"device", o.device},
+          {"dtype", o.dtype},
+          {"seconds", seconds},
+          {"t2v", rates_json(t2v)},
+          {"i2v", rates_json(i2v)},
+          {"clips", clips_json}};
+}
+
+std::string ShapesBenchmarkReport::to_table() const {
+  std::string out = fmt::format("{:<6}{:>5}{:>9}{:>11}{:>8}{:>13}{:>7}\n", "mode", "n", "colour", "direction", "shape",
+                                "persistence", "all");
+  auto row = [&](const char* name, const ShapeRates& r) {
+    if (r.n == 0) return;
+    out += fmt::format("{:<6}{:>5}{:>8.0f}%{:>10.0f}%{:>7.0f}%{:>12.0f}%{:>6.0f}%\n", name, r.n, 100 * r.colour,
+                       100 * r.direction, 100 * r.shape, 100 * r.persistence, 100 * r.all);
+  };
+  row("t2v", t2v);
+  row("i2v", i2v);
+  return out;
+}
+
+}  // namespace vdm::train

@@ -1,0 +1,57 @@
+// The prompt-adherence benchmark of a model trained on the moving-shapes world (`vdm eval shapes`):
+// N captions drawn from the grammar rendered text-to-video, and N animations of a still first frame
+// rendered by the dataset (prompted with its caption), each scored by shapes_eval on the decoded
+// frames. Writes a contact sheet (one row per clip) and a JSON report.
+#pragma once
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "train/shapes_eval.h"
+
+namespace vdm::train {
+
+struct ShapesBenchmarkOptions {
+  std::string model_dir;
+  int64_t n = 20;              // clips per mode
+  uint64_t seed = 0;           // draws the captions/specs and the generation seeds
+  int64_t steps = 25;          // denoising steps
+  double guidance = 0;         // 0 = the pipeline default
+  int64_t frames = 16;
+  std::string sampler;         // "" = the model's scheduler
+  std::string device = "cpu";
+  std::string dtype = "float32";
+  std::string out_dir;         // contact sheets + results.json ("" = nothing written)
+  bool text_to_video = true;
+  bool image_to_video = true;
+  int64_t sheet_columns = 8;   // frames shown per clip on the contact sheet
+};
+
+struct ShapesBenchmarkClip {
+  std::string mode;     // "t2v" | "i2v"
+  std::string caption;
+  uint64_t seed = 0;
+  ShapeClipScore score;
+  bool first_frame_kept = false;  // i2v: the object starts where the image has it
+};
+
+struct ShapesBenchmarkReport {
+  std::vector<ShapesBenchmarkClip> clips;
+  ShapeRates t2v, i2v;
+  double seconds = 0;
+  std::vector<std::string> files;  // written outputs
+  nlohmann::json to_json(const ShapesBenchmarkOptions& options) const;
+  std::string to_table() const;
+};
+
+ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& options);
+
+// A contact sheet: one row per clip (uint8 [F, H, W, 3], all the same size), `columns` frames
+// evenly spaced, a 2-pixel gap, and a 6-pixel bar on the left: green when `ok`, red otherwise.
+// Returns uint8 [rows * (H + 2), 8 + columns * (W + 2), 3].
+at::Tensor contact_sheet(const std::vector<at::Tensor>& clips, const std::vector<bool>& ok, int64_t columns);
+
+}  // namespace vdm::train

@@ -1,0 +1,620 @@
+#include "train/trainer.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/log.h"
+#include "core/runtime.h"
+#include "io/atomic_file.h"
+#include "io/json_config.h"
+#include "models/autoencoder_kl.h"
+#include "models/pretrained_io.h"
+#include "models/unet_3d_condition.h"
+#include "pipelines/conditioning.h"
+#include "schedulers/scheduler.h"
+#include "text/bpe_trainer.h"
+#include "text/clip_text_model.h"
+#include "text/clip_tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/loss_log.h"
+#include "train/model_export.h"
+#include "train/optim.h"
+#include "train/precision.h"
+
+namespace vdm::train {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string model_dir(const std::string& out_dir) { return (fs::path(out_dir) / "model").string(); }
+std::string checkpoint_dir(const std::string& out_dir, const std::string& stage) {
+  return (fs::path(out_dir) / "checkpoints" / stage).string();
+}
+std::string loss_log_path(const std::string& out_dir, const std::string& stage) {
+  return (fs::path(out_dir) / "logs" / (stage + "_loss.csv")).string();
+}
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Model initialisation draws from the default generator: seed it so a recipe trains the same way.
+void seed_default_generator(uint64_t seed) {
+  at::Generator g = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(g.mutex());
+  g.set_current_seed(seed);
+}
+
+int64_t scaled_batch(int64_t batch, double scale) {
+  return std::max<int64_t>(1, static_cast<int64_t>(std::llround(static_cast<double>(batch) * scale)));
+}
+
+// The default generators feed dropout (the temporal convolutions train with dropout 0.1): their
+// states are checkpointed with the data generator so a resumed run continues exactly.
+std::vector<std::pair<std::string, at::Generator>> generators(at::Generator& data, c10::Device device) {
+  std::vector<std::pair<std::string, at::Generator>> out{{"data", data},
+                                                         {"default_cpu", at::detail::getDefaultCPUGenerator()}};
+  if (device.is_cuda()) out.emplace_back("default_cuda", at::globalContext().defaultGenerator(device));
+  return out;
+}
+
+io::TensorMap capture_generators(at::Generator& data, c10::Device device) {
+  io::TensorMap out;
+  for (auto& [name, g] : generators(data, device)) {
+    std::lock_guard<std::mutex> lock(g.mutex());
+    out[name] = g.get_state();
+  }
+  return out;
+}
+
+void restore_generators(const io::TensorMap& states, at::Generator& data, c10::Device device) {
+  for (auto& [name, g] : generators(data, device)) {
+    auto it = states.find(name);
+    if (it == states.end()) continue;  // e.g. a CPU checkpoint resumed on CUDA
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_state(it->second);
+  }
+}
+
+// What one training step produced: the loss to minimise and extra scalar metrics for the log.
+struct StepResult {
+  at::Tensor loss;
+  std::vector<at::Tensor> metrics;
+};
+
+struct StageSpec {
+  std::string stage;            // "vae" | "unet"
+  StageTraining training;
+  int64_t total = 0;
+  double budget_s = 0;
+  std::vector<std::string> metric_names;
+  std::string device, precision;
+};
+
+c10::Device device_of(const StageSpec& spec) { return c10::Device(spec.device); }
+
+// The loop shared by the VAE and UNet stages: resume, optimiser, EMA, logging, progress, time
+// budget, periodic checkpoints and exports, SIGINT handling.
+StageReport run_stage(const StageSpec& spec, const TrainOptions& options, const NamedParams& params,
+                      at::Generator& generator, const std::function<StepResult(int64_t step)>& step_fn,
+                      const std::function<void()>& export_fn, const std::function<std::string(int64_t)>& describe) {
+  const StageTraining& tr = spec.training;
+  AdamWOptions aopts;
+  aopts.weight_decay = tr.weight_decay;
+  AdamW optimizer(params, aopts);
+  Ema ema(params, tr.ema_decay);
+  const std::string ck_dir = checkpoint_dir(options.out_dir, spec.stage);
+
+  StageReport report;
+  report.stage = spec.stage;
+  report.total_steps = spec.total;
+  report.device = spec.device;
+  report.precision = spec.precision;
+  int64_t step = 0;
+  double elapsed_before = 0;
+  if (has_checkpoint(ck_dir)) {
+    if (!options.resume) {
+      throw InputError(fmt::format("{}: a {} checkpoint already exists; pass --resume to continue it, or choose "
+                                   "another --out",
+                                   ck_dir, spec.stage));
+    }
+    Checkpoint ck = *load_checkpoint(ck_dir);
+    {
+      at::NoGradGuard no_grad;
+      for (const auto& p : params) {
+        auto it = ck.model.find(p.first);
+        if (it == ck.model.end() || it->second.sizes() != p.second.sizes()) {
+          throw WeightsError(fmt::format("{}: weight '{}' is {} in the checkpoint; it does not match the recipe's "
+                                         "model (start without --resume in another --out)",
+                                         ck_dir, p.first, it == ck.model.end() ? "missing" : "shaped differently"));
+        }
+        p.second.copy_(it->second);
+      }
+    }
+    optimizer.load_state(ck.optimizer, ck_dir + "/optimizer.safetensors");
+    ema.load_state(ck.ema, ck_dir + "/ema.safetensors");
+    restore_generators(ck.rng, generator, device_of(spec));
+    step = ck.state.at("step").get<int64_t>();
+    elapsed_before = ck.state.value("elapsed_s", 0.0);
+    log::info("{}: resuming from step {} ({})", spec.stage, step, ck_dir);
+  } else if (options.resume) {
+    log::info("{}: no checkpoint in {}; starting from step 0", spec.stage, ck_dir);
+  }
+  report.start_step = step;
+
+  std::vector<std::string> columns{"loss"};
+  columns.insert(columns.end(), spec.metric_names.begin(), spec.metric_names.end());
+  for (const char* c : {"lr", "grad_norm", "step_s"}) columns.push_back(c);
+  fs::create_directories(fs::path(loss_log_path(options.out_dir, spec.stage)).parent_path());
+  LossLog log(loss_log_path(options.out_dir, spec.stage), columns);
+  log.truncate_after(step);
+
+  const auto run_start = Clock::now();
+  auto save = [&]() {
+    Checkpoint ck;
+    for (const auto& p : params) ck.model[p.first] = p.second.detach();
+    ck.ema = ema.state();
+    ck.optimizer = optimizer.state();
+    ck.rng = capture_generators(generator, device_of(spec));
+    ck.state = {{"stage", spec.stage},
+                {"step", step},
+                {"total_steps", spec.total},
+                {"elapsed_s", elapsed_before + seconds_since(run_start)},
+                {"device", spec.device},
+                {"precision", spec.precision}};
+    save_checkpoint(ck_dir, ck);
+  };
+  auto export_ema = [&]() {
+    NamedParams live = ema.backup();
+    ema.copy_to_params();
+    try {
+      export_fn();
+    } catch (...) {
+      Ema::restore(params, live);
+      throw;
+    }
+    Ema::restore(params, live);
+  };
+
+  install_interrupt_handlers();
+  pipelines::ProgressMeter meter("train-" + spec.stage, spec.total, options.progress, step);
+  double loss_avg = std::nan("");
+  int64_t bad_steps = 0;
+  double step_time_sum = 0;
+  int64_t steps_run = 0;
+  while (step < spec.total) {
+    if (interrupt_signal() != 0) {
+      const int sig = interrupt_signal();
+      log::warn("{}: interrupted at step {}; saving a checkpoint and the model", spec.stage, step);
+      export_ema();
+      save();
+      write_loss_curve(log, "loss");
+      throw Interrupted(sig);
+    }
+    if (spec.budget_s > 0 && seconds_since(run_start) >= spec.budget_s) {
+      report.budget_stop = true;
+      log::info("{}: time budget of {:.0f} s reached at step {}", spec.stage, spec.budget_s, step);
+      break;
+    }
+    const auto t0 = Clock::now();
+    const double lr = learning_rate(step, spec.total, tr.lr, tr.warmup, tr.lr_schedule);
+    StepResult r = step_fn(step);
+    optimizer.zero_grad();
+    r.loss.backward();
+    const double grad_norm = clip_grad_norm(params, tr.grad_clip);
+    if (!std::isfinite(grad_norm)) {
+      // A non-finite gradient (overflow) is skipped; many in a row mean training diverged.
+      optimizer.zero_grad();
+      if (++bad_steps >= 10) {
+        save();
+        throw Error(fmt::format("{}: gradients were not finite for {} steps in a row at step {}; training diverged. "
+                                "Lower the learning rate (now {}) or use --precision float32, then --resume",
+                                spec.stage, bad_steps, step, tr.lr));
+      }
+      log::warn("{}: non-finite gradient at step {}; step skipped", spec.stage, step);
+      continue;
+    }
+    bad_steps = 0;
+    optimizer.step(lr);
+    ema.update(step);
+    ++step;
+    const double dt = seconds_since(t0);
+    step_time_sum += dt;
+    ++steps_run;
+
+    const bool log_now = step % tr.log_every == 0 || step == spec.total;
+    if (log_now) {
+      const double loss = r.loss.detach().to(at::kFloat).item<double>();
+      if (!std::isfinite(loss)) {
+        throw Error(fmt::format("{}: the loss is {} at step {}; lower the learning rate (now {}) and --resume from the "
+                                "last checkpoint",
+                                spec.stage, loss, step, tr.lr));
+      }
+      loss_avg = std::isnan(loss_avg) ? loss : 0.9 * loss_avg + 0.1 * loss;
+      std::vector<double> row{loss};
+      for (const auto& m : r.metrics) row.push_back(m.detach().to(at::kDouble).item<double>());
+      row.push_back(lr);
+      row.push_back(grad_norm);
+      row.push_back(dt);
+      log.append(step, row);
+    }
+    meter.update(step, (std::isnan(loss_avg) ? std::string("loss -") : fmt::format("loss {:.4f}", loss_avg)) +
+                           (describe ? describe(step) : std::string()));
+    if (step % tr.checkpoint_every == 0 && step < spec.total) {
+      save();
+      write_loss_curve(log, "loss");
+    }
+    if (tr.export_every > 0 && step % tr.export_every == 0 && step < spec.total) export_ema();
+  }
+  // The model first: it is what a time-budgeted run exists for.
+  export_ema();
+  if (step > report.start_step || !has_checkpoint(ck_dir)) save();
+  write_loss_curve(log, "loss");
+  report.end_step = step;
+  report.seconds = seconds_since(run_start);
+  report.step_seconds = steps_run > 0 ? step_time_sum / static_cast<double>(steps_run) : 0.0;
+  report.last_loss = loss_avg;
+  report.exported = model_dir(options.out_dir);
+  return report;
+}
+
+void require_tokenizer(const std::string& out_dir) {
+  const fs::path dir = fs::path(model_dir(out_dir)) / "tokenizer";
+  if (!fs::exists(dir / "vocab.json") || !fs::exists(dir / "merges.txt")) {
+    throw InputError(fmt::format("{}: no trained tokenizer; run `vdm train --stage tokenizer` (or --stage all) with "
+                                 "this --out first",
+                                 dir.string()));
+  }
+}
+
+c10::ScalarType export_dtype(const TrainRecipe& recipe) {
+  return recipe.export_dtype == "float16" ? at::kHalf : at::kFloat;
+}
+
+// The VAE's latents are scaled to unit variance for the UNet: measured on a fixed sample of frames.
+double measure_scaling_factor(models::AutoencoderKL& vae, ClipDataset& data, int64_t size, c10::Device device) {
+  at::NoGradGuard no_grad;
+  at::Generator g = make_generator(0x5ca1e);
+  at::Tensor x = data.sample_frames(g, 64, size, device).video.squeeze(2);  // [64, 3, S, S]
+  const bool was_training = vae->is_training();
+  vae->eval();
+  at::Tensor mean = vae->encode(x).mean.to(at::kFloat);
+  if (was_training) vae->train();
+  const double std = mean.std().item<double>();
+  return std > 1e-8 ? 1.0 / std : 1.0;
+}
+
+}  // namespace
+
+StageReport train_tokenizer(const TrainRecipe& recipe, ClipDataset& data, const TrainOptions& options) {
+  StageReport report;
+  report.stage = "tokenizer";
+  const std::string mdir = model_dir(options.out_dir);
+  const fs::path dir = fs::path(mdir) / "tokenizer";
+  if (options.resume && fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) {
+    log::info("tokenizer: already trained ({})", dir.string());
+    report.exported = dir.string();
+    return report;
+  }
+  const auto t0 = Clock::now();
+  text::BpeTrainOptions o;
+  o.num_merges = recipe.tokenizer.num_merges;
+  text::BpeTrainResult result;
+  std::vector<std::string> corpus = data.tokenizer_corpus();
+  write_component(mdir, "tokenizer", [&](const std::string& d) { result = text::train_clip_bpe(corpus, o, d); });
+  report.end_step = report.total_steps = static_cast<int64_t>(result.merges.size());
+  report.seconds = seconds_since(t0);
+  report.exported = dir.string();
+  log::info("tokenizer: {} merges from {} captions ({} distinct words), vocabulary {}", result.merges.size(),
+            corpus.size(), result.num_words, result.vocab_size);
+  return report;
+}
+
+StageReport train_vae(const TrainRecipe& recipe, ClipDataset& data, const TrainOptions& options) {
+  const c10::Device device = parse_device(options.device);
+  const Precision precision =
+      choose_precision(options.precision.empty() ? recipe.vae.train.precision : options.precision, device);
+  configure_device_for_training(device);
+  models::AutoencoderKLConfig cfg =
+      models::AutoencoderKLConfig::from_json(io::JsonConfig(recipe.vae.config, recipe.source + " [vae.config]"));
+  cfg.sample_size = recipe.size;
+  seed_default_generator(recipe.seed + 1);
+  models::AutoencoderKL vae(cfg);
+  vae->to(device);
+  vae->train();
+  NamedParams params = named_trainable(*vae, "vae.");
+  at::Generator gen = make_generator(recipe.seed + 101);
+
+  StageSpec spec;
+  spec.stage = "vae";
+  spec.training = recipe.vae.train;
+  spec.total = options.steps_vae >= 0 ? options.steps_vae : recipe.vae.train.steps;
+  spec.budget_s = options.time_budget_vae;
+  spec.metric_names = {"rec", "kl", "psnr"};
+  spec.device = device.str();
+  spec.precision = precision_name(precision);
+  const int64_t batch = scaled_batch(recipe.vae.train.batch, options.batch_scale);
+  const int64_t factor = vae->downsample_factor();
+  const int64_t h = recipe.size / factor;
+  log::info("vae: {} parameters, batch {} frames of {}x{}, {} steps, {} on {}", io::parameter_count(*vae), batch,
+            recipe.size, recipe.size, spec.total, spec.precision, spec.device);
+
+  auto step_fn = [&](int64_t) {
+    ClipBatch b = data.sample_frames(gen, batch, recipe.size, device);
+    at::Tensor x = b.video.squeeze(2);  // [B, 3, S, S]
+    at::Tensor m = b.mask.squeeze(2);   // [B, 1, S, S]
+    at::Tensor eps = at::randn({batch, cfg.latent_channels, h, h}, gen).to(device);
+    at::Tensor rec, mean, logvar;
+    {
+      AutocastScope autocast(device, precision);
+      models::DiagonalGaussian post = vae->encode(x);
+      mean = post.mean.to(at::kFloat);
+      logvar = post.logvar.to(at::kFloat);
+      at::Tensor z = mean + at::exp(0.5 * logvar) * eps;
+      rec = vae->decode(z);
+    }
+    rec = rec.to(at::kFloat);
+    at::Tensor w = 1.0 + (recipe.vae.object_weight - 1.0) * m;
+    at::Tensor err = (rec - x).pow(2);
+    at::Tensor rec_loss = (w * err).mean() / w.mean();
+    at::Tensor kl = 0.5 * (mean.pow(2) + at::exp(logvar) - 1.0 - logvar).mean();
+    StepResult r;
+    r.loss = rec_loss + recipe.vae.kl_weight * kl;
+    at::Tensor mse = err.detach().mean();
+    r.metrics = {rec_loss.detach(), kl.detach(), 10.0 * at::log10(4.0 / mse.clamp_min(1e-10))};
+    return r;
+  };
+  auto export_fn = [&]() {
+    const double sf = measure_scaling_factor(vae, data, recipe.size, device);
+    nlohmann::json config = vae->config().to_json();
+    config["scaling_factor"] = sf;
+    write_component(model_dir(options.out_dir), "vae", [&](const std::string& d) {
+      models::save_pretrained(*vae, config, d, models::kDiffusersWeightsName, export_dtype(recipe));
+    });
+    log::debug("vae: exported with scaling_factor {:.5f}", sf);
+  };
+  return run_stage(spec, options, params, gen, step_fn, export_fn, nullptr);
+}
+
+StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const TrainOptions& options) {
+  const c10::Device device = parse_device(options.device);
+  const Precision precision =
+      choose_precision(options.precision.empty() ? recipe.unet.train.precision : options.precision, device);
+  configure_device_for_training(device);
+  const std::string mdir = model_dir(options.out_dir);
+  require_tokenizer(options.out_dir);
+  const std::string vae_dir = (fs::path(mdir) / "vae").string();
+  if (!fs::exists(fs::path(vae_dir) / "config.json")) {
+    throw InputError(fmt::format("{}: no trained VAE; run `vdm train --stage vae` (or --stage all) with this --out "
+                                 "first",
+                                 vae_dir));
+  }
+  text::ClipTokenizer tokenizer = text::ClipTokenizer::load((fs::path(mdir) / "tokenizer").string());
+  models::AutoencoderKL vae = models::load_autoencoder_kl(vae_dir);
+  vae->to(device);
+  vae->eval();
+  for (auto& p : vae->parameters()) p.set_requires_grad(false);
+  const models::AutoencoderKLConfig& vcfg = vae->config();
+  const int64_t C = vcfg.latent_channels;
+  const int64_t h = recipe.size / vae->downsample_factor();
+
+  nlohmann::json tjson = recipe.unet.text_encoder;
+  tjson["vocab_size"] = tokenizer.vocab_size();
+  tjson["bos_token_id"] = tokenizer.bos_id();
+  tjson["eos_token_id"] = tokenizer.eos_id();
+  tjson["pad_token_id"] = tokenizer.pad_id();
+  tjson["max_position_embeddings"] = std::max<int64_t>(tjson.value("max_position_embeddings", int64_t(77)),
+                                                       tokenizer.max_length());
+  text::CLIPTextConfig tcfg =
+      text::CLIPTextConfig::from_json(io::JsonConfig(tjson, recipe.source + " [unet.text_encoder]"));
+  models::UNet3DConditionConfig ucfg =
+      models::UNet3DConditionConfig::from_json(io::JsonConfig(recipe.unet.config, recipe.source + " [unet.config]"));
+  ucfg.sample_size = h;
+  seed_default_generator(recipe.seed + 2);
+  models::UNet3DConditionModel unet(ucfg);
+  text::CLIPTextModel text_encoder(tcfg);
+  unet->to(device);
+  text_encoder->to(device);
+  unet->train();
+  text_encoder->train();
+  NamedParams params = named_trainable(*unet, "unet.");
+  for (auto& p : named_trainable(*text_encoder, "text_encoder.")) params.push_back(p);
+
+  auto scheduler = schedulers::make_scheduler(io::JsonConfig(recipe.scheduler, recipe.source + " [scheduler]"));
+  const bool v_pred = recipe.prediction_type() == "v_prediction";
+  const at::Tensor alphas = scheduler->alphas_cumprod().to(at::kFloat);
+  const int64_t T = alphas.size(0);
+  const bool image_cond = pipelines::takes_first_frame_condition(ucfg.in_channels, C);
+  at::Generator gen = make_generator(recipe.seed + 202);
+
+  StageSpec spec;
+  spec.stage = "unet";
+  spec.training = recipe.unet.train;
+  spec.total = options.steps_unet >= 0 ? options.steps_unet : recipe.unet.train.steps;
+  spec.budget_s = options.time_budget_unet;
+  spec.metric_names = {"frames", "batch"};
+  spec.device = device.str();
+  spec.precision = precision_name(precision);
+  log::info("unet: {} + {} (text) parameters, {} latents {}x{}x{}, {} prediction, {} steps, {} on {}",
+            io::parameter_count(*unet), io::parameter_count(*text_encoder), C, recipe.frames, h, h,
+            v_pred ? "v" : "noise", spec.total, spec.precision, spec.device);
+
+  // Latents of a batch of clips, their subject masks pooled to the latent grid, and captions.
+  struct LatentBatch {
+    at::Tensor latents;  // [B, C, F, h, w] float
+    at::Tensor mask;     // [B, 1, F, h, w] float in [0, 1]
+    std::vector<std::string> captions;
+  };
+  auto encode_clips = [&](const ClipBatch& b) {
+    at::NoGradGuard no_grad;
+    AutocastScope autocast(device, precision);
+    const int64_t B = b.video.size(0), F = b.video.size(2);
+    at::Tensor frames = b.video.permute({0, 2, 1, 3, 4}).reshape({B * F, 3, recipe.size, recipe.size});
+    at::Tensor mean = vae->encode(frames).mean.to(at::kFloat);
+    if (vcfg.shift_factor) mean = mean - *vcfg.shift_factor;
+    LatentBatch out;
+    out.latents = (mean * vcfg.scaling_factor).reshape({B, F, C, h, h}).permute({0, 2, 1, 3, 4}).contiguous();
+    const int64_t f = recipe.size / h;
+    out.mask = at::avg_pool3d(b.mask.to(at::kFloat), {1, f, f}, {1, f, f});
+    out.captions = b.captions;
+    return out;
+  };
+  LatentBatch pool;
+  if (recipe.unet.latent_pool > 0) {
+    // Encoded once, from its own seeded generator, so a resumed run trains on the same pool.
+    const int64_t P = recipe.unet.latent_pool, chunk = 8;
+    at::Generator pool_gen = make_generator(recipe.seed + 303);
+    std::vector<at::Tensor> lat, msk;
+    pipelines::ProgressMeter meter("encode-pool", (P + chunk - 1) / chunk, options.progress);
+    for (int64_t i = 0; i < P; i += chunk) {
+      LatentBatch part = encode_clips(data.sample_clips(pool_gen, std::min(chunk, P - i), recipe.frames, recipe.size,
+                                                        device));
+      lat.push_back(part.latents);
+      msk.push_back(part.mask);
+      pool.captions.insert(pool.captions.end(), part.captions.begin(), part.captions.end());
+      meter.update(i / chunk + 1, fmt::format("{} clips", pool.captions.size()));
+    }
+    pool.latents = at::cat(lat, 0);
+    pool.mask = at::cat(msk, 0);
+    log::info("unet: latent pool of {} clips x {} frames encoded ({:.0f} MB)", P, recipe.frames,
+              pool.latents.numel() * 4 / 1e6);
+  }
+  auto sample_latents = [&](int64_t B, int64_t F) {
+    if (!pool.latents.defined()) return encode_clips(data.sample_clips(gen, B, F, recipe.size, device));
+    at::Tensor idx = at::randint(pool.latents.size(0), {B}, gen, at::TensorOptions().dtype(at::kLong));
+    const int64_t span = pool.latents.size(2) - F;
+    const int64_t start = span > 0 ? at::randint(span + 1, {1}, gen, at::TensorOptions().dtype(at::kLong)).item<int64_t>()
+                                   : 0;
+    LatentBatch out;
+    out.latents = pool.latents.index_select(0, idx.to(device)).narrow(2, start, F).contiguous();
+    out.mask = pool.mask.index_select(0, idx.to(device)).narrow(2, start, F).contiguous();
+    for (int64_t i = 0; i < B; ++i) out.captions.push_back(pool.captions[idx[i].item<int64_t>()]);
+    return out;
+  };
+
+  auto step_fn = [&](int64_t step) {
+    const CurriculumPhase phase = recipe.phase_at(step);
+    const int64_t F = phase.frames;
+    const int64_t B = scaled_batch(phase.batch, options.batch_scale);
+    LatentBatch b = sample_latents(B, F);
+    const at::Tensor& latents = b.latents;  // [B, C, F, h, w]
+    // Caption dropout (guidance) and first-frame conditioning dropout.
+    at::Tensor u = at::rand({B, 2}, gen, at::TensorOptions().dtype(at::kDouble));
+    std::vector<std::string> captions = b.captions;
+    std::vector<float> keep_image(B, 0.0f);
+    for (int64_t i = 0; i < B; ++i) {
+      if (u[i][0].item<double>() < recipe.unet.caption_dropout) captions[i] = "";
+      if (image_cond && u[i][1].item<double>() < recipe.unet.image_condition_prob) keep_image[i] = 1.0f;
+    }
+    at::Tensor ids = tokenizer.batch(captions).to(device);
+    at::Tensor noise = at::randn({B, C, F, h, h}, gen);
+    if (recipe.unet.frame_noise_correlation > 0) {
+      const double c = recipe.unet.frame_noise_correlation;
+      noise = std::sqrt(1.0 - c) * noise + std::sqrt(c) * at::randn({B, C, 1, h, h}, gen);
+    }
+    noise = noise.to(device);
+    at::Tensor t = at::randint(T, {B}, gen, at::TensorOptions().dtype(at::kLong));
+    at::Tensor t_dev = t.to(device);
+    at::Tensor noisy = scheduler->add_noise(latents, noise, t_dev);
+    at::Tensor target = v_pred ? scheduler->get_velocity(latents, noise, t_dev) : noise;
+    at::Tensor model_in = noisy;
+    if (image_cond) {
+      at::Tensor keep = at::tensor(keep_image).to(device).view({B, 1, 1, 1, 1});
+      at::Tensor first = latents.select(2, 0);  // [B, C, h, w]
+      at::Tensor cond = pipelines::first_frame_condition(first, B, C, F, h, h, latents.options()) * keep;
+      model_in = at::cat({noisy, cond}, 1);
+    }
+    at::Tensor pred;
+    {
+      AutocastScope autocast(device, precision);
+      at::Tensor emb = text_encoder->forward(ids).last_hidden_state;
+      pred = unet->forward(model_in, t_dev, emb);
+    }
+    pred = pred.to(at::kFloat);
+    at::Tensor err = (pred - target).pow(2);  // [B, C, F, h, w]
+    at::Tensor per_sample;
+    if (recipe.unet.object_weight != 1.0) {
+      at::Tensor w = 1.0 + (recipe.unet.object_weight - 1.0) * b.mask;  // [B, 1, F, h, w]
+      per_sample = (w * err).mean({1, 2, 3, 4}) / w.mean({1, 2, 3, 4});
+    } else {
+      per_sample = err.mean({1, 2, 3, 4});
+    }
+    if (recipe.unet.min_snr_gamma > 0) {
+      at::Tensor a = alphas.index_select(0, t).to(device);
+      at::Tensor snr = a / (1.0 - a).clamp_min(1e-8);
+      at::Tensor clipped = snr.clamp_max(recipe.unet.min_snr_gamma);
+      per_sample = per_sample * (v_pred ? clipped / (snr + 1.0) : clipped / snr.clamp_min(1e-8));
+    }
+    StepResult r;
+    r.loss = per_sample.mean();
+    r.metrics = {at::scalar_tensor(static_cast<double>(F)), at::scalar_tensor(static_cast<double>(B))};
+    return r;
+  };
+  auto export_fn = [&]() {
+    const c10::ScalarType dt = export_dtype(recipe);
+    write_component(mdir, "unet", [&](const std::string& d) { models::save_unet3d(unet, d, dt); });
+    write_component(mdir, "text_encoder", [&](const std::string& d) { text::save_clip_text_model(text_encoder, d, dt); });
+    write_scheduler_config(mdir, recipe.scheduler);
+    write_model_index(mdir);
+  };
+  auto describe = [&](int64_t step) {
+    const CurriculumPhase p = recipe.phase_at(step);
+    return fmt::format(" ({} frames x {})", p.frames, scaled_batch(p.batch, options.batch_scale));
+  };
+  return run_stage(spec, options, params, gen, step_fn, export_fn, describe);
+}
+
+std::vector<StageReport> run_training(const TrainRecipe& recipe, const std::string& stage, const TrainOptions& options) {
+  if (stage != "all" && stage != "tokenizer" && stage != "vae" && stage != "unet") {
+    throw InputError(fmt::format("--stage '{}' is not known; use all, tokenizer, vae or unet", stage));
+  }
+  if (options.out_dir.empty()) throw InputError("training needs an output folder (--out DIR)");
+  std::error_code ec;
+  fs::create_directories(options.out_dir, ec);
+  if (ec) throw InputError(fmt::format("cannot create the output folder '{}': {}", options.out_dir, ec.message()));
+  io::write_file_atomic((fs::path(options.out_dir) / "recipe.json").string(), recipe.to_json().dump(2) + "\n");
+
+  std::unique_ptr<ClipDataset> data = make_dataset(recipe);
+  log::info("training '{}' on {} into {}", recipe.name, data->describe(), options.out_dir);
+  std::vector<StageReport> reports;
+  if (stage == "all" || stage == "tokenizer") reports.push_back(train_tokenizer(recipe, *data, options));
+  if (stage == "all" || stage == "vae") reports.push_back(train_vae(recipe, *data, options));
+  if (stage == "all" || stage == "unet") reports.push_back(train_unet(recipe, *data, options));
+
+  // Record what each stage did next to the model.
+  const std::string record = (fs::path(model_dir(options.out_dir)) / "training.json").string();
+  nlohmann::json j = nlohmann::json::object();
+  if (fs::exists(record)) {
+    try {
+      j = io::JsonConfig::load(record).json();
+    } catch (const Error&) {
+      j = nlohmann::json::object();
+    }
+  }
+  j["recipe"] = recipe.name;
+  for (const auto& r : reports) {
+    nlohmann::json& s = j["stages"][r.stage];
+    s["steps"] = r.end_step;
+    s["planned_steps"] = r.total_steps;
+    s["seconds_last_run"] = r.seconds;
+    s["step_seconds"] = r.step_seconds;
+    s["final_loss"] = std::isfinite(r.last_loss) ? nlohmann::json(r.last_loss) : nlohmann::json();
+    s["device"] = r.device;
+    s["precision"] = r.precision;
+    s["stopped_by_time_budget"] = r.budget_stop;
+  }
+  fs::create_directories(model_dir(options.out_dir), ec);
+  io::write_file_atomic(record, j.dump(2) + "\n");
+  return reports;
+}
+
+}  // namespace vdm::train

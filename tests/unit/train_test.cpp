@@ -1,0 +1,231 @@
+// Training machinery on tiny models: the loss falls on a fixed batch, a checkpoint resumes to the
+// same state as an uninterrupted run, and the exported folder loads back.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/runtime.h"
+#include "io/json_config.h"
+#include "io/tensor_io.h"
+#include "models/autoencoder_kl.h"
+#include "models/unet_3d_condition.h"
+#include "pipelines/video_pipeline.h"
+#include "schedulers/scheduler.h"
+#include "tests/support/test_support.h"
+#include "text/clip_text_model.h"
+#include "text/clip_tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/loss_log.h"
+#include "train/optim.h"
+#include "train/recipe.h"
+#include "train/trainer.h"
+
+namespace vdm::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+nlohmann::json tiny_recipe_json() {
+  return nlohmann::json::parse(R"({
+    "name": "tiny", "seed": 7,
+    "data": {"dataset": "shapes", "size": 16, "frames": 4, "fps": 8},
+    "tokenizer": {"num_merges": 200},
+    "vae": {"config": {"block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                       "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": 1,
+                       "latent_channels": 4, "norm_num_groups": 4, "sample_size": 16},
+            "train": {"steps": 40, "batch": 4, "lr": 3e-3, "warmup": 0, "weight_decay": 0, "ema_decay": 0.9,
+                      "checkpoint_every": 100, "log_every": 1, "precision": "float32"},
+            "object_weight": 10, "kl_weight": 1e-6},
+    "unet": {"config": {"in_channels": 9, "out_channels": 4, "block_out_channels": [8, 16],
+                        "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+                        "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "layers_per_block": 1,
+                        "norm_num_groups": 4, "cross_attention_dim": 16, "attention_head_dim": 2},
+             "text_encoder": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                              "num_attention_heads": 2, "hidden_act": "gelu"},
+             "train": {"steps": 30, "batch": 2, "lr": 3e-3, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 2,
+                       "log_every": 1, "precision": "float32"},
+             "caption_dropout": 0.1, "image_condition_prob": 0.5, "object_weight": 4},
+    "scheduler": {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                  "beta_end": 0.012, "prediction_type": "v_prediction", "rescale_betas_zero_snr": true,
+                  "timestep_spacing": "trailing", "clip_sample": false},
+    "export": {"dtype": "float16"}
+  })");
+}
+
+// Always the same batch: training on it must overfit.
+class FixedDataset : public ShapesClipDataset {
+ public:
+  ClipBatch sample_clips(at::Generator&, int64_t batch, int64_t frames, int64_t size, c10::Device device) override {
+    at::Generator g = make_generator(99);
+    return ShapesClipDataset::sample_clips(g, batch, frames, size, device);
+  }
+  ClipBatch sample_frames(at::Generator&, int64_t batch, int64_t size, c10::Device device) override {
+    at::Generator g = make_generator(98);
+    return ShapesClipDataset::sample_frames(g, batch, size, device);
+  }
+};
+
+double mean_of(const std::vector<double>& v, size_t from, size_t to) {
+  double s = 0;
+  for (size_t i = from; i < to; ++i) s += v[i];
+  return s / static_cast<double>(to - from);
+}
+
+void copy_tree(const fs::path& from, const fs::path& to) {
+  fs::create_directories(to);
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+}
+
+TEST(Train, RecipeValidation) {
+  TrainRecipe r = TrainRecipe::from_json(tiny_recipe_json(), "tiny");
+  EXPECT_EQ(r.prediction_type(), "v_prediction");
+  EXPECT_EQ(r.phase_at(0).frames, 4);
+  nlohmann::json bad = tiny_recipe_json();
+  bad["unet"]["config"]["in_channels"] = 4;  // no room for the first-frame condition
+  EXPECT_THROW(TrainRecipe::from_json(bad, "bad"), ConfigError);
+  bad = tiny_recipe_json();
+  bad["vae"]["train"]["stepz"] = 3;
+  EXPECT_THROW(TrainRecipe::from_json(bad, "bad"), ConfigError);
+  bad = tiny_recipe_json();
+  bad["unet"]["text_encoder"]["hidden_size"] = 32;  // cross_attention_dim mismatch
+  EXPECT_THROW(TrainRecipe::from_json(bad, "bad"), ConfigError);
+  // The shipped recipe parses.
+  EXPECT_NO_THROW(TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe.json"));
+}
+
+TEST(Train, AdamWAndEmaStateRoundTrip) {
+  at::Tensor w = at::ones({3, 2}).set_requires_grad(true);
+  NamedParams p{{"w", w}};
+  AdamW opt(p, {});
+  Ema ema(p, 0.5);
+  for (int i = 0; i < 3; ++i) {
+    w.mutable_grad() = at::full({3, 2}, 0.5);
+    opt.step(0.1);
+    ema.update(i);
+  }
+  EXPECT_LT(w.max().item<double>(), 1.0);  // moved against the gradient
+  at::Tensor w2 = at::ones({3, 2}).set_requires_grad(true);
+  AdamW opt2({{"w", w2}}, {});
+  opt2.load_state(opt.state(), "test");
+  EXPECT_EQ(opt2.steps(), 3);
+  EXPECT_THROW(opt2.load_state({}, "empty"), WeightsError);
+}
+
+TEST(Train, LossLogAndCurve) {
+  const std::string dir = test::make_temp_dir("losslog");
+  const std::string path = dir + "/x_loss.csv";
+  {
+    LossLog log(path, {"loss", "lr"});
+    for (int s = 1; s <= 20; ++s) log.append(s, {1.0 / s, 1e-3});
+  }
+  LossLog log(path, {"loss", "lr"});
+  ASSERT_EQ(log.steps().size(), 20u);
+  log.truncate_after(12);
+  EXPECT_EQ(LossLog(path, {"loss", "lr"}).steps().size(), 12u);
+  EXPECT_THROW(LossLog(path, {"other"}), InputError);
+  at::Tensor img = draw_loss_curve(log.steps(), log.column("loss"), 200, 120);
+  ASSERT_EQ(img.sizes(), (std::vector<int64_t>{120, 200, 3}));
+  EXPECT_GT((img.select(2, 1) < 100).sum().item<int64_t>(), 20);  // the red line is drawn
+}
+
+TEST(Train, StagesOverfitResumeAndExport) {
+  const TrainRecipe recipe = TrainRecipe::from_json(tiny_recipe_json(), "tiny");
+  const std::string base = test::make_temp_dir("train_base");
+  TrainOptions o;
+  o.out_dir = base;
+  FixedDataset fixed;
+
+  // Tokenizer: every grammar word becomes one token.
+  train_tokenizer(recipe, fixed, o);
+  text::ClipTokenizer tok = text::ClipTokenizer::load(base + "/model/tokenizer");
+  EXPECT_EQ(tok.encode("a magenta triangle moving down on a gray background", false).size(), 9u);
+
+  // VAE: the reconstruction loss of a fixed batch falls.
+  StageReport vae = train_vae(recipe, fixed, o);
+  EXPECT_EQ(vae.end_step, 40);
+  std::vector<double> vloss = LossLog(loss_log_path(base, "vae"), {"loss", "rec", "kl", "psnr", "lr", "grad_norm", "step_s"})
+                                  .column("loss");
+  ASSERT_EQ(vloss.size(), 40u);
+  EXPECT_LT(mean_of(vloss, 35, 40), 0.5 * mean_of(vloss, 0, 5));
+  models::AutoencoderKL vae_model = models::load_autoencoder_kl(base + "/model/vae");
+  EXPECT_NE(vae_model->config().scaling_factor, 0.18215);  // measured on the data
+
+  // UNet + text encoder: the loss of a fixed batch falls.
+  const std::string a = test::make_temp_dir("train_a");
+  copy_tree(base + "/model", a + "/model");
+  o.out_dir = a;
+  StageReport unet = train_unet(recipe, fixed, o);
+  EXPECT_EQ(unet.end_step, 30);
+  std::vector<double> uloss =
+      LossLog(loss_log_path(a, "unet"), {"loss", "frames", "batch", "lr", "grad_norm", "step_s"}).column("loss");
+  ASSERT_EQ(uloss.size(), 30u);
+  EXPECT_LT(mean_of(uloss, 22, 30), 0.7 * mean_of(uloss, 0, 8));
+
+  // Resume: 6 steps in one go == 4 steps, stop, resume to 6 (fresh datasets: the batches come
+  // from the checkpointed generator).
+  ShapesClipDataset shapes;
+  const std::string one = test::make_temp_dir("train_one"), two = test::make_temp_dir("train_two");
+  copy_tree(base + "/model", one + "/model");
+  copy_tree(base + "/model", two + "/model");
+  o.out_dir = one;
+  o.steps_unet = 6;
+  train_unet(recipe, shapes, o);
+  o.out_dir = two;
+  o.steps_unet = 4;
+  train_unet(recipe, shapes, o);
+  EXPECT_THROW(train_unet(recipe, shapes, o), InputError);  // a checkpoint exists: needs --resume
+  o.resume = true;
+  o.steps_unet = 6;
+  StageReport resumed = train_unet(recipe, shapes, o);
+  EXPECT_EQ(resumed.start_step, 4);
+  EXPECT_EQ(resumed.end_step, 6);
+  auto ck1 = load_checkpoint(checkpoint_dir(one, "unet"));
+  auto ck2 = load_checkpoint(checkpoint_dir(two, "unet"));
+  ASSERT_TRUE(ck1 && ck2);
+  EXPECT_EQ(ck1->state["step"], 6);
+  EXPECT_EQ(ck2->state["step"], 6);
+  ASSERT_EQ(ck1->model.size(), ck2->model.size());
+  double diff = 0;
+  for (const auto& [k, v] : ck1->model) diff = std::max(diff, test::max_abs_diff(v, ck2->model.at(k)));
+  for (const auto& [k, v] : ck1->ema) diff = std::max(diff, test::max_abs_diff(v, ck2->ema.at(k)));
+  EXPECT_LT(diff, 1e-6);
+  ASSERT_EQ(ck1->rng.size(), 2u);  // data + default CPU generator
+  for (const auto& [k, v] : ck1->rng) EXPECT_TRUE(at::equal(v, ck2->rng.at(k))) << k;
+
+  // The exported folder loads with the component loaders and runs in the pipeline.
+  const std::string m = a + "/model";
+  for (const char* f : {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                        "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                        "text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+                        "scheduler/scheduler_config.json"}) {
+    EXPECT_TRUE(fs::exists(m + "/" + f)) << f;
+  }
+  EXPECT_EQ(io::JsonConfig::load(m + "/model_index.json").get_string("_class_name"), "TextToVideoSDPipeline");
+  models::UNet3DConditionModel u = models::load_unet3d(m + "/unet");
+  EXPECT_EQ(u->config().in_channels, 9);
+  text::CLIPTextModel te = text::load_clip_text_model(m + "/text_encoder");
+  EXPECT_EQ(te->config().vocab_size, tok.vocab_size());
+  auto sched = schedulers::make_scheduler(io::JsonConfig::load(m + "/scheduler/scheduler_config.json"));
+  EXPECT_EQ(sched->name(), "DDIMScheduler");
+  // Exported weights are the EMA weights stored as float16.
+  io::TensorMap unet_w = io::load_safetensors(m + "/unet/diffusion_pytorch_model.safetensors");
+  EXPECT_EQ(unet_w.begin()->second.scalar_type(), at::kHalf);
+
+  pipelines::PipelineConfig pc;
+  pc.model_dir = m;
+  auto pipe = pipelines::VideoPipeline::load(pc);
+  pipelines::GenerateOptions g;
+  g.prompt = "a red circle moving right on a black background";
+  g.frames = 4;
+  g.steps = 2;
+  g.guidance = 3.0;
+  at::Tensor clip = pipe->generate(g);
+  EXPECT_EQ(clip.sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
+  at::Tensor still = at::zeros({16, 16, 3}, at::kByte);
+  EXPECT_EQ(pipe->animate(still, g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
+}
+
+}  // namespace
+}  // namespace vdm::train
