@@ -24,6 +24,8 @@ const char* default_model_dir() {
 int main(int argc, char** argv) {
   CLI::App app{"vdm: video diffusion engine (text-to-video, image-to-video, video-to-video)"};
   app.require_subcommand(1);
+  // A flag given twice takes its last value (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.set_version_flag("--version", "vdm 0.1.0");
   vdm::init_runtime(0);
   app.add_option_function<int>("--threads", [](const int& n) { vdm::init_runtime(n); },

@@ -47,7 +47,8 @@ ModelFolder ModelFolder::open(const std::string& dir) {
   for (auto it = index.json().begin(); it != index.json().end(); ++it) {
     if (it.key().empty() || it.key()[0] == '_') continue;
     const auto& v = it.value();
-    if (v.is_null()) continue;
+    // diffusers writes [null, null] for an optional component it left out.
+    if (v.is_null() || (v.is_array() && v.size() == 2 && v[0].is_null() && v[1].is_null())) continue;
     if (!v.is_array() || v.size() != 2 || !v[0].is_string() || !v[1].is_string())
       index.fail(it.key(), "a [library, class] pair such as [\"diffusers\", \"AutoencoderKL\"]");
     ComponentInfo c;

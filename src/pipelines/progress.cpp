@@ -9,8 +9,8 @@
 
 namespace vdm::pipelines {
 
-ProgressMeter::ProgressMeter(std::string stage, int64_t total, ProgressCallback sink)
-    : stage_(std::move(stage)), total_(total), sink_(std::move(sink)),
+ProgressMeter::ProgressMeter(std::string stage, int64_t total, ProgressCallback sink, int64_t first_step)
+    : stage_(std::move(stage)), total_(total), sink_(std::move(sink)), first_step_(first_step),
       start_(std::chrono::steady_clock::now()) {}
 
 void ProgressMeter::update(int64_t step, const std::string& detail) {
@@ -20,7 +20,7 @@ void ProgressMeter::update(int64_t step, const std::string& detail) {
   e.step = step;
   e.total = total_;
   e.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  e.rate = e.elapsed_s > 0 ? static_cast<double>(step) / e.elapsed_s : 0.0;
+  e.rate = e.elapsed_s > 0 ? static_cast<double>(step - first_step_) / e.elapsed_s : 0.0;
   e.eta_s = e.rate > 0 ? static_cast<double>(total_ - step) / e.rate : 0.0;
   e.detail = detail;
   sink_(e);

@@ -23,7 +23,8 @@ enum class ProgressFormat { kText, kJson, kNone };
 // Measures rate and ETA for a stage and forwards events to a printer.
 class ProgressMeter {
  public:
-  ProgressMeter(std::string stage, int64_t total, ProgressCallback sink);
+  // first_step: steps already done before this meter started (a resumed run), left out of the rate.
+  ProgressMeter(std::string stage, int64_t total, ProgressCallback sink, int64_t first_step = 0);
   // Marks `step` (1-based) done; emits an event.
   void update(int64_t step, const std::string& detail = "");
 
@@ -31,6 +32,7 @@ class ProgressMeter {
   std::string stage_;
   int64_t total_;
   ProgressCallback sink_;
+  int64_t first_step_;
   std::chrono::steady_clock::time_point start_;
 };
 

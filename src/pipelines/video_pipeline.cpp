@@ -162,7 +162,12 @@ at::Tensor VideoPipeline::encode_prompt(const std::string& prompt, const std::st
                                         bool do_guidance) {
   c10::InferenceMode guard;
   auto encode = [&](const std::string& text) {
-    at::Tensor ids = c_->tokenizer.batch({text}).to(c_->device);
+    std::vector<int64_t> dropped;
+    at::Tensor ids = c_->tokenizer.batch({text}, &dropped).to(c_->device);
+    if (!dropped.empty() && dropped[0] > 0)
+      log::warn("prompt is longer than the text encoder's {} tokens: the last {} token(s) were "
+                "dropped; shorten the prompt to keep them",
+                c_->tokenizer.max_length(), dropped[0]);
     return c_->text_encoder->forward(ids).last_hidden_state;  // [1, L, D]
   };
   at::Tensor cond = encode(prompt);

@@ -3,12 +3,14 @@
 // the final latents and the decoded frames; plus encode_prompt.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "io/tensor_io.h"
 #include "pipelines/video_pipeline.h"
-#include "test_support.h"
+#include "tests/support/test_support.h"
 
 namespace {
 

@@ -1,0 +1,125 @@
+// `vdm generate` end to end as a user runs it, on the reference fixture model: the MP4 has the
+// requested frames, size and fps (checked with ffprobe), seeds are reproducible, and bad input
+// exits with code 2, one clear line, and no output file.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_support.h"
+
+namespace fs = std::filesystem;
+using vdm::test::run_command;
+
+namespace {
+
+std::string model_dir() {
+  std::string root = vdm::test::diffusers_tiny_root();
+  return root.empty() ? root : root + "/t2v_pipeline";
+}
+
+std::string generate_cmd(const std::string& model, const std::string& out, const std::string& extra) {
+  return fmt::format("{} --threads 2 generate --model {} --prompt 'a panda eating bamboo' --frames 6 "
+                     "--width 32 --height 32 --steps 3 --progress none {} --output {}",
+                     vdm::test::vdm_binary(), model, extra, out);
+}
+
+nlohmann::json ffprobe(const std::string& path) {
+  std::string out;
+  int rc = run_command(fmt::format("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                                   "stream=nb_read_frames,width,height,r_frame_rate:format_tags "
+                                   "-of json '{}'", path), &out);
+  EXPECT_EQ(rc, 0) << out;
+  return nlohmann::json::parse(out);
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+}  // namespace
+
+TEST(GenerateCli, WritesMp4WithRequestedFramesSizeFps) {
+  std::string model = model_dir();
+  if (model.empty()) GTEST_SKIP() << "reference fixtures not found (VDM_FIXTURES)";
+  std::string dir = vdm::test::make_temp_dir("gen");
+  std::string out_path = dir + "/clip.mp4", log;
+  ASSERT_EQ(run_command(generate_cmd(model, out_path, "--seed 7 --fps 12"), &log), 0) << log;
+  auto j = ffprobe(out_path);
+  const auto& s = j.at("streams").at(0);
+  EXPECT_EQ(s.at("nb_read_frames").get<std::string>(), "6");
+  EXPECT_EQ(s.at("width").get<int>(), 32);
+  EXPECT_EQ(s.at("height").get<int>(), 32);
+  EXPECT_EQ(s.at("r_frame_rate").get<std::string>(), "12/1");
+  EXPECT_EQ(j.at("format").at("tags").at("prompt").get<std::string>(), "a panda eating bamboo");
+  EXPECT_EQ(j.at("format").at("tags").at("seed").get<std::string>(), "7");
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_EQ(e.path().filename().string(), "clip.mp4") << "stray file left behind";
+}
+
+TEST(GenerateCli, SameSeedSameFramesDifferentSeedDifferentFrames) {
+  std::string model = model_dir();
+  if (model.empty()) GTEST_SKIP() << "reference fixtures not found (VDM_FIXTURES)";
+  std::string dir = vdm::test::make_temp_dir("seed");
+  std::string log;
+  // PNG frames are lossless: compare the exact pixels.
+  ASSERT_EQ(run_command(generate_cmd(model, dir + "/a", "--seed 11"), &log), 0) << log;
+  ASSERT_EQ(run_command(generate_cmd(model, dir + "/b", "--seed 11"), &log), 0) << log;
+  ASSERT_EQ(run_command(generate_cmd(model, dir + "/c", "--seed 12"), &log), 0) << log;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir + "/a")) names.push_back(e.path().filename().string());
+  ASSERT_EQ(names.size(), 6u);
+  int differing = 0;
+  for (const auto& n : names) {
+    EXPECT_EQ(read_bytes(dir + "/a/" + n), read_bytes(dir + "/b/" + n)) << n;
+    differing += read_bytes(dir + "/a/" + n) != read_bytes(dir + "/c/" + n);
+  }
+  EXPECT_EQ(differing, 6);
+}
+
+TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
+  std::string model = model_dir();
+  if (model.empty()) GTEST_SKIP() << "reference fixtures not found (VDM_FIXTURES)";
+  std::string dir = vdm::test::make_temp_dir("bad");
+  fs::create_directories(dir + "/readonly");
+  fs::permissions(dir + "/readonly", fs::perms::owner_read | fs::perms::owner_exec);
+  struct Case {
+    std::string name, model, extra, output, expect;
+  };
+  const std::vector<Case> cases = {
+      {"frames 0", model, "--frames 0", dir + "/f.mp4", "--frames 0"},
+      {"steps 0", model, "--steps 0", dir + "/s.mp4", "--steps 0"},
+      {"negative guidance", model, "--guidance -1", dir + "/g.mp4", "--guidance -1"},
+      {"nan guidance", model, "--guidance nan", dir + "/n.mp4", "--guidance"},
+      {"size the model cannot take", model, "--width 30", dir + "/w.mp4", "--width 30"},
+      {"missing model folder", dir + "/no-model", "", dir + "/m.mp4", "does not exist"},
+      {"unknown sampler", model, "--sampler heun9", dir + "/u.mp4", "heun9"},
+      {"unknown output extension", model, "", dir + "/x.avi", ".avi"},
+      {"output folder missing", model, "", dir + "/no/such/dir/o.mp4", "does not exist"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::string log;
+    // A flag given twice takes its last value, so `extra` overrides the defaults above.
+    int rc = run_command(generate_cmd(c.model, c.output, c.extra), &log);
+    EXPECT_EQ(rc, 2) << log;
+    EXPECT_NE(log.find(c.expect), std::string::npos) << log;
+    EXPECT_NE(log.find("vdm: error: "), std::string::npos) << log;
+    EXPECT_FALSE(fs::exists(c.output));
+  }
+  if (::geteuid() != 0) {  // root writes anywhere
+    std::string log;
+    int rc = run_command(generate_cmd(model, dir + "/readonly/o.mp4", ""), &log);
+    EXPECT_EQ(rc, 2) << log;
+    EXPECT_NE(log.find("not writable"), std::string::npos) << log;
+  }
+  std::string log;
+  int rc = run_command(fmt::format("{} animate --model {} --image {}/missing.png --prompt x --output {}/a.mp4",
+                                   vdm::test::vdm_binary(), model, dir, dir), &log);
+  EXPECT_EQ(rc, 2) << log;
+  EXPECT_NE(log.find("missing.png"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir + "/a.mp4"));
+}
