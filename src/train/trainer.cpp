@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <mutex>
@@ -16,6 +17,7 @@
 #include "core/runtime.h"
 #include "io/atomic_file.h"
 #include "io/json_config.h"
+#include "io/tensor_io.h"
 #include "models/autoencoder_kl.h"
 #include "models/pretrained_io.h"
 #include "models/unet_3d_condition.h"
@@ -469,7 +471,39 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     return out;
   };
   LatentBatch pool;
-  if (recipe.unet.latent_pool > 0) {
+  // The pool is cached next to the checkpoints, so a resumed run does not encode it again; the
+  // cache is used only when it was made by this VAE (weight fingerprint) with these settings.
+  const fs::path pool_path = fs::path(options.out_dir) / "checkpoints" / "unet-latent-pool.safetensors";
+  at::Tensor vae_fingerprint;
+  {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> sums;
+    for (const auto& p : vae->parameters()) sums.push_back(p.detach().to(at::kDouble).abs().sum().view({1}));
+    vae_fingerprint = at::cat(sums).cpu();
+  }
+  if (recipe.unet.latent_pool > 0 && fs::exists(pool_path)) {
+    io::TensorMap cached = io::load_safetensors(pool_path.string());
+    const bool usable = cached.count("latents") && cached.count("mask") && cached.count("captions") &&
+                        cached.count("vae_fingerprint") &&
+                        cached["vae_fingerprint"].sizes() == vae_fingerprint.sizes() &&
+                        at::allclose(cached["vae_fingerprint"], vae_fingerprint, 1e-6, 1e-9) &&
+                        cached["latents"].sizes() == at::IntArrayRef({recipe.unet.latent_pool, C, recipe.frames, h, h});
+    if (usable) {
+      pool.latents = cached["latents"].to(device);
+      pool.mask = cached["mask"].to(device);
+      const at::Tensor bytes = cached["captions"].contiguous();
+      std::string text(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), static_cast<size_t>(bytes.numel()));
+      for (size_t a = 0, b; a <= text.size(); a = b + 1) {
+        b = text.find('\n', a);
+        if (b == std::string::npos) b = text.size();
+        pool.captions.push_back(text.substr(a, b - a));
+      }
+      log::info("unet: latent pool of {} clips loaded from {}", pool.captions.size(), pool_path.string());
+    } else {
+      log::info("unet: {} was made with another VAE or other settings; encoding the pool again", pool_path.string());
+    }
+  }
+  if (recipe.unet.latent_pool > 0 && !pool.latents.defined()) {
     // Encoded once, from its own seeded generator, so a resumed run trains on the same pool.
     const int64_t P = recipe.unet.latent_pool, chunk = 8;
     at::Generator pool_gen = make_generator(recipe.seed + 303);
@@ -487,6 +521,15 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     pool.mask = at::cat(msk, 0);
     log::info("unet: latent pool of {} clips x {} frames encoded ({:.0f} MB)", P, recipe.frames,
               pool.latents.numel() * 4 / 1e6);
+    std::string text;
+    for (const auto& c : pool.captions) text += (text.empty() ? "" : "\n") + c;
+    at::Tensor bytes = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
+    std::memcpy(bytes.data_ptr<uint8_t>(), text.data(), text.size());
+    fs::create_directories(pool_path.parent_path());
+    io::save_safetensors(pool_path.string(), {{"latents", pool.latents},
+                                              {"mask", pool.mask},
+                                              {"captions", bytes},
+                                              {"vae_fingerprint", vae_fingerprint}});
   }
   auto sample_latents = [&](int64_t B, int64_t F) {
     if (!pool.latents.defined()) return encode_clips(data.sample_clips(gen, B, F, recipe.size, device));
