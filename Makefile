@@ -24,7 +24,7 @@ build: configure
 
 run: build
 	@mkdir -p out
-	./$(BUILD)/vdm generate --model $(MODEL) --prompt "$(PROMPT)" --seed 1 --output out/sample.mp4
+	./$(BUILD)/vdm generate --model $(MODEL) --prompt "$(PROMPT)" --seed 1 --guidance 4 --output out/sample.mp4
 	@echo "wrote out/sample.mp4"
 
 test: build
