@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vdm needs, only those missing, and says what it installs.
-# Idempotent: a second run installs nothing. Usage: ./install-deps.sh [--check]
+# Idempotent: a second run installs nothing. Usage: ./install-deps.sh [--check] [--fuzz]
+# --fuzz adds clang and its libFuzzer runtime, for the fuzz targets (make fuzz).
 set -euo pipefail
+
+check_only=0
+with_fuzz=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) check_only=1 ;;
+    --fuzz) with_fuzz=1 ;;
+    *) echo "install-deps: unknown argument '$arg'; use --check and/or --fuzz" >&2; exit 2 ;;
+  esac
+done
 
 PACKAGES=(
   build-essential cmake ccache pkg-config
@@ -12,6 +23,9 @@ PACKAGES=(
   libfmt-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
+if [ "$with_fuzz" -eq 1 ]; then
+  PACKAGES+=(clang libclang-rt-dev)  # libFuzzer and the sanitizer runtimes for clang
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -24,7 +38,7 @@ if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
   exit 0
 fi
-if [ "${1:-}" = "--check" ]; then
+if [ "$check_only" -eq 1 ]; then
   echo "install-deps: missing: ${missing[*]}"
   exit 1
 fi

@@ -80,6 +80,7 @@ std::vector<std::string> PipelineRenderer::prepare(const ShotList& list,
       pipelines::GenerateOptions o = options_for(*shot);
       pipeline_->validate(o);
       pipeline_->scheduler_name(o.sampler);  // an unknown sampler throws here
+      pipeline_->check_memory(o);
       codecs::VideoFormat format = codecs::resolve_video_format(shot->output);
       if (format == codecs::VideoFormat::kMp4 && (o.width % 2 != 0 || o.height % 2 != 0))
         throw InputError(fmt::format("{}x{} cannot be written as H.264 MP4 (even sizes only)",

@@ -25,7 +25,8 @@ class PipelineRenderer : public ShotRenderer {
   ~PipelineRenderer() override;
 
   // Loads the model and checks every shot against it (size multiples, frame and step limits,
-  // sampler names, output size for the format). Problems read "<list>:<line>: shot '<id>': ...".
+  // sampler names, output size for the format, the memory guard). Problems read
+  // "<list>:<line>: shot '<id>': ...".
   std::vector<std::string> prepare(const ShotList& list,
                                    const std::vector<const Shot*>& shots) override;
   ShotResult render(const Shot& shot, const std::string& output_path) override;

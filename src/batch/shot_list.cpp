@@ -265,6 +265,10 @@ class Parser {
     if (has_defaults) {
       if (defaults_node.IsMap()) {
         defaults = read_fields(defaults_node, "defaults", /*is_defaults=*/true);
+        if (defaults.lines.count("image") && defaults.lines.count("video"))
+          problems_.add(defaults.lines["video"], "defaults",
+                        "sets both 'image' and 'video'; a shot is animated from an image or "
+                        "restyled from a video, so set at most one of them in defaults");
       } else if (!defaults_node.IsNull()) {
         problems_.add(line_of(defaults_node), "defaults",
                       fmt::format("expected a mapping of shot settings, got {}",

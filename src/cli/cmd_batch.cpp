@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/log.h"
+#include "pipelines/memory_guard.h"
 #include "pipelines/progress.h"
 
 namespace vdm::cli {
@@ -37,6 +38,7 @@ struct BatchArgs {
   std::string dtype = "float32";
   int crf = 18;
   std::string preset = "medium";
+  std::string max_memory;  // "" = the memory the machine has free
 };
 
 #ifndef VDM_WITH_BATCH
@@ -67,6 +69,7 @@ void run_batch(const BatchArgs& a) {
   ro.pipeline.model_dir = model;
   ro.pipeline.device = a.device;
   ro.pipeline.dtype = a.dtype;
+  if (!a.max_memory.empty()) ro.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
   ro.crf = a.crf;
   ro.preset = a.preset;
   ro.step_progress = pipelines::make_progress_printer(format);
@@ -148,6 +151,10 @@ void register_batch(CLI::App& app) {
   cmd->add_option("--dtype", args->dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--crf", args->crf, "Quality for MP4/WebM (lower is better)")->capture_default_str();
   cmd->add_option("--preset", args->preset, "x264 preset for MP4")->capture_default_str();
+  cmd->add_option("--max-memory", args->max_memory,
+                  "Memory each shot may use beyond the loaded model, e.g. 8G; shots whose estimate "
+                  "is larger are reported before anything renders (default: the free memory; 0 = "
+                  "no check)");
   cmd->callback([args] { run_batch(*args); });
 }
 

@@ -35,6 +35,7 @@ struct GenerateArgs {
   std::string format;
   std::string progress = "text";
   int64_t seed = -1;
+  std::string max_memory;  // "" = the memory the machine has free
 };
 
 void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
@@ -62,6 +63,10 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--decode-chunk", o.decode_chunk, "Frames per VAE decode call (0 = automatic)");
+  cmd->add_option("--max-memory", a.max_memory,
+                  "Memory the render may use beyond the loaded model, e.g. 8G or 512M; a job whose "
+                  "estimate is larger is refused before it starts (default: the free memory; 0 = "
+                  "no check)");
   cmd->add_option("--progress", a.progress, "Progress on stderr: text, json or none")
       ->capture_default_str();
   cmd->add_option("--preview", o.preview_dir, "Write latent previews (PNG) into this folder");
@@ -89,6 +94,7 @@ void run(Mode mode, GenerateArgs& a) {
   pipelines::OutputSpec out = pipelines::resolve_output(a.output, a.format, a.fps, a.crf, a.preset);
   if (a.fps < 1 || a.fps > 240)
     throw InputError(fmt::format("--fps {}: must be between 1 and 240", a.fps));
+  if (!a.max_memory.empty()) a.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
 
   at::Tensor input;
 #ifdef VDM_WITH_FFMPEG
@@ -108,6 +114,7 @@ void run(Mode mode, GenerateArgs& a) {
   if (mode == Mode::kRestyle) o.frames = input.size(0);
   pipe->validate(o);
   pipelines::check_output_size(out, o.width, o.height);
+  pipe->check_memory(o);
   log::info("model {}", pipe->describe());
   log::info("seed {}  {} frames {}x{}  {} steps  guidance {}  sampler {}", o.seed, o.frames,
             o.width, o.height, o.steps, o.guidance, pipe->scheduler_name(o.sampler));

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -69,6 +70,25 @@ void restore_non_finite(nlohmann::json& j) {
   }
 }
 
+// A JSON number as int64: integers in range, and whole floats in range (Python writes 1.0 where
+// an int is meant). Anything else, NaN, Inf and values beyond int64 included, gives nullopt.
+std::optional<int64_t> as_int64(const nlohmann::json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    // [-2^63, 2^63): the doubles that convert to int64 without overflow.
+    if (std::isfinite(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0 &&
+        d == std::trunc(d))
+      return static_cast<int64_t>(d);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::string read_text_file(const std::string& path) {
@@ -90,17 +110,21 @@ JsonConfig JsonConfig::load(const std::string& path) {
                                   std::strerror(errno)));
   std::ostringstream ss;
   ss << in.rdbuf();
+  return parse(ss.str(), path);
+}
+
+JsonConfig JsonConfig::parse(const std::string& text, const std::string& source) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(quote_non_finite_tokens(ss.str()));
+    j = nlohmann::json::parse(quote_non_finite_tokens(text));
     restore_non_finite(j);
   } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(fmt::format("{}: not valid JSON: {}", path, e.what()));
+    throw ConfigError(fmt::format("{}: not valid JSON: {}", source, e.what()));
   }
   if (!j.is_object())
-    throw ConfigError(fmt::format("{}: expected a JSON object at the top level, got {}", path,
+    throw ConfigError(fmt::format("{}: expected a JSON object at the top level, got {}", source,
                                   j.type_name()));
-  return JsonConfig(std::move(j), path);
+  return JsonConfig(std::move(j), source);
 }
 
 bool JsonConfig::has(const std::string& key) const {
@@ -108,8 +132,15 @@ bool JsonConfig::has(const std::string& key) const {
 }
 
 void JsonConfig::fail(const std::string& key, const std::string& expected) const {
-  std::string got = has(key) ? fmt::format("{} {}", json_.at(key).type_name(), json_.at(key).dump())
-                             : std::string("nothing");
+  std::string got = "nothing";
+  if (has(key)) {
+    const auto& v = json_.at(key);
+    // dump() writes non-finite numbers as null; show them as the config file spells them.
+    const bool non_finite = v.is_number_float() && !std::isfinite(v.get<double>());
+    const double d = non_finite ? v.get<double>() : 0.0;
+    got = fmt::format("{} {}", v.type_name(),
+                      !non_finite ? v.dump() : std::isnan(d) ? "NaN" : d > 0 ? "Infinity" : "-Infinity");
+  }
   if (got.size() > 80) got = got.substr(0, 77) + "...";
   throw ConfigError(fmt::format("{}: key '{}' must be {}, got {}", source_, key, expected, got));
 }
@@ -121,9 +152,7 @@ const nlohmann::json& JsonConfig::require(const std::string& key) const {
 
 int64_t JsonConfig::get_int(const std::string& key) const {
   const auto& v = require(key);
-  if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
-    return static_cast<int64_t>(v.get<double>());
+  if (auto i = as_int64(v)) return *i;
   fail(key, "an integer");
 }
 double JsonConfig::get_double(const std::string& key) const {
@@ -146,8 +175,9 @@ std::vector<int64_t> JsonConfig::get_int_list(const std::string& key) const {
   if (!v.is_array()) fail(key, "a list of integers");
   std::vector<int64_t> out;
   for (const auto& e : v) {
-    if (!e.is_number_integer()) fail(key, "a list of integers");
-    out.push_back(e.get<int64_t>());
+    auto i = e.is_number_integer() ? as_int64(e) : std::nullopt;
+    if (!i) fail(key, "a list of integers");
+    out.push_back(*i);
   }
   return out;
 }
@@ -189,7 +219,7 @@ std::vector<int64_t> JsonConfig::get_int_or_list(const std::string& key, size_t 
     return std::vector<int64_t>(n, *def);
   }
   const auto& v = json_.at(key);
-  if (v.is_number_integer()) return std::vector<int64_t>(n, v.get<int64_t>());
+  if (v.is_number()) return std::vector<int64_t>(n, get_int(key));
   auto list = get_int_list(key);
   if (list.size() != n)
     throw ConfigError(fmt::format("{}: key '{}' has {} entries, expected {} (one per block)",

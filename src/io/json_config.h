@@ -15,6 +15,9 @@ class JsonConfig {
   JsonConfig(nlohmann::json json, std::string source);
   // Reads and parses a file; ConfigError when missing, unreadable or not a JSON object.
   static JsonConfig load(const std::string& path);
+  // Parses JSON text (Python's NaN/Infinity/-Infinity accepted); `source` names it in errors.
+  // ConfigError when malformed or not an object.
+  static JsonConfig parse(const std::string& text, const std::string& source);
 
   const std::string& source() const { return source_; }
   const nlohmann::json& json() const { return json_; }

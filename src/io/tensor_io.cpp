@@ -85,6 +85,7 @@ void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const 
   for (auto& b : module.named_buffers(true)) targets[b.key()] = b.value();
 
   std::vector<std::string> problems;
+  size_t non_finite = 0;  // problems that are NaN/Inf values (the rest are layout problems)
   std::set<std::string> seen;
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;
   for (const auto& kv : tensors) {
@@ -103,9 +104,18 @@ void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const 
                                      shape_str(it->second.sizes()), shape_str(kv.second.sizes())));
       continue;
     }
+    if (it->second.is_floating_point() != kv.second.is_floating_point()) {
+      // Floating-point weights convert between float32, float16 and bfloat16; an integer or
+      // boolean tensor where the model has floats (or the reverse) is a different tensor.
+      problems.push_back(fmt::format("dtype mismatch for '{}': expected {} values, got {}", key,
+                                     it->second.is_floating_point() ? "floating-point" : "integer",
+                                     c10::toString(kv.second.scalar_type())));
+      continue;
+    }
     if (options.check_finite && kv.second.is_floating_point() &&
         !at::isfinite(kv.second).all().item<bool>()) {
       problems.push_back(fmt::format("'{}' contains NaN or Inf values", key));
+      ++non_finite;
       continue;
     }
     copies.emplace_back(it->second, kv.second);
@@ -117,11 +127,15 @@ void load_state_dict(torch::nn::Module& module, const TensorMap& tensors, const 
   if (!problems.empty()) {
     const size_t shown = std::min<size_t>(problems.size(), 12);
     std::vector<std::string> head(problems.begin(), problems.begin() + shown);
+    const bool only_values = non_finite == problems.size();
     throw WeightsError(fmt::format(
-        "{}: weights do not match the model config ({} problem{}): {}{}; check that the weights "
-        "and config.json come from the same model",
-        source, problems.size(), problems.size() == 1 ? "" : "s", fmt::join(head, "; "),
-        problems.size() > shown ? fmt::format("; and {} more", problems.size() - shown) : ""));
+        "{}: {} ({} problem{}): {}{}; {}", source,
+        only_values ? "weights hold values a model cannot use" : "weights do not match the model config",
+        problems.size(), problems.size() == 1 ? "" : "s", fmt::join(head, "; "),
+        problems.size() > shown ? fmt::format("; and {} more", problems.size() - shown) : "",
+        only_values ? "the file is damaged or comes from a training run that diverged; download or "
+                      "export it again"
+                    : "check that the weights and config.json come from the same model"));
   }
   torch::NoGradGuard no_grad;
   for (auto& c : copies) c.first.copy_(c.second);

@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/runtime.h"
 #include "io/json_config.h"
+#include "models/attention.h"
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/conditioning.h"
@@ -21,6 +22,11 @@
 #include "schedulers/scheduler.h"
 #include "text/clip_text_model.h"
 #include "text/clip_tokenizer.h"
+
+#ifdef VDM_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+#endif
 
 namespace vdm::pipelines {
 
@@ -36,6 +42,7 @@ struct VideoPipeline::Components {
   models::AutoencoderKL vae{nullptr};
   c10::Device device{c10::kCPU};
   c10::ScalarType dtype = at::kFloat;
+  std::optional<uint64_t> max_memory;  // PipelineConfig::max_memory
 };
 
 namespace {
@@ -54,6 +61,23 @@ std::unique_ptr<schedulers::Scheduler> make_pipeline_scheduler(const io::JsonCon
   return schedulers::make_scheduler(config, sampler);
 }
 
+// Free memory on a CUDA device in bytes (0 when unknown or without CUDA).
+uint64_t free_device_memory(const c10::Device& device) {
+#ifdef VDM_WITH_CUDA
+  if (!device.is_cuda()) return 0;
+  c10::cuda::CUDAGuard guard(device);
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the error state
+    return 0;
+  }
+  return free_bytes;
+#else
+  (void)device;
+  return 0;
+#endif
+}
+
 }  // namespace
 
 VideoPipeline::VideoPipeline(std::unique_ptr<Components> c) : c_(std::move(c)) {}
@@ -70,7 +94,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
 
   auto c = std::make_unique<Components>(Components{
       folder, scheduler_config, text::ClipTokenizer::load(folder.component("tokenizer").dir),
-      nullptr, nullptr, nullptr, device, dtype});
+      nullptr, nullptr, nullptr, device, dtype, config.max_memory});
   c->text_encoder = text::load_clip_text_model(folder.component("text_encoder").dir);
   c->unet = models::load_unet3d(folder.component("unet").dir);
   c->vae = models::load_autoencoder_kl(folder.component("vae").dir);
@@ -128,6 +152,8 @@ void VideoPipeline::validate(GenerateOptions& o) const {
   if (o.width == 0) o.width = native;
   if (o.height == 0) o.height = native;
   auto near = [f](int64_t v) {
+    const int64_t top = std::max<int64_t>(f, 4096 / f * f);  // the largest size accepted
+    if (v >= top) return fmt::format("{}", top);
     int64_t lo = std::max<int64_t>(f, v / f * f);
     return lo == v ? fmt::format("{}", v) : fmt::format("{} or {}", lo, lo + f);
   };
@@ -156,6 +182,56 @@ void VideoPipeline::validate(GenerateOptions& o) const {
   if (o.decode_chunk < 0)
     throw InputError(fmt::format("--decode-chunk {}: must be >= 0 (0 = automatic)", o.decode_chunk));
   make_pipeline_scheduler(c_->scheduler_config, o.sampler);
+}
+
+MemoryModel VideoPipeline::memory_model() const {
+  const auto& ucfg = c_->unet->config();
+  const auto& vcfg = c_->vae->config();
+  MemoryModel m;
+  m.latent_channels = vcfg.latent_channels;
+  m.unet_in_channels = ucfg.in_channels;
+  m.unet_block_out_channels = ucfg.block_out_channels;
+  m.unet_layers_per_block = ucfg.layers_per_block;
+  m.unet_heads = ucfg.attention_head_dim;  // UNet3D: the number of heads of each level
+  m.vae_factor = c_->vae->downsample_factor();
+  m.vae_block_out_channels = vcfg.block_out_channels;
+  m.text_length = c_->tokenizer.max_length();
+  m.text_dim = c_->text_encoder->config().hidden_size;
+  m.activation_bytes = static_cast<int64_t>(c10::elementSize(c_->dtype));
+  m.attention_score_budget = models::kAttentionScoreBudget;
+  return m;
+}
+
+namespace {
+MemoryJob memory_job(const GenerateOptions& o) {
+  MemoryJob job;
+  job.frames = o.frames;
+  job.width = o.width;
+  job.height = o.height;
+  job.guidance = o.guidance > 1.0;
+  job.decode_chunk = o.decode_chunk;
+  return job;
+}
+}  // namespace
+
+MemoryEstimate VideoPipeline::estimate_memory(const GenerateOptions& o) const {
+  return pipelines::estimate_memory(memory_model(), memory_job(o));
+}
+
+void VideoPipeline::check_memory(const GenerateOptions& o) const {
+  uint64_t available = 0;
+  std::string source;
+  if (c_->max_memory) {
+    available = *c_->max_memory;
+    source = "--max-memory";
+  } else if (c_->device.is_cuda()) {
+    available = free_device_memory(c_->device);
+    source = fmt::format("free memory on {}", c_->device.str());
+  } else {
+    available = available_host_memory();
+    source = "free memory on this machine (MemAvailable, or the cgroup limit when lower)";
+  }
+  pipelines::check_memory(memory_model(), memory_job(o), available, source);
 }
 
 at::Tensor VideoPipeline::encode_prompt(const std::string& prompt, const std::string& negative_prompt,
@@ -227,12 +303,9 @@ at::Tensor VideoPipeline::decode_latents(const at::Tensor& latents, int64_t deco
   if (vcfg.shift_factor) z = z + *vcfg.shift_factor;
   const int64_t frames = z.size(0);
   if (decode_chunk <= 0) {
-    // Bound the decoder's largest activations (about 6 live tensors of the widest level at full
-    // resolution) to roughly 1.5 GB per chunk.
+    // Bound the decoder's largest activations to roughly 1.5 GB per chunk (memory_guard.h).
     const int64_t f = c_->vae->downsample_factor();
-    const double per_frame = 6.0 * 4.0 * static_cast<double>(z.size(2) * f * z.size(3) * f) *
-                             static_cast<double>(vcfg.block_out_channels.back());
-    decode_chunk = std::max<int64_t>(1, static_cast<int64_t>(1.5e9 / per_frame));
+    decode_chunk = auto_decode_chunk(memory_model(), z.size(3) * f, z.size(2) * f);
   }
   std::vector<at::Tensor> out;
   for (int64_t s = 0; s < frames; s += decode_chunk) {
@@ -267,6 +340,7 @@ at::Tensor VideoPipeline::run(const GenerateOptions& o_in, const at::Tensor& ini
                               const at::Tensor& image_condition_latent) {
   GenerateOptions o = o_in;
   validate(o);
+  check_memory(o);
   const int64_t f = c_->vae->downsample_factor();
   const int64_t C = latent_channels(), h = o.height / f, w = o.width / f;
   const bool guidance = o.guidance > 1.0;
@@ -316,6 +390,7 @@ at::Tensor VideoPipeline::generate_float(const GenerateOptions& o) { return run(
 at::Tensor VideoPipeline::animate(const at::Tensor& image, const GenerateOptions& o_in) {
   GenerateOptions o = o_in;
   validate(o);
+  check_memory(o);
   if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != at::kByte)
     throw InputError(fmt::format("animate: image must be uint8 [H, W, 3], got {} {}",
                                  c10::toString(image.scalar_type()), c10::str(image.sizes())));
@@ -334,6 +409,7 @@ at::Tensor VideoPipeline::restyle(const at::Tensor& video, const GenerateOptions
                                  c10::toString(video.scalar_type()), c10::str(video.sizes())));
   o.frames = video.size(0);
   validate(o);
+  check_memory(o);
   std::vector<at::Tensor> fitted;
   for (int64_t i = 0; i < video.size(0); ++i) fitted.push_back(fit_image(video[i], o.width, o.height, o.fit));
   at::Tensor latents = encode_image_latents(at::stack(fitted), o);  // [F, C, h, w]

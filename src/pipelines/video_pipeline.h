@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "pipelines/memory_guard.h"
 #include "pipelines/progress.h"
 
 namespace vdm::pipelines {
@@ -45,6 +46,9 @@ struct PipelineConfig {
   std::string model_dir;
   std::string device = "cpu";
   std::string dtype = "float32";
+  // Memory a render may use on top of the loaded model, in bytes: unset = what the machine has
+  // free (MemAvailable or the cgroup limit on CPU, free device memory on CUDA); 0 = no check.
+  std::optional<uint64_t> max_memory;
 };
 
 class VideoPipeline {
@@ -82,6 +86,13 @@ class VideoPipeline {
   // Checks frames/width/height/steps/guidance/strength against the model and fills defaults
   // (size from the model); throws InputError saying which values would work.
   void validate(GenerateOptions& options) const;
+  // The memory guard (see memory_guard.h). `options` must be validated (sizes filled in).
+  // check_memory throws InputError naming the setting to lower when the estimate exceeds the
+  // memory available (PipelineConfig::max_memory); generate, animate and restyle call it before
+  // any work.
+  MemoryModel memory_model() const;
+  MemoryEstimate estimate_memory(const GenerateOptions& options) const;
+  void check_memory(const GenerateOptions& options) const;
   std::string describe() const;  // model folder, components, dtype, device
 
   int64_t latent_channels() const;

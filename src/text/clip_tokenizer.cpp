@@ -166,6 +166,15 @@ struct TokenSpec {
   std::optional<AddedToken> token;  // content and flags
 };
 
+// A true/false flag of a token object ("lstrip", "special", ...); false when absent or null.
+bool token_flag(const nlohmann::json& token, const char* flag, const std::string& source, const std::string& key) {
+  if (!token.is_object() || !token.contains(flag) || token[flag].is_null()) return false;
+  if (!token[flag].is_boolean())
+    throw ConfigError(fmt::format("{}: \"{}\".{} must be true or false, got {}; fix or remove the entry", source,
+                                  key, flag, token[flag].dump()));
+  return token[flag].get<bool>();
+}
+
 TokenSpec parse_token_spec(const nlohmann::json& v, const std::string& source, const std::string& key) {
   TokenSpec spec;
   if (v.is_null()) {
@@ -177,9 +186,9 @@ TokenSpec parse_token_spec(const nlohmann::json& v, const std::string& source, c
     t.content = v.get<std::string>();
   } else if (v.is_object() && v.contains("content") && v["content"].is_string()) {
     t.content = v["content"].get<std::string>();
-    t.lstrip = v.value("lstrip", false);
-    t.rstrip = v.value("rstrip", false);
-    t.single_word = v.value("single_word", false);
+    t.lstrip = token_flag(v, "lstrip", source, key);
+    t.rstrip = token_flag(v, "rstrip", source, key);
+    t.single_word = token_flag(v, "single_word", source, key);
   } else {
     throw ConfigError(fmt::format("{}: \"{}\" must be a string or an object with \"content\", got {}; "
                                   "fix or remove the entry",
@@ -325,6 +334,13 @@ ClipTokenizer::ClipTokenizer(std::unordered_map<std::string, int64_t> vocab,
     added_ids_[content] = t.id;
     added_.push_back(t);
   };
+  for (const auto& [name, content] : {std::pair<const char*, const std::string&>{"bos_token", bos},
+                                      {"eos_token", eos}, {"pad_token", pad}}) {
+    if (content.empty())
+      throw ConfigError(fmt::format("{}: {} is an empty string; vdm needs bos, eos and pad tokens to encode "
+                                    "prompts (CLIP uses <|startoftext|> and <|endoftext|>)",
+                                    source_, name));
+  }
   add_special(bos);
   add_special(eos);
   add_special(unk);
@@ -395,7 +411,7 @@ ClipTokenizer ClipTokenizer::load(const std::string& dir) {
         } catch (const std::exception&) {
           throw ConfigError(fmt::format("{}: added_tokens_decoder key \"{}\" is not a token id", config_path, id_str));
         }
-        t.special = entry.is_object() ? entry.value("special", false) : false;
+        t.special = token_flag(entry, "special", config_path, "added_tokens_decoder." + id_str);
         added.push_back(t);
       }
     }

@@ -9,7 +9,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "io/tensor_io.h"
-#include "test_support.h"
+#include "tests/support/test_support.h"
 
 namespace fs = std::filesystem;
 using vdm::WeightsError;
