@@ -13,11 +13,7 @@ DDIMConfig DDIMConfig::parse(const io::JsonConfig& cfg) {
   c.clip_sample_range = cfg.get_double("clip_sample_range", c.clip_sample_range);
   if (!(c.clip_sample_range > 0)) cfg.fail("clip_sample_range", "a number > 0");
   c.set_alpha_to_one = cfg.get_bool("set_alpha_to_one", c.set_alpha_to_one);
-  c.thresholding = cfg.get_bool("thresholding", c.thresholding);
-  c.dynamic_thresholding_ratio = cfg.get_double("dynamic_thresholding_ratio", c.dynamic_thresholding_ratio);
-  if (!(c.dynamic_thresholding_ratio > 0 && c.dynamic_thresholding_ratio <= 1))
-    cfg.fail("dynamic_thresholding_ratio", "a number in (0, 1]");
-  c.sample_max_value = cfg.get_double("sample_max_value", c.sample_max_value);
+  c.thresholding = parse_thresholding_config(cfg);
   return c;
 }
 
@@ -96,9 +92,9 @@ StepOutput DDIMScheduler::step(const at::Tensor& model_output, int64_t step_inde
       break;
   }
 
-  if (ddim_.thresholding) {
+  if (ddim_.thresholding.enabled) {
     pred_original_sample =
-        threshold_sample(pred_original_sample, ddim_.dynamic_thresholding_ratio, ddim_.sample_max_value);
+        threshold_sample(pred_original_sample, ddim_.thresholding.ratio, ddim_.thresholding.max_value);
   } else if (ddim_.clip_sample) {
     pred_original_sample = pred_original_sample.clamp(-ddim_.clip_sample_range, ddim_.clip_sample_range);
   }

@@ -10,9 +10,7 @@ struct DDIMConfig {
   bool clip_sample = true;          // clamp predicted x0 to [-clip_sample_range, clip_sample_range]
   double clip_sample_range = 1.0;
   bool set_alpha_to_one = true;     // the step past t=0 uses alpha_cumprod 1 (else alphas_cumprod[0])
-  bool thresholding = false;        // dynamic thresholding of x0 (replaces clip_sample)
-  double dynamic_thresholding_ratio = 0.995;
-  double sample_max_value = 1.0;
+  ThresholdingConfig thresholding;  // dynamic thresholding of x0 (replaces clip_sample)
 
   static DDIMConfig parse(const io::JsonConfig& cfg);
 };

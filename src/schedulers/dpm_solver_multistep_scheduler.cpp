@@ -39,11 +39,7 @@ DPMSolverMultistepConfig DPMSolverMultistepConfig::parse(const io::JsonConfig& c
   else cfg.fail("final_sigmas_type", "\"zero\" or \"sigma_min\"");
 
   c.lambda_min_clipped = cfg.get_double("lambda_min_clipped", c.lambda_min_clipped);
-  c.thresholding = cfg.get_bool("thresholding", c.thresholding);
-  c.dynamic_thresholding_ratio = cfg.get_double("dynamic_thresholding_ratio", c.dynamic_thresholding_ratio);
-  if (!(c.dynamic_thresholding_ratio > 0 && c.dynamic_thresholding_ratio <= 1))
-    cfg.fail("dynamic_thresholding_ratio", "a number in (0, 1]");
-  c.sample_max_value = cfg.get_double("sample_max_value", c.sample_max_value);
+  c.thresholding = parse_thresholding_config(cfg);
   return c;
 }
 
@@ -154,7 +150,8 @@ at::Tensor DPMSolverMultistepScheduler::convert_model_output(const at::Tensor& m
       break;
     }
   }
-  if (dpm_.thresholding) x0 = threshold_sample(x0, dpm_.dynamic_thresholding_ratio, dpm_.sample_max_value);
+  if (dpm_.thresholding.enabled)
+    x0 = threshold_sample(x0, dpm_.thresholding.ratio, dpm_.thresholding.max_value);
   return x0;
 }
 

@@ -21,9 +21,7 @@ struct DPMSolverMultistepConfig {
   bool use_karras_sigmas = false;
   bool final_sigma_zero = true;  // final_sigmas_type: "zero" (true) or "sigma_min"
   double lambda_min_clipped = -std::numeric_limits<double>::infinity();
-  bool thresholding = false;
-  double dynamic_thresholding_ratio = 0.995;
-  double sample_max_value = 1.0;
+  ThresholdingConfig thresholding;
 
   static DPMSolverMultistepConfig parse(const io::JsonConfig& cfg);
 };

@@ -125,6 +125,15 @@ at::Tensor alphas_cumprod_from_betas(const at::Tensor& betas) {
   return at::cumprod(1.0 - betas, 0);
 }
 
+ThresholdingConfig parse_thresholding_config(const io::JsonConfig& cfg) {
+  ThresholdingConfig t;
+  t.enabled = cfg.get_bool("thresholding", t.enabled);
+  t.ratio = cfg.get_double("dynamic_thresholding_ratio", t.ratio);
+  if (!(t.ratio > 0 && t.ratio <= 1)) cfg.fail("dynamic_thresholding_ratio", "a number in (0, 1]");
+  t.max_value = cfg.get_double("sample_max_value", t.max_value);
+  return t;
+}
+
 at::Tensor threshold_sample(const at::Tensor& sample, double ratio, double max_value) {
   const auto dtype = sample.scalar_type();
   at::Tensor x = sample;

@@ -39,6 +39,16 @@ struct NoiseScheduleConfig {
 NoiseScheduleConfig parse_noise_schedule_config(const io::JsonConfig& cfg,
                                                 TimestepSpacing default_spacing);
 
+// Dynamic thresholding of x0 (config keys `thresholding`, `dynamic_thresholding_ratio`,
+// `sample_max_value`), shared by the schedulers that offer it.
+struct ThresholdingConfig {
+  bool enabled = false;
+  double ratio = 0.995;
+  double max_value = 1.0;
+};
+// ConfigError naming the file and key for a wrong type or a ratio outside (0, 1].
+ThresholdingConfig parse_thresholding_config(const io::JsonConfig& cfg);
+
 // betas: [num_train_timesteps] float32, from trained_betas or the named schedule, rescaled to
 // zero terminal SNR when asked.
 at::Tensor make_betas(const NoiseScheduleConfig& config);
