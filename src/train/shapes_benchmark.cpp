@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/runtime.h"
 #include "io/atomic_file.h"
+#include "models/autoencoder_kl.h"
 #include "pipelines/video_pipeline.h"
 #include "train/shapes_dataset.h"
 #ifdef VDM_WITH_FFMPEG
@@ -38,6 +39,12 @@ bool write_sheet(const std::string& path, const at::Tensor& sheet) {
 #endif
 }
 
+struct Sheet {
+  std::string name;
+  const std::vector<at::Tensor>& clips;
+  const std::vector<bool>& ok;
+};
+
 }  // namespace
 
 at::Tensor contact_sheet(const std::vector<at::Tensor>& clips, const std::vector<bool>& ok, int64_t columns) {
@@ -60,6 +67,30 @@ at::Tensor contact_sheet(const std::vector<at::Tensor>& clips, const std::vector
   }
   return sheet;
 }
+
+namespace {
+
+// Contact sheets (when the codecs are built) and results.json into options.out_dir.
+void write_outputs(const ShapesBenchmarkOptions& o, ShapesBenchmarkReport& report, const std::vector<Sheet>& sheets) {
+  if (o.out_dir.empty()) return;
+  std::error_code ec;
+  fs::create_directories(o.out_dir, ec);
+  if (ec) throw InputError(fmt::format("cannot create '{}': {}", o.out_dir, ec.message()));
+  for (const Sheet& sheet : sheets) {
+    if (sheet.clips.empty()) continue;
+    const std::string path = (fs::path(o.out_dir) / sheet.name).string();
+    if (!write_sheet(path, contact_sheet(sheet.clips, sheet.ok, o.sheet_columns))) {
+      log::warn("contact sheets need the codecs (FFmpeg), which this build lacks; only results.json is written");
+      break;
+    }
+    report.files.push_back(path);
+  }
+  const std::string json_path = (fs::path(o.out_dir) / "results.json").string();
+  report.files.push_back(json_path);
+  io::write_file_atomic(json_path, report.to_json(o).dump(2) + "\n");
+}
+
+}  // namespace
 
 ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip per mode", o.n));
@@ -122,25 +153,51 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
     (i2v ? report.i2v : report.t2v) = summarize(scores);
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_outputs(o, report, {{"contact_t2v.png", sheet_clips[0], sheet_ok[0]},
+                            {"contact_i2v.png", sheet_clips[1], sheet_ok[1]}});
+  return report;
+}
 
-  if (!o.out_dir.empty()) {
-    std::error_code ec;
-    fs::create_directories(o.out_dir, ec);
-    if (ec) throw InputError(fmt::format("cannot create '{}': {}", o.out_dir, ec.message()));
-    for (int mode = 0; mode < 2; ++mode) {
-      if (sheet_clips[mode].empty()) continue;
-      const std::string path = (fs::path(o.out_dir) / (mode == 0 ? "contact_t2v.png" : "contact_i2v.png")).string();
-      if (write_sheet(path, contact_sheet(sheet_clips[mode], sheet_ok[mode], o.sheet_columns))) {
-        report.files.push_back(path);
-      } else {
-        log::warn("contact sheets need the codecs (FFmpeg), which this build lacks; only results.json is written");
-        break;
-      }
-    }
-    const std::string json_path = (fs::path(o.out_dir) / "results.json").string();
-    report.files.push_back(json_path);
-    io::write_file_atomic(json_path, report.to_json(o).dump(2) + "\n");
+ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
+  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
+  const auto t0 = std::chrono::steady_clock::now();
+  const c10::Device device(o.device);
+  const c10::ScalarType dtype = o.dtype == "bfloat16" ? at::kBFloat16 : o.dtype == "float16" ? at::kHalf : at::kFloat;
+  models::AutoencoderKL vae = models::load_autoencoder_kl((fs::path(o.model_dir) / "vae").string());
+  vae->to(device, dtype);
+  vae->eval();
+  const int64_t size = vae->config().sample_size > 0 ? vae->config().sample_size : 64;
+  log::info("eval shapes ceiling: {} dataset clips of {} frames at {}x{}, VAE of {}", o.n, o.frames, size, size,
+            o.model_dir);
+  ShapesBenchmarkReport report;
+  at::Generator gen = make_generator(o.seed);
+  std::vector<at::Tensor> clips;
+  std::vector<bool> ok;
+  std::vector<ShapeClipScore> data_scores, vae_scores;
+  at::NoGradGuard no_grad;
+  for (int64_t i = 0; i < o.n; ++i) {
+    const ShapeClipSpec spec = sample_spec(gen);
+    at::Tensor frames = render_clip(spec, o.frames, size);  // [F, S, S, 3] uint8
+    at::Tensor x = frames.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1.0);  // [F, 3, S, S]
+    at::Tensor z = vae->encode(x.to(device, dtype)).mean;
+    at::Tensor rec = vae->decode(z).to(at::kFloat).cpu();  // [F, 3, S, S] in [-1, 1]
+    at::Tensor rec_u8 = rec.add(1.0).mul(127.5).round().clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+    ShapesBenchmarkClip clip;
+    clip.mode = "vae";
+    clip.caption = caption(spec);
+    clip.score = score_clip(rec_u8, spec.attributes);
+    data_scores.push_back(score_clip(frames, spec.attributes));
+    vae_scores.push_back(clip.score);
+    log::info("vae {:>3}/{}  {}  data {}  vae {}{}", i + 1, o.n, clip.caption, data_scores.back().all_ok() ? "ok" : "FAIL",
+              clip.score.all_ok() ? "ok" : "FAIL: ", clip.score.failure);
+    report.clips.push_back(clip);
+    clips.push_back(at::cat({frames, rec_u8}, 2));  // dataset | round trip, side by side
+    ok.push_back(clip.score.all_ok());
   }
+  report.data = summarize(data_scores);
+  report.vae = summarize(vae_scores);
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_outputs(o, report, {{"contact_vae.png", clips, ok}});
   return report;
 }
 
@@ -180,6 +237,8 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"seconds", seconds},
           {"t2v", rates_json(t2v)},
           {"i2v", rates_json(i2v)},
+          {"data", rates_json(data)},
+          {"vae", rates_json(vae)},
           {"clips", clips_json}};
 }
 
@@ -193,6 +252,8 @@ std::string ShapesBenchmarkReport::to_table() const {
   };
   row("t2v", t2v);
   row("i2v", i2v);
+  row("data", data);
+  row("vae", vae);
   return out;
 }
 

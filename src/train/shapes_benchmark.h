@@ -27,6 +27,10 @@ struct ShapesBenchmarkOptions {
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)
   bool text_to_video = true;
   bool image_to_video = true;
+  // Instead of generating: score N clips of the dataset as rendered ("data", the measure's own
+  // accuracy) and after a round trip through the model's VAE ("vae", the most any generation decoded
+  // by that VAE can reach).
+  bool ceiling = false;
   int64_t sheet_columns = 8;   // frames shown per clip on the contact sheet
 };
 
@@ -41,6 +45,7 @@ struct ShapesBenchmarkClip {
 struct ShapesBenchmarkReport {
   std::vector<ShapesBenchmarkClip> clips;
   ShapeRates t2v, i2v;
+  ShapeRates data, vae;  // the ceiling mode's rates
   double seconds = 0;
   std::vector<std::string> files;  // written outputs
   nlohmann::json to_json(const ShapesBenchmarkOptions& options) const;
@@ -48,6 +53,8 @@ struct ShapesBenchmarkReport {
 };
 
 ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& options);
+// The ceiling mode (options.ceiling): data and VAE round-trip rates, contact_vae.png.
+ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& options);
 
 // A contact sheet: one row per clip (uint8 [F, H, W, 3], all the same size), `columns` frames
 // evenly spaced, a 2-pixel gap, and a 6-pixel bar on the left: green when `ok`, red otherwise.

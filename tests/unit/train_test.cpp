@@ -10,6 +10,7 @@
 #include "io/json_config.h"
 #include "io/tensor_io.h"
 #include "models/autoencoder_kl.h"
+#include "models/pretrained_io.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/video_pipeline.h"
 #include "schedulers/scheduler.h"
@@ -20,6 +21,7 @@
 #include "train/loss_log.h"
 #include "train/optim.h"
 #include "train/recipe.h"
+#include "train/shapes_benchmark.h"
 #include "train/trainer.h"
 
 namespace vdm::train {
@@ -225,6 +227,36 @@ TEST(Train, StagesOverfitResumeAndExport) {
   EXPECT_EQ(clip.sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
   at::Tensor still = at::zeros({16, 16, 3}, at::kByte);
   EXPECT_EQ(pipe->animate(still, g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
+}
+
+// The ceiling mode of `vdm eval shapes`: the measure is perfect on the dataset's own clips, the
+// shipped VAE keeps colour, motion and the object's persistence, and a VAE that was never trained
+// keeps nothing.
+TEST(Train, ShapesCeilingSeparatesATrainedVaeFromAnUntrainedOne) {
+  const std::string shipped = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  ShapesBenchmarkOptions o;
+  o.n = 6;
+  o.seed = 3;
+  o.ceiling = true;
+  o.model_dir = shipped;
+  ShapesBenchmarkReport good = run_shapes_ceiling(o);
+  EXPECT_EQ(good.data.all, 1.0);
+  EXPECT_EQ(good.vae.colour, 1.0);
+  EXPECT_EQ(good.vae.direction, 1.0);
+  EXPECT_EQ(good.vae.persistence, 1.0);
+  EXPECT_EQ(good.t2v.n, 0);
+  ASSERT_EQ(good.clips.size(), 6u);
+
+  const std::string dir = test::make_temp_dir("ceiling");
+  models::AutoencoderKL shipped_vae = models::load_autoencoder_kl(shipped + "/vae");
+  models::AutoencoderKL untrained(shipped_vae->config());
+  models::save_pretrained(*untrained, untrained->config().to_json(), dir + "/vae", models::kDiffusersWeightsName,
+                          at::kFloat);
+  o.model_dir = dir;
+  ShapesBenchmarkReport bad = run_shapes_ceiling(o);
+  EXPECT_EQ(bad.data.all, 1.0);
+  EXPECT_EQ(bad.vae.all, 0.0);
+  EXPECT_LT(bad.vae.persistence, 0.5);
 }
 
 }  // namespace
