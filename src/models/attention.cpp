@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "models/attention_cpu.h"
 #include "models/shape.h"
 
 namespace vdm::models {
@@ -95,6 +96,11 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k
   }
   return at::scaled_dot_product_attention(q, k, v, m);
 #else
+  const bool has_mask = mask && mask->defined();
+  if (fused_attention_cpu_applies(q, k, v, has_mask)) {
+    check_qkv(q, k, v);
+    return fused_attention_cpu(q, k, v);
+  }
   return scaled_dot_product_attention_chunked(q, k, v, std::move(mask));
 #endif
 }

@@ -20,7 +20,9 @@ namespace vdm::models {
 // q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv].
 // mask: broadcastable to [B, heads, Lq, Lk]; bool (true = attend) or additive float.
 // LibTorch >= 2 uses at::scaled_dot_product_attention (flash / memory-efficient kernels);
-// LibTorch 1.x uses scaled_dot_product_attention_chunked with the default budget.
+// LibTorch 1.x uses fused_attention_cpu (models/attention_cpu.h) for inference on float32 CPU
+// tensors with heads up to 64 wide and no mask, else scaled_dot_product_attention_chunked with the
+// default budget.
 // Call it qualified (models::scaled_dot_product_attention): with at::Tensor arguments an
 // unqualified call also finds at::scaled_dot_product_attention on LibTorch 2.x.
 at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

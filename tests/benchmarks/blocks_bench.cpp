@@ -25,7 +25,7 @@ void BM_SpatialAttention(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(vdm::models::scaled_dot_product_attention(q, k, v));
   state.SetItemsProcessed(state.iterations() * kBatch * kFrames);
 }
-BENCHMARK(BM_SpatialAttention)->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SpatialAttention)->Args({32, 32})->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
 
 // Temporal attention: B*H*W sequences of F tokens.
 void BM_TemporalAttention(benchmark::State& state) {

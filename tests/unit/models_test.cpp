@@ -14,6 +14,7 @@
 #include "io/atomic_file.h"
 #include "io/tensor_io.h"
 #include "models/attention.h"
+#include "models/attention_cpu.h"
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
 #include "tests/support/test_support.h"
@@ -54,6 +55,43 @@ TEST(Attention, MatchesNaiveFormula) {
       at::Tensor out = scaled_dot_product_attention_chunked(q, k, v, {}, budget);
       EXPECT_LT(max_abs_diff(out, ref), 1e-5) << "budget " << budget;
     }
+  }
+}
+
+// The fused CPU kernel: partial row blocks, value widths other than the key width, one key, widths
+// up to its maximum, large score ranges (the exp2 clamp) and when it applies.
+TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
+  at::manual_seed(3);
+  struct Case {
+    int64_t B, H, Lq, Lk, D, Dv;
+    double spread;
+  };
+  for (const Case& c : {Case{1, 1, 1, 1, 4, 4, 1}, Case{2, 8, 1023, 77, 4, 4, 1}, Case{2, 3, 6, 9, 5, 3, 1},
+                        Case{1, 2, 130, 257, 16, 16, 1}, Case{1, 1, 9, 300, 64, 64, 1}, Case{3, 1, 17, 16, 8, 40, 1}, Case{1, 2, 33, 50, 8, 8, 40}}) {
+    at::Tensor q = at::randn({c.B, c.H, c.Lq, c.D}) * c.spread, k = at::randn({c.B, c.H, c.Lk, c.D}),
+               v = at::randn({c.B, c.H, c.Lk, c.Dv});
+    at::Tensor out = fused_attention_cpu(q, k, v);
+    ASSERT_EQ(out.sizes(), (std::vector<int64_t>{c.B, c.H, c.Lq, c.Dv}));
+    EXPECT_LT(max_abs_diff(out, naive_attention(q, k, v)), 2e-6 * std::max(1.0, c.spread))
+        << c.B << "x" << c.H << "x" << c.Lq << "x" << c.Lk << " d " << c.D << "/" << c.Dv;
+  }
+  // Strided inputs (heads split from a projection) give the same result as contiguous ones.
+  at::Tensor qkv = at::randn({2, 64, 3 * 32});
+  auto heads = [](const at::Tensor& x) { return x.view({2, 64, 8, 4}).transpose(1, 2); };
+  at::Tensor q = heads(qkv.slice(2, 0, 32)), k = heads(qkv.slice(2, 32, 64)), v = heads(qkv.slice(2, 64, 96));
+  EXPECT_LT(max_abs_diff(fused_attention_cpu(q, k, v), naive_attention(q, k, v)), 2e-6);
+
+  at::Tensor a = at::randn({1, 1, 4, 8});
+  EXPECT_TRUE(fused_attention_cpu_applies(a, a, a, false));
+  EXPECT_FALSE(fused_attention_cpu_applies(a, a, a, true));
+  EXPECT_FALSE(fused_attention_cpu_applies(a.to(at::kDouble), a, a, false));
+  at::Tensor wide = at::randn({1, 1, 4, kFusedAttentionMaxHeadDim + 1});
+  EXPECT_FALSE(fused_attention_cpu_applies(wide, wide, wide, false));
+  at::Tensor g = a.clone().requires_grad_(true);
+  EXPECT_FALSE(fused_attention_cpu_applies(g, a, a, false));  // training keeps the autograd path
+  {
+    at::NoGradGuard no_grad;
+    EXPECT_TRUE(fused_attention_cpu_applies(g, a, a, false));
   }
 }
 

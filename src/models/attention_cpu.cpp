@@ -1,0 +1,213 @@
+#include "models/attention_cpu.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+// The vector helpers below are always inlined, so the ABI of passing 32-byte vectors never matters.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace vdm::models {
+
+namespace {
+
+constexpr int64_t kRows = 4;   // query rows per block: each key/value load feeds this many rows
+constexpr int64_t kLanes = 8;  // keys per vector operation
+
+// Eight floats in GCC vector registers: one AVX register in the AVX2 build, two SSE registers in
+// the baseline build. Key rows are padded to a multiple of eight, so every access is a full vector.
+using v8 = float __attribute__((vector_size(32)));
+using v8i = int32_t __attribute__((vector_size(32)));
+
+__attribute__((always_inline)) inline v8 load(const float* p) {
+  v8 x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+__attribute__((always_inline)) inline void store(float* p, v8 x) { std::memcpy(p, &x, sizeof(x)); }
+__attribute__((always_inline)) inline float hsum(v8 x) {
+  return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+}
+__attribute__((always_inline)) inline float hmax(v8 x) {
+  float m = x[0];
+  for (int i = 1; i < 8; ++i) m = m > x[i] ? m : x[i];
+  return m;
+}
+
+// 2^x for x <= 0 (a score minus its row maximum). Round-to-nearest split x = n + f with f in
+// [-0.5, 0.5] (by the 1.5 * 2^23 shift), a degree-6 Taylor polynomial of 2^f (relative error
+// below 2e-7) and the exponent built from n. Inputs below -126 give 2^-126: such weights vanish
+// next to the row maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
+__attribute__((always_inline)) inline v8 exp2_nonpositive(v8 x) {
+  const v8 lo = {-126.0f, -126.0f, -126.0f, -126.0f, -126.0f, -126.0f, -126.0f, -126.0f};
+  x = x < lo ? lo : x;
+  const v8 n = (x + 12582912.0f) - 12582912.0f;
+  const v8 f = x - n;
+  v8 p = f * 1.5403530e-4f + 1.3333558e-3f;
+  p = p * f + 9.6181291e-3f;
+  p = p * f + 5.5504109e-2f;
+  p = p * f + 2.4022651e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  return p * (v8)bits;  // a vector cast reinterprets the bits
+}
+
+// Scores of four query rows against all keys, eight keys at a time: s_r[j] = q_r . k_j. With the
+// head size D known at compile time the head loop unrolls and the sums stay in registers;
+// otherwise (D = 0) the rows accumulate one head channel at a time.
+template <int D>
+__attribute__((always_inline)) inline void block_scores(const float* const q[kRows], const float* kT, int64_t Lp,
+                                                        int64_t d, float* const s[kRows]) {
+  if constexpr (D > 0) {
+    for (int64_t j = 0; j < Lp; j += kLanes) {
+      v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int c = 0; c < D; ++c) {
+        const v8 kv = load(kT + c * Lp + j);
+        a0 += q[0][c] * kv;
+        a1 += q[1][c] * kv;
+        a2 += q[2][c] * kv;
+        a3 += q[3][c] * kv;
+      }
+      store(s[0] + j, a0), store(s[1] + j, a1), store(s[2] + j, a2), store(s[3] + j, a3);
+    }
+  } else {
+    for (int64_t j = 0; j < Lp; j += kLanes) {
+      const v8 kv = load(kT + j);
+      store(s[0] + j, q[0][0] * kv), store(s[1] + j, q[1][0] * kv), store(s[2] + j, q[2][0] * kv);
+      store(s[3] + j, q[3][0] * kv);
+    }
+    for (int64_t c = 1; c < d; ++c) {
+      const float* kc = kT + c * Lp;
+      for (int64_t j = 0; j < Lp; j += kLanes) {
+        const v8 kv = load(kc + j);
+        for (int r = 0; r < kRows; ++r) store(s[r] + j, load(s[r] + j) + q[r][c] * kv);
+      }
+    }
+  }
+}
+
+// One block of kRows query rows of one (batch, head) sequence.
+//   q:   [kRows, d]  queries, pre-multiplied by log2(e) / sqrt(d)
+//   kT:  [d, Lp]     keys, transposed so that consecutive keys are contiguous, zero-padded to Lp
+//   vT:  [dv, Lp]    values, transposed and padded likewise
+//   out: [kRows, dv]
+//   s:   [kRows, Lp] scratch (the rows' scores, then their weights)
+// Rows past `rows` (a partial last block) repeat the last valid row and are not written.
+__attribute__((always_inline)) inline void attend_block(const float* q, int64_t rows, const float* kT,
+                                                        const float* vT, int64_t Lk, int64_t Lp, int64_t d,
+                                                        int64_t dv, float* out, float* scratch) {
+  const float* qr[kRows];
+  float* s[kRows];
+  for (int64_t r = 0; r < kRows; ++r) {
+    qr[r] = q + std::min<int64_t>(r, rows - 1) * d;
+    s[r] = scratch + r * Lp;
+  }
+  switch (d) {
+    case 4: block_scores<4>(qr, kT, Lp, d, s); break;
+    case 8: block_scores<8>(qr, kT, Lp, d, s); break;
+    case 16: block_scores<16>(qr, kT, Lp, d, s); break;
+    default: block_scores<0>(qr, kT, Lp, d, s); break;
+  }
+  float inv[kRows];
+  for (int64_t r = 0; r < kRows; ++r) {
+    float* sr = s[r];
+    for (int64_t j = Lk; j < Lp; ++j) sr[j] = -1e30f;  // padding keys: weight 2^-126, values 0
+    v8 m = load(sr);
+    for (int64_t j = kLanes; j < Lp; j += kLanes) {
+      const v8 x = load(sr + j);
+      m = x > m ? x : m;
+    }
+    const float mx = hmax(m);
+    v8 l = {};
+    for (int64_t j = 0; j < Lp; j += kLanes) {
+      const v8 p = exp2_nonpositive(load(sr + j) - mx);
+      store(sr + j, p);
+      l += p;
+    }
+    inv[r] = 1.0f / hsum(l);
+  }
+  for (int64_t c = 0; c < dv; ++c) {
+    const float* vc = vT + c * Lp;
+    v8 o0 = {}, o1 = {}, o2 = {}, o3 = {};
+    for (int64_t j = 0; j < Lp; j += kLanes) {
+      const v8 vv = load(vc + j);
+      o0 += load(s[0] + j) * vv;
+      o1 += load(s[1] + j) * vv;
+      o2 += load(s[2] + j) * vv;
+      o3 += load(s[3] + j) * vv;
+    }
+    const float o[kRows] = {hsum(o0), hsum(o1), hsum(o2), hsum(o3)};
+    for (int64_t r = 0; r < rows; ++r) out[r * dv + c] = o[r] * inv[r];
+  }
+}
+
+// The block compiled twice: for AVX2 with FMA (8 floats per operation) and for the baseline
+// (SSE2), chosen once at run time.
+using BlockFn = void (*)(const float*, int64_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                         float*, float*);
+__attribute__((target("avx2,fma"))) void attend_block_avx2(const float* q, int64_t rows, const float* kT,
+                                                          const float* vT, int64_t Lk, int64_t Lp, int64_t d,
+                                                          int64_t dv, float* out, float* s) {
+  attend_block(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+}
+void attend_block_baseline(const float* q, int64_t rows, const float* kT, const float* vT, int64_t Lk, int64_t Lp,
+                           int64_t d, int64_t dv, float* out, float* s) {
+  attend_block(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+}
+BlockFn block_function() {
+  static const BlockFn fn = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? attend_block_avx2
+                                                                                            : attend_block_baseline;
+  return fn;
+}
+
+}  // namespace
+
+bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
+  if (has_mask) return false;
+  for (const at::Tensor* t : {&q, &k, &v}) {
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
+    if (at::GradMode::is_enabled() && t->requires_grad()) return false;
+  }
+  return q.dim() == 4 && q.size(3) <= kFusedAttentionMaxHeadDim && v.size(3) <= kFusedAttentionMaxHeadDim &&
+         k.size(2) > 0;
+}
+
+at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
+  const int64_t Lk = k.size(2), dv = v.size(3);
+  const int64_t N = B * H;
+  const double scale = 1.4426950408889634 / std::sqrt(static_cast<double>(d));  // log2(e) / sqrt(d)
+  const int64_t Lp = (Lk + kLanes - 1) / kLanes * kLanes;
+  const at::Tensor qs = (q * scale).reshape({N, Lq, d}).contiguous();
+  // Keys and values transposed ([N, d, Lp], [N, dv, Lp]) and zero-padded to whole vectors.
+  at::Tensor kT = at::zeros({N, d, Lp}, q.options());
+  at::Tensor vT = at::zeros({N, dv, Lp}, q.options());
+  kT.narrow(2, 0, Lk).copy_(k.reshape({N, Lk, d}).transpose(1, 2));
+  vT.narrow(2, 0, Lk).copy_(v.reshape({N, Lk, dv}).transpose(1, 2));
+  at::Tensor out = at::empty({N, Lq, dv}, q.options());
+  const float* qp = qs.data_ptr<float>();
+  const float* kp = kT.data_ptr<float>();
+  const float* vp = vT.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t blocks_per_seq = (Lq + kRows - 1) / kRows;
+  // About 64k score evaluations per task keeps the scheduling overhead small.
+  const int64_t grain = std::max<int64_t>(1, 65536 / (kRows * Lp));
+  const BlockFn block = block_function();
+  at::parallel_for(0, N * blocks_per_seq, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(static_cast<size_t>(kRows * Lp));
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / blocks_per_seq, r0 = (i % blocks_per_seq) * kRows;
+      const int64_t rows = std::min(kRows, Lq - r0);
+      block(qp + (n * Lq + r0) * d, rows, kp + n * d * Lp, vp + n * dv * Lp, Lk, Lp, d, dv, op + (n * Lq + r0) * dv,
+            scratch.data());
+    }
+  });
+  return out.view({B, H, Lq, dv});
+}
+
+}  // namespace vdm::models
