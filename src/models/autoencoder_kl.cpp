@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "models/config_checks.h"
 #include "models/shape.h"
 #include "models/pretrained_io.h"
 #include "models/unet_3d_condition.h"
@@ -41,21 +42,11 @@ AutoencoderKLConfig AutoencoderKLConfig::load(const std::string& path) { return 
 
 void AutoencoderKLConfig::validate(const std::string& source) const {
   auto fail = [&](const std::string& what) { throw ConfigError(fmt::format("{}: {}", source, what)); };
-  const size_t n = block_out_channels.size();
-  if (n == 0) fail("'block_out_channels' is empty");
-  if (down_block_types.size() != n || up_block_types.size() != n)
-    fail(fmt::format("'down_block_types' ({}), 'up_block_types' ({}) and 'block_out_channels' ({}) must have the same "
-                     "length",
-                     down_block_types.size(), up_block_types.size(), n));
+  check_block_layout(source, block_out_channels, down_block_types, up_block_types, norm_num_groups);
   for (const auto& t : down_block_types)
     if (t != "DownEncoderBlock2D") fail(fmt::format("unsupported down block type '{}' (expected DownEncoderBlock2D)", t));
   for (const auto& t : up_block_types)
     if (t != "UpDecoderBlock2D") fail(fmt::format("unsupported up block type '{}' (expected UpDecoderBlock2D)", t));
-  if (norm_num_groups <= 0) fail("'norm_num_groups' must be positive");
-  for (size_t i = 0; i < n; ++i)
-    if (block_out_channels[i] <= 0 || block_out_channels[i] % norm_num_groups != 0)
-      fail(fmt::format("block_out_channels[{}] = {} is not a positive multiple of norm_num_groups {}", i,
-                       block_out_channels[i], norm_num_groups));
   if (in_channels <= 0 || out_channels <= 0 || latent_channels <= 0 || layers_per_block <= 0)
     fail("'in_channels', 'out_channels', 'latent_channels' and 'layers_per_block' must be positive");
   parse_activation(act_fn, source);
@@ -100,6 +91,20 @@ constexpr double kVaeEps = 1e-6;
 torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1));
 }
+
+// The encoder's and the decoder's mid block: resnet, attention over all pixels (one head as wide
+// as the channels), resnet.
+UNetMidBlock2D make_mid_block(const AutoencoderKLConfig& c) {
+  Block2DOptions m;
+  m.in_channels = c.block_out_channels.back();
+  m.resnet_eps = kVaeEps;
+  m.resnet_act_fn = parse_activation(c.act_fn);
+  m.resnet_groups = c.norm_num_groups;
+  m.attention_head_dim = c.block_out_channels.back();
+  m.add_attention = c.mid_block_add_attention;
+  return UNetMidBlock2D(m);
+}
+
 }  // namespace
 
 VaeEncoderImpl::VaeEncoderImpl(const AutoencoderKLConfig& c) {
@@ -121,14 +126,7 @@ VaeEncoderImpl::VaeEncoderImpl(const AutoencoderKLConfig& c) {
     o.downsample_padding = 0;
     down_blocks_->push_back(DownEncoderBlock2D(o));
   }
-  Block2DOptions m;
-  m.in_channels = boc.back();
-  m.resnet_eps = kVaeEps;
-  m.resnet_act_fn = act;
-  m.resnet_groups = c.norm_num_groups;
-  m.attention_head_dim = boc.back();
-  m.add_attention = c.mid_block_add_attention;
-  mid_block_ = register_module("mid_block", UNetMidBlock2D(m));
+  mid_block_ = register_module("mid_block", make_mid_block(c));
   conv_norm_out_ = register_module(
       "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc.back()).eps(kVaeEps)));
   conv_out_ = register_module("conv_out", conv3x3(boc.back(), 2 * c.latent_channels));
@@ -154,14 +152,7 @@ VaeDecoderImpl::VaeDecoderImpl(const AutoencoderKLConfig& c) {
   const auto& boc = c.block_out_channels;
   const Activation act = parse_activation(c.act_fn);
   conv_in_ = register_module("conv_in", conv3x3(c.latent_channels, boc.back()));
-  Block2DOptions m;
-  m.in_channels = boc.back();
-  m.resnet_eps = kVaeEps;
-  m.resnet_act_fn = act;
-  m.resnet_groups = c.norm_num_groups;
-  m.attention_head_dim = boc.back();
-  m.add_attention = c.mid_block_add_attention;
-  mid_block_ = register_module("mid_block", UNetMidBlock2D(m));
+  mid_block_ = register_module("mid_block", make_mid_block(c));
   up_blocks_ = register_module("up_blocks", torch::nn::ModuleList());
   std::vector<int64_t> rev(boc.rbegin(), boc.rend());
   int64_t output_channel = rev[0];

@@ -47,6 +47,23 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ResnetBlock2D);
 
+// The resnet of a UNet or VAE block, from the block's options (resnet_eps, resnet_groups, dropout,
+// resnet_act_fn, output_scale_factor, as diffusers' blocks pass them on).
+template <typename BlockOptions>
+ResnetBlock2D make_block_resnet(const BlockOptions& o, int64_t in, int64_t out,
+                                c10::optional<int64_t> temb_channels = c10::nullopt) {
+  ResnetBlock2DOptions r;
+  r.in_channels = in;
+  r.out_channels = out;
+  r.temb_channels = temb_channels;
+  r.eps = o.resnet_eps;
+  r.groups = o.resnet_groups;
+  r.dropout = o.dropout;
+  r.non_linearity = o.resnet_act_fn;
+  r.output_scale_factor = o.output_scale_factor;
+  return ResnetBlock2D(r);
+}
+
 struct Downsample2DOptions {
   int64_t channels = 0;                  // required
   bool use_conv = true;                  // 3x3 stride-2 conv "conv"; else 2x2 average pooling

@@ -8,24 +8,11 @@
 
 namespace vdm::models {
 
-namespace {
-ResnetBlock2D make_resnet(const Block2DOptions& o, int64_t in, int64_t out) {
-  ResnetBlock2DOptions r;
-  r.in_channels = in;
-  r.out_channels = out;
-  r.eps = o.resnet_eps;
-  r.groups = o.resnet_groups;
-  r.dropout = o.dropout;
-  r.non_linearity = o.resnet_act_fn;
-  r.output_scale_factor = o.output_scale_factor;
-  return ResnetBlock2D(r);
-}
-}  // namespace
 
 DownEncoderBlock2DImpl::DownEncoderBlock2DImpl(const Block2DOptions& o) {
   resnets_ = register_module("resnets", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i)
-    resnets_->push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
+    resnets_->push_back(make_block_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
   if (o.add_downsample) {
     Downsample2DOptions d;
     d.channels = o.out_channels;
@@ -53,7 +40,7 @@ at::Tensor DownEncoderBlock2DImpl::forward(const at::Tensor& x, const Tap& tap) 
 UpDecoderBlock2DImpl::UpDecoderBlock2DImpl(const Block2DOptions& o) {
   resnets_ = register_module("resnets", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i)
-    resnets_->push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
+    resnets_->push_back(make_block_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
   if (o.add_upsample) {
     Upsample2DOptions u;
     u.channels = o.out_channels;
@@ -84,7 +71,7 @@ UNetMidBlock2DImpl::UNetMidBlock2DImpl(const Block2DOptions& o) {
                                   o.attention_head_dim));
   resnets_ = register_module("resnets", torch::nn::ModuleList());
   attentions_ = register_module("attentions", torch::nn::ModuleList());
-  resnets_->push_back(make_resnet(o, c, c));
+  resnets_->push_back(make_block_resnet(o, c, c));
   for (int64_t i = 0; i < o.num_layers; ++i) {
     if (o.add_attention) {
       AttentionOptions a;
@@ -98,7 +85,7 @@ UNetMidBlock2DImpl::UNetMidBlock2DImpl(const Block2DOptions& o) {
       a.bias = true;
       attentions_->push_back(Attention(a));
     }
-    resnets_->push_back(make_resnet(o, c, c));
+    resnets_->push_back(make_block_resnet(o, c, c));
   }
 }
 

@@ -16,16 +16,7 @@ namespace {
 constexpr double kTempConvDropout = 0.1;
 
 ResnetBlock2D make_resnet(const Block3DOptions& o, int64_t in, int64_t out) {
-  ResnetBlock2DOptions r;
-  r.in_channels = in;
-  r.out_channels = out;
-  r.temb_channels = o.temb_channels;
-  r.eps = o.resnet_eps;
-  r.groups = o.resnet_groups;
-  r.dropout = o.dropout;
-  r.non_linearity = o.resnet_act_fn;
-  r.output_scale_factor = o.output_scale_factor;
-  return ResnetBlock2D(r);
+  return make_block_resnet(o, in, out, o.temb_channels);
 }
 
 temporal::TemporalConvLayer make_temp_conv(const Block3DOptions& o, int64_t channels) {
@@ -99,6 +90,59 @@ at::Tensor pop_back(std::vector<at::Tensor>& res_samples) {
   return r;
 }
 
+// Layer i of a block's spatial-then-temporal pairs, each output tapped under its attribute name:
+// resnets[i] (with the time embedding) then temp_convs[i]. h: [B*F, C, H, W].
+at::Tensor resnet_and_temp_conv(const torch::nn::ModuleList& resnets, const torch::nn::ModuleList& temp_convs,
+                                size_t i, const at::Tensor& x, const at::Tensor& temb, int64_t num_frames,
+                                const Tap& tap) {
+  at::Tensor h = at_<ResnetBlock2DImpl>(resnets, i)->forward(x, temb);
+  tap.child("resnets", i)(h);
+  h = at_<temporal::TemporalConvLayerImpl>(temp_convs, i)->forward(h, num_frames);
+  tap.child("temp_convs", i)(h);
+  return h;
+}
+
+// attentions[i] (self- and cross-attention to the text) then temp_attentions[i].
+at::Tensor attention_and_temp_attention(const torch::nn::ModuleList& attentions,
+                                        const torch::nn::ModuleList& temp_attentions, size_t i, const at::Tensor& x,
+                                        const at::Tensor& encoder_hidden_states, int64_t num_frames, const Tap& tap) {
+  at::Tensor h = at_<Transformer2DModelImpl>(attentions, i)->forward(x, encoder_hidden_states);
+  tap.child("attentions", i)(h);
+  h = at_<temporal::TransformerTemporalModelImpl>(temp_attentions, i)->forward(h, num_frames);
+  tap.child("temp_attentions", i)(h);
+  return h;
+}
+
+// A down block's tail: its downsamplers (if any), the result kept as a skip connection.
+at::Tensor downsample(const torch::nn::ModuleList& downsamplers, at::Tensor h, std::vector<at::Tensor>& res_samples,
+                      const Tap& tap) {
+  if (!downsamplers) return h;
+  for (size_t i = 0; i < downsamplers->size(); ++i) {
+    h = at_<Downsample2DImpl>(downsamplers, i)->forward(h);
+    tap.child("downsamplers", i)(h);
+  }
+  res_samples.push_back(h);
+  return h;
+}
+
+at::Tensor upsample(const torch::nn::ModuleList& upsamplers, at::Tensor h, const std::vector<int64_t>& upsample_size,
+                    const Tap& tap) {
+  if (!upsamplers) return h;
+  for (size_t i = 0; i < upsamplers->size(); ++i) {
+    h = at_<Upsample2DImpl>(upsamplers, i)->forward(h, upsample_size);
+    tap.child("upsamplers", i)(h);
+  }
+  return h;
+}
+
+// An up block's resnet input channels for layer i: the previous layer's output (or the block
+// below's) plus the skip connection it concatenates.
+int64_t up_resnet_in_channels(const Block3DOptions& o, int64_t i) {
+  const int64_t res_skip = i == o.num_layers - 1 ? o.in_channels : o.out_channels;
+  const int64_t resnet_in = i == 0 ? o.prev_output_channel : o.out_channels;
+  return resnet_in + res_skip;
+}
+
 }  // namespace
 
 // ---- down blocks ----------------------------------------------------------------------------
@@ -122,24 +166,11 @@ at::Tensor CrossAttnDownBlock3DImpl::forward(const at::Tensor& x, const at::Tens
                                              std::vector<at::Tensor>& res_samples, const Tap& tap) {
   at::Tensor h = x;
   for (size_t i = 0; i < resnets_->size(); ++i) {
-    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
-    tap.child("resnets", i)(h);
-    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
-    tap.child("temp_convs", i)(h);
-    h = at_<Transformer2DModelImpl>(attentions_, i)->forward(h, encoder_hidden_states);
-    tap.child("attentions", i)(h);
-    h = at_<temporal::TransformerTemporalModelImpl>(temp_attentions_, i)->forward(h, num_frames);
-    tap.child("temp_attentions", i)(h);
+    h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
+    h = attention_and_temp_attention(attentions_, temp_attentions_, i, h, encoder_hidden_states, num_frames, tap);
     res_samples.push_back(h);
   }
-  if (downsamplers_) {
-    for (size_t i = 0; i < downsamplers_->size(); ++i) {
-      h = at_<Downsample2DImpl>(downsamplers_, i)->forward(h);
-      tap.child("downsamplers", i)(h);
-    }
-    res_samples.push_back(h);
-  }
-  return h;
+  return downsample(downsamplers_, h, res_samples, tap);
 }
 
 DownBlock3DImpl::DownBlock3DImpl(const Block3DOptions& o) {
@@ -156,20 +187,10 @@ at::Tensor DownBlock3DImpl::forward(const at::Tensor& x, const at::Tensor& temb,
                                     int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap) {
   at::Tensor h = x;
   for (size_t i = 0; i < resnets_->size(); ++i) {
-    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
-    tap.child("resnets", i)(h);
-    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
-    tap.child("temp_convs", i)(h);
+    h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
     res_samples.push_back(h);
   }
-  if (downsamplers_) {
-    for (size_t i = 0; i < downsamplers_->size(); ++i) {
-      h = at_<Downsample2DImpl>(downsamplers_, i)->forward(h);
-      tap.child("downsamplers", i)(h);
-    }
-    res_samples.push_back(h);
-  }
-  return h;
+  return downsample(downsamplers_, h, res_samples, tap);
 }
 
 // ---- mid block ------------------------------------------------------------------------------
@@ -193,19 +214,10 @@ UNetMidBlock3DCrossAttnImpl::UNetMidBlock3DCrossAttnImpl(const Block3DOptions& o
 at::Tensor UNetMidBlock3DCrossAttnImpl::forward(const at::Tensor& x, const at::Tensor& temb,
                                                 const at::Tensor& encoder_hidden_states, int64_t num_frames,
                                                 const Tap& tap) {
-  at::Tensor h = at_<ResnetBlock2DImpl>(resnets_, 0)->forward(x, temb);
-  tap.child("resnets", 0)(h);
-  h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, 0)->forward(h, num_frames);
-  tap.child("temp_convs", 0)(h);
+  at::Tensor h = resnet_and_temp_conv(resnets_, temp_convs_, 0, x, temb, num_frames, tap);
   for (size_t i = 0; i < attentions_->size(); ++i) {
-    h = at_<Transformer2DModelImpl>(attentions_, i)->forward(h, encoder_hidden_states);
-    tap.child("attentions", i)(h);
-    h = at_<temporal::TransformerTemporalModelImpl>(temp_attentions_, i)->forward(h, num_frames);
-    tap.child("temp_attentions", i)(h);
-    h = at_<ResnetBlock2DImpl>(resnets_, i + 1)->forward(h, temb);
-    tap.child("resnets", i + 1)(h);
-    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i + 1)->forward(h, num_frames);
-    tap.child("temp_convs", i + 1)(h);
+    h = attention_and_temp_attention(attentions_, temp_attentions_, i, h, encoder_hidden_states, num_frames, tap);
+    h = resnet_and_temp_conv(resnets_, temp_convs_, i + 1, h, temb, num_frames, tap);
   }
   return h;
 }
@@ -218,9 +230,7 @@ CrossAttnUpBlock3DImpl::CrossAttnUpBlock3DImpl(const Block3DOptions& o) {
   attentions_ = register_module("attentions", torch::nn::ModuleList());
   temp_attentions_ = register_module("temp_attentions", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i) {
-    const int64_t res_skip = i == o.num_layers - 1 ? o.in_channels : o.out_channels;
-    const int64_t resnet_in = i == 0 ? o.prev_output_channel : o.out_channels;
-    resnets_->push_back(make_resnet(o, resnet_in + res_skip, o.out_channels));
+    resnets_->push_back(make_resnet(o, up_resnet_in_channels(o, i), o.out_channels));
     temp_convs_->push_back(make_temp_conv(o, o.out_channels));
     attentions_->push_back(make_attention(o, o.out_channels));
     temp_attentions_->push_back(make_temp_attention(o, o.out_channels));
@@ -235,31 +245,17 @@ at::Tensor CrossAttnUpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::
   at::Tensor h = x;
   for (size_t i = 0; i < resnets_->size(); ++i) {
     h = at::cat({h, pop_back(res_samples)}, 1);
-    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
-    tap.child("resnets", i)(h);
-    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
-    tap.child("temp_convs", i)(h);
-    h = at_<Transformer2DModelImpl>(attentions_, i)->forward(h, encoder_hidden_states);
-    tap.child("attentions", i)(h);
-    h = at_<temporal::TransformerTemporalModelImpl>(temp_attentions_, i)->forward(h, num_frames);
-    tap.child("temp_attentions", i)(h);
+    h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
+    h = attention_and_temp_attention(attentions_, temp_attentions_, i, h, encoder_hidden_states, num_frames, tap);
   }
-  if (upsamplers_) {
-    for (size_t i = 0; i < upsamplers_->size(); ++i) {
-      h = at_<Upsample2DImpl>(upsamplers_, i)->forward(h, upsample_size);
-      tap.child("upsamplers", i)(h);
-    }
-  }
-  return h;
+  return upsample(upsamplers_, h, upsample_size, tap);
 }
 
 UpBlock3DImpl::UpBlock3DImpl(const Block3DOptions& o) {
   resnets_ = register_module("resnets", torch::nn::ModuleList());
   temp_convs_ = register_module("temp_convs", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i) {
-    const int64_t res_skip = i == o.num_layers - 1 ? o.in_channels : o.out_channels;
-    const int64_t resnet_in = i == 0 ? o.prev_output_channel : o.out_channels;
-    resnets_->push_back(make_resnet(o, resnet_in + res_skip, o.out_channels));
+    resnets_->push_back(make_resnet(o, up_resnet_in_channels(o, i), o.out_channels));
     temp_convs_->push_back(make_temp_conv(o, o.out_channels));
   }
   if (o.add_upsample) upsamplers_ = register_module("upsamplers", make_upsamplers(o));
@@ -271,18 +267,9 @@ at::Tensor UpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::Tensor>& 
   at::Tensor h = x;
   for (size_t i = 0; i < resnets_->size(); ++i) {
     h = at::cat({h, pop_back(res_samples)}, 1);
-    h = at_<ResnetBlock2DImpl>(resnets_, i)->forward(h, temb);
-    tap.child("resnets", i)(h);
-    h = at_<temporal::TemporalConvLayerImpl>(temp_convs_, i)->forward(h, num_frames);
-    tap.child("temp_convs", i)(h);
+    h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
   }
-  if (upsamplers_) {
-    for (size_t i = 0; i < upsamplers_->size(); ++i) {
-      h = at_<Upsample2DImpl>(upsamplers_, i)->forward(h, upsample_size);
-      tap.child("upsamplers", i)(h);
-    }
-  }
-  return h;
+  return upsample(upsamplers_, h, upsample_size, tap);
 }
 
 // ---- factories ------------------------------------------------------------------------------

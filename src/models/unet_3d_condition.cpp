@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include "core/error.h"
+#include "models/config_checks.h"
 #include "models/shape.h"
 #include "models/pretrained_io.h"
 
@@ -46,12 +47,8 @@ UNet3DConditionConfig UNet3DConditionConfig::load(const std::string& path) {
 
 void UNet3DConditionConfig::validate(const std::string& source) const {
   auto fail = [&](const std::string& what) { throw ConfigError(fmt::format("{}: {}", source, what)); };
+  check_block_layout(source, block_out_channels, down_block_types, up_block_types, norm_num_groups);
   const size_t n = block_out_channels.size();
-  if (n == 0) fail("'block_out_channels' is empty");
-  if (down_block_types.size() != n || up_block_types.size() != n)
-    fail(fmt::format("'down_block_types' ({}), 'up_block_types' ({}) and 'block_out_channels' ({}) must have the same "
-                     "length",
-                     down_block_types.size(), up_block_types.size(), n));
   if (attention_head_dim.size() != n)
     fail(fmt::format("'attention_head_dim' has {} entries, expected {}", attention_head_dim.size(), n));
   if (attention_head_dim_is_list)
@@ -59,14 +56,10 @@ void UNet3DConditionConfig::validate(const std::string& source) const {
          "width)");
   if (in_channels <= 0 || out_channels <= 0) fail("'in_channels' and 'out_channels' must be positive");
   if (layers_per_block <= 0) fail("'layers_per_block' must be positive");
-  if (norm_num_groups <= 0) fail("'norm_num_groups' must be positive");
   if (cross_attention_dim <= 0) fail("'cross_attention_dim' must be positive");
   parse_activation(act_fn, source);
   for (size_t i = 0; i < n; ++i) {
     const int64_t ch = block_out_channels[i];
-    if (ch <= 0 || ch % norm_num_groups != 0)
-      fail(fmt::format("block_out_channels[{}] = {} is not a positive multiple of norm_num_groups {}", i, ch,
-                       norm_num_groups));
     const int64_t heads = attention_head_dim[i];
     if (heads <= 0 || ch % heads != 0)
       fail(fmt::format("block_out_channels[{}] = {} is not divisible by attention_head_dim {}", i, ch, heads));
