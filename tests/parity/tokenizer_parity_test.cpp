@@ -17,11 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 using vdm::text::ClipTokenizer;
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  EXPECT_TRUE(in.good()) << path;
-  return nlohmann::json::parse(in);
-}
+using vdm::test::read_json;
 
 std::string show(const std::string& prompt) { return nlohmann::json(prompt).dump(); }
 

@@ -18,20 +18,10 @@
 namespace {
 
 using vdm::test::max_abs_diff;
+using vdm::test::read_json;
+const auto& get = vdm::test::golden_tensor;
 
 constexpr double kTolerance = 1e-4;
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  EXPECT_TRUE(in.good()) << "cannot read " << path;
-  return nlohmann::json::parse(in);
-}
-
-const at::Tensor& get(const vdm::io::TensorMap& m, const std::string& key) {
-  auto it = m.find(key);
-  if (it == m.end()) throw std::runtime_error("golden file has no tensor '" + key + "'");
-  return it->second;
-}
 
 // Runs every manifest case on `device` and compares the output and every golden tap.
 void check_all_cases(const c10::Device& device) {
@@ -69,22 +59,7 @@ void check_all_cases(const c10::Device& device) {
                 vdm::models::shape_str(out.sizes()).c_str(), d);
     EXPECT_LT(d, kTolerance) << "output of " << name;
 
-    const std::string prefix = name + ".tap.";
-    int compared = 0;
-    double worst = 0;
-    for (const auto& [key, ref] : golden) {
-      if (key.rfind(prefix, 0) != 0) continue;
-      const std::string path = key.substr(prefix.size());
-      auto it = taps.find(path);
-      if (it == taps.end()) {
-        ADD_FAILURE() << "tap '" << path << "' was not recorded";
-        continue;
-      }
-      const double td = max_abs_diff(it->second, ref);
-      worst = std::max(worst, td);
-      EXPECT_LT(td, kTolerance) << "tap " << path;
-      ++compared;
-    }
+    const auto [compared, worst] = vdm::test::compare_taps(golden, name + ".tap.", taps, kTolerance);
     if (compared) std::printf("[unet %s %s] %d taps, worst max|diff| %.3g\n", dev.c_str(), name.c_str(), compared, worst);
   }
 }

@@ -16,21 +16,15 @@
 namespace {
 
 using vdm::test::max_abs_diff;
+const auto& get = vdm::test::golden_tensor;
 
 constexpr double kTolerance = 1e-4;
-
-const at::Tensor& get(const vdm::io::TensorMap& m, const std::string& key) {
-  auto it = m.find(key);
-  if (it == m.end()) throw std::runtime_error("golden file has no tensor '" + key + "'");
-  return it->second;
-}
 
 void check_vae(const c10::Device& device) {
   VDM_REQUIRE_FIXTURES(root);
   vdm::init_runtime(2);
   at::NoGradGuard no_grad;
-  std::ifstream in(root + "/golden/manifest.json");
-  const auto manifest = nlohmann::json::parse(in);
+  const auto manifest = vdm::test::read_json(root + "/golden/manifest.json");
   const auto& spec = manifest.at("cases").at("vae");
   auto vae = vdm::models::load_autoencoder_kl(root + "/" + spec.at("model").get<std::string>());
   vae->to(device);
@@ -62,21 +56,7 @@ void check_vae(const c10::Device& device) {
   vae->clear_tap();
   std::printf("[vae %s] encode mean %.3g logvar %.3g, decode %.3g\n", dev.c_str(), dm, dl, dd);
 
-  int compared = 0;
-  double worst = 0;
-  for (const auto& [key, ref] : golden) {
-    if (key.rfind("tap.", 0) != 0) continue;
-    const std::string path = key.substr(4);
-    auto it = taps.find(path);
-    if (it == taps.end()) {
-      ADD_FAILURE() << "tap '" << path << "' was not recorded";
-      continue;
-    }
-    const double td = max_abs_diff(it->second, ref);
-    worst = std::max(worst, td);
-    EXPECT_LT(td, kTolerance) << "tap " << path;
-    ++compared;
-  }
+  const auto [compared, worst] = vdm::test::compare_taps(golden, "tap.", taps, kTolerance);
   EXPECT_GT(compared, 0);
   std::printf("[vae %s] %d taps, worst max|diff| %.3g\n", dev.c_str(), compared, worst);
 

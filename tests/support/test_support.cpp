@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <stdexcept>
 
 namespace vdm::test {
 namespace fs = std::filesystem;
@@ -66,6 +68,37 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   }
   if (a.numel() == 0) return 0.0;
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.good()) << "cannot read " << path;
+  return nlohmann::json::parse(in);
+}
+
+const at::Tensor& golden_tensor(const std::map<std::string, at::Tensor>& golden, const std::string& key) {
+  auto it = golden.find(key);
+  if (it == golden.end()) throw std::runtime_error("golden file has no tensor '" + key + "'");
+  return it->second;
+}
+
+TapComparison compare_taps(const std::map<std::string, at::Tensor>& golden, const std::string& prefix,
+                           const std::map<std::string, at::Tensor>& taps, double tolerance) {
+  TapComparison r;
+  for (const auto& [key, ref] : golden) {
+    if (key.rfind(prefix, 0) != 0) continue;
+    const std::string path = key.substr(prefix.size());
+    auto it = taps.find(path);
+    if (it == taps.end()) {
+      ADD_FAILURE() << "tap '" << path << "' was not recorded";
+      continue;
+    }
+    const double d = max_abs_diff(it->second, ref);
+    r.worst = std::max(r.worst, d);
+    EXPECT_LT(d, tolerance) << "tap " << path;
+    ++r.compared;
+  }
+  return r;
 }
 
 }  // namespace vdm::test

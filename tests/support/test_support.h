@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace vdm::test {
@@ -26,6 +28,21 @@ int run_command(const std::string& cmd, std::string* output = nullptr);
 
 // max |a - b| (after casting to float64); shapes must match (ADD_FAILURE otherwise).
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+
+// A JSON file (a golden manifest); a failed expectation names the path when it cannot be read.
+nlohmann::json read_json(const std::string& path);
+
+// golden[key], or an exception naming the key when the golden file has no such tensor.
+const at::Tensor& golden_tensor(const std::map<std::string, at::Tensor>& golden, const std::string& key);
+
+// Compares every golden tensor named `prefix` + path with the recorded taps[path] (each within
+// `tolerance`; a tap never recorded fails). Returns how many were compared and the worst max|diff|.
+struct TapComparison {
+  int compared = 0;
+  double worst = 0;
+};
+TapComparison compare_taps(const std::map<std::string, at::Tensor>& golden, const std::string& prefix,
+                           const std::map<std::string, at::Tensor>& taps, double tolerance);
 
 }  // namespace vdm::test
 
