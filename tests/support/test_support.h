@@ -3,9 +3,12 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <sys/types.h>
+
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace vdm::test {
 
@@ -25,6 +28,15 @@ std::string vdm_binary();
 
 // Runs a shell command, captures stdout+stderr; returns the exit status (WEXITSTATUS or 128+sig).
 int run_command(const std::string& cmd, std::string* output = nullptr);
+
+// Starts `vdm` with `args` in the background, stdout+stderr into `log`, with `env` ("NAME=value")
+// added to this process's environment. Returns the pid (-1 and a failed expectation when it
+// cannot start).
+pid_t spawn_vdm(const std::vector<std::string>& args, const std::string& log,
+                const std::vector<std::string>& env = {});
+
+// Waits for `pid`; its exit status as run_command reports it: the code, or 128 + signal.
+int wait_exit(pid_t pid);
 
 // max |a - b| (after casting to float64); shapes must match (ADD_FAILURE otherwise).
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
