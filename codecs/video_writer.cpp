@@ -124,6 +124,18 @@ void check_output_folder(const fs::path& folder, const std::string& path) {
 
 }  // namespace
 
+void check_quality_settings(VideoFormat format, int crf, const std::string& preset, const std::string& where) {
+  if (format == VideoFormat::kMp4 && (crf < 0 || crf > 51))
+    throw InputError(fmt::format("{}: crf {} is out of range for H.264; use 0..51 (18 is visually lossless)", where,
+                                 crf));
+  if (format == VideoFormat::kWebm && (crf < 0 || crf > 63))
+    throw InputError(fmt::format("{}: crf {} is out of range for VP9; use 0..63", where, crf));
+  if ((format == VideoFormat::kMp4 || format == VideoFormat::kWebm) && preset_index(preset) < 0)
+    throw InputError(fmt::format("{}: unknown preset '{}'; use one of ultrafast, superfast, veryfast, faster, fast, "
+                                 "medium, slow, slower, veryslow",
+                                 where, preset));
+}
+
 VideoFormat resolve_video_format(const std::string& path, const std::string& format) {
   if (!format.empty()) {
     std::string f = lower(format);
@@ -230,19 +242,8 @@ struct VideoWriter::Impl {
             ".webm/.gif/png",
             path, odd_w ? "width" : "height", side, side - 1, side + 1));
       }
-      if (options.crf < 0 || options.crf > 51)
-        throw InputError(fmt::format("{}: crf {} is out of range for H.264; use 0..51 (18 is "
-                                     "visually lossless)",
-                                     path, options.crf));
     }
-    if (format == VideoFormat::kWebm && (options.crf < 0 || options.crf > 63))
-      throw InputError(fmt::format("{}: crf {} is out of range for VP9; use 0..63", path,
-                                   options.crf));
-    if ((format == VideoFormat::kMp4 || format == VideoFormat::kWebm) &&
-        preset_index(options.preset) < 0)
-      throw InputError(fmt::format("{}: unknown preset '{}'; use one of ultrafast, superfast, "
-                                   "veryfast, faster, fast, medium, slow, slower, veryslow",
-                                   path, options.preset));
+    check_quality_settings(format, options.crf, options.preset, path);
   }
 
   // ---- image sequence ------------------------------------------------------------------------

@@ -61,6 +61,10 @@ struct VideoWriterOptions {
 // unknown format or extension. Lets a CLI validate its output argument before generating.
 VideoFormat resolve_video_format(const std::string& path, const std::string& format = "");
 
+// InputError when crf is out of range for the format's encoder (H.264 0..51, VP9 0..63) or the
+// preset is not an x264 preset name (MP4 and WebM); `where` starts the message.
+void check_quality_settings(VideoFormat format, int crf, const std::string& preset, const std::string& where);
+
 // "mp4", "webm", "gif", "png".
 const char* video_format_name(VideoFormat format);
 

@@ -154,8 +154,8 @@ CLI::App* add_mode(CLI::App& app, const char* name, const char* help, Mode mode)
     cmd->add_option("--image", args->input, "Still image to animate (PNG, JPEG, WebP, ...)")->required();
   if (mode == Mode::kRestyle)
     cmd->add_option("--video", args->input, "Source video to restyle")->required();
+  if (mode == Mode::kRestyle) args->options.strength = 0.6;  // before the options, so --help shows it
   add_common_options(cmd, *args, mode);
-  if (mode == Mode::kRestyle) args->options.strength = 0.6;
   cmd->callback([args, mode] { run(mode, *args); });
   return cmd;
 }

@@ -47,6 +47,10 @@ OutputSpec resolve_output(const std::string& path, const std::string& format, in
                                  path, dir.string()));
   if (fs::is_directory(target) && spec.format != "png")
     throw InputError(fmt::format("--output {}: is a folder; give a file name", path));
+#ifdef VDM_WITH_FFMPEG
+  codecs::check_quality_settings(codecs::resolve_video_format(spec.path, spec.format), static_cast<int>(crf),
+                                 preset, fmt::format("--output {} (--crf/--preset)", path));
+#endif
   return spec;
 }
 

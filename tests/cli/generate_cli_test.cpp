@@ -99,6 +99,10 @@ TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
       {"unknown sampler", model, "--sampler heun9", dir + "/u.mp4", "heun9"},
       {"unknown output extension", model, "", dir + "/x.avi", ".avi"},
       {"output folder missing", model, "", dir + "/no/such/dir/o.mp4", "does not exist"},
+      // Encoder settings are checked before the model is even read (the folder here does not exist).
+      {"crf out of range", dir + "/no-model", "--crf 99", dir + "/c.mp4", "crf 99 is out of range for H.264"},
+      {"crf out of range for VP9", dir + "/no-model", "--crf 70", dir + "/c.webm", "crf 70 is out of range for VP9"},
+      {"unknown preset", dir + "/no-model", "--preset warp", dir + "/p.mp4", "unknown preset 'warp'"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -122,4 +126,13 @@ TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
   EXPECT_EQ(rc, 2) << log;
   EXPECT_NE(log.find("missing.png"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(dir + "/a.mp4"));
+}
+
+// restyle's help shows the strength default that applies to it (0.6), animate's its own (0.8).
+TEST(GenerateCli, StrengthDefaultsInHelp) {
+  std::string log;
+  ASSERT_EQ(run_command(vdm::test::vdm_binary() + " restyle --help", &log), 0) << log;
+  EXPECT_NE(log.find("--strength FLOAT=0.6"), std::string::npos) << log;
+  ASSERT_EQ(run_command(vdm::test::vdm_binary() + " animate --help", &log), 0) << log;
+  EXPECT_NE(log.find("--strength FLOAT=0.8"), std::string::npos) << log;
 }
