@@ -19,6 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kWeightsName = "model.safetensors";
+constexpr const char* kFp16WeightsName = "model.fp16.safetensors";  // the "fp16" variant of hub folders
 constexpr const char* kPositionIdsKey = "text_model.embeddings.position_ids";
 
 bool known_activation(const std::string& act) {
@@ -281,7 +282,7 @@ CLIPTextModelOutput CLIPTextModelImpl::forward(const at::Tensor& input_ids, cons
 CLIPTextModel load_clip_text_model(const std::string& dir) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
   CLIPTextConfig config = CLIPTextConfig::load(config_path);
-  const std::string weights = models::find_weights_file(dir, kWeightsName);
+  const std::string weights = models::find_weights_file(dir, kWeightsName, kFp16WeightsName);
   io::TensorMap tensors = io::load_safetensors(weights);
   // Older checkpoints store the position_ids buffer; transformers ignores it and uses 0..L-1.
   if (tensors.erase(kPositionIdsKey)) log::debug("{}: ignoring {}", weights, kPositionIdsKey);

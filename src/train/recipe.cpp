@@ -154,18 +154,21 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   prob(r.unet.frame_noise_correlation, "frame_noise_correlation");
   if (unet.json().contains("curriculum")) {
     const auto& list = unet.json().at("curriculum");
-    if (!list.is_array()) unet.cfg().fail("curriculum", "a list of {until_step, frames, batch}");
+    if (!list.is_array())
+      unet.cfg().fail("curriculum", "a list of {until_step, frames, batch, image_condition_prob}");
     int64_t last = -1;
     for (size_t i = 0; i < list.size(); ++i) {
       Section p(nlohmann::json{{"p", list[i]}}, "p", source, fmt::format("unet.curriculum[{}]", i));
-      p.allow({"until_step", "frames", "batch"});
+      p.allow({"until_step", "frames", "batch", "image_condition_prob"});
       CurriculumPhase ph;
       ph.until_step = p.cfg().get_int("until_step");
       ph.frames = p.cfg().get_int("frames", r.frames);
       ph.batch = p.cfg().get_int("batch", r.unet.train.batch);
-      if (ph.until_step <= last || ph.frames < 1 || ph.batch < 1) {
+      ph.image_condition_prob = p.cfg().get_double("image_condition_prob", r.unet.image_condition_prob);
+      if (ph.until_step <= last || ph.frames < 1 || ph.batch < 1 || ph.image_condition_prob < 0 ||
+          ph.image_condition_prob > 1) {
         throw ConfigError(fmt::format("{} [unet.curriculum[{}]]: until_step must increase, frames and batch be "
-                                      "positive",
+                                      "positive, image_condition_prob lie in [0, 1]",
                                       source, i));
       }
       last = ph.until_step;
@@ -249,7 +252,10 @@ nlohmann::json TrainRecipe::to_json() const {
               {"kl_weight", vae.kl_weight}};
   nlohmann::json curriculum = nlohmann::json::array();
   for (const auto& p : unet.curriculum)
-    curriculum.push_back({{"until_step", p.until_step}, {"frames", p.frames}, {"batch", p.batch}});
+    curriculum.push_back({{"until_step", p.until_step},
+                          {"frames", p.frames},
+                          {"batch", p.batch},
+                          {"image_condition_prob", p.image_condition_prob}});
   j["unet"] = {{"config", unet.config},
                {"text_encoder", unet.text_encoder},
                {"train", training_json(unet.train)},
@@ -275,6 +281,7 @@ CurriculumPhase TrainRecipe::phase_at(int64_t step) const {
   last.until_step = -1;
   last.frames = frames;
   last.batch = unet.train.batch;
+  last.image_condition_prob = unet.image_condition_prob;
   return last;
 }
 

@@ -50,6 +50,7 @@ struct CurriculumPhase {
   int64_t until_step = 0;
   int64_t frames = 16;
   int64_t batch = 8;
+  double image_condition_prob = 0.5;  // share of samples trained with their first frame given
 };
 
 struct TokenizerRecipe {

@@ -556,7 +556,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     std::vector<float> keep_image(B, 0.0f);
     for (int64_t i = 0; i < B; ++i) {
       if (u[i][0].item<double>() < recipe.unet.caption_dropout) captions[i] = "";
-      if (image_cond && u[i][1].item<double>() < recipe.unet.image_condition_prob) keep_image[i] = 1.0f;
+      if (image_cond && u[i][1].item<double>() < phase.image_condition_prob) keep_image[i] = 1.0f;
     }
     at::Tensor ids = tokenizer.batch(captions).to(device);
     at::Tensor noise = at::randn({B, C, F, h, h}, gen);

@@ -326,6 +326,27 @@ TEST(CLIPTextModel, SaveLoadRoundTripWithTransformersKeys) {
             1e-6);
 }
 
+// A folder holding only the fp16 variant (model.fp16.safetensors) loads, in float32.
+TEST(CLIPTextModel, LoadsTheFp16VariantWhenItIsTheOnlyWeights) {
+  at::manual_seed(4);
+  vdm::text::CLIPTextModel model(tiny_config());
+  const std::string dir = vdm::test::make_temp_dir("clip-fp16");
+  vdm::text::save_clip_text_model(model, dir, at::kHalf);
+  fs::rename(fs::path(dir) / "model.safetensors", fs::path(dir) / "model.fp16.safetensors");
+  vdm::text::CLIPTextModel loaded = vdm::text::load_clip_text_model(dir);
+  const at::Tensor w = model->named_parameters()["text_model.final_layer_norm.weight"];
+  const at::Tensor l = loaded->named_parameters()["text_model.final_layer_norm.weight"];
+  EXPECT_EQ(l.scalar_type(), at::kFloat);
+  EXPECT_EQ(vdm::test::max_abs_diff(l, w.to(at::kHalf).to(at::kFloat)), 0.0);
+  fs::remove(fs::path(dir) / "model.fp16.safetensors");
+  try {
+    vdm::text::load_clip_text_model(dir);
+    ADD_FAILURE() << "loading a folder without weights must fail";
+  } catch (const vdm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.fp16.safetensors"), std::string::npos) << e.what();
+  }
+}
+
 TEST(CLIPTextModel, LegacyEosTwoPoolsAtLargestId) {
   auto c = tiny_config();
   c.eos_token_id = 2;

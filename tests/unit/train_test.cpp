@@ -93,6 +93,23 @@ TEST(Train, RecipeValidation) {
   bad = tiny_recipe_json();
   bad["unet"]["text_encoder"]["hidden_size"] = 32;  // cross_attention_dim mismatch
   EXPECT_THROW(TrainRecipe::from_json(bad, "bad"), ConfigError);
+  // Curriculum phases: frames, batch and the image-conditioning share change at their boundaries;
+  // after the last phase the stage's own settings apply.
+  nlohmann::json phased = tiny_recipe_json();
+  phased["unet"]["image_condition_prob"] = 0.8;
+  phased["unet"]["curriculum"] = nlohmann::json::parse(
+      R"([{"until_step": 10, "frames": 2, "batch": 6, "image_condition_prob": 0.25}, {"until_step": 20, "frames": 3}])");
+  TrainRecipe p = TrainRecipe::from_json(phased, "phased");
+  EXPECT_EQ(p.phase_at(9).frames, 2);
+  EXPECT_EQ(p.phase_at(9).batch, 6);
+  EXPECT_EQ(p.phase_at(9).image_condition_prob, 0.25);
+  EXPECT_EQ(p.phase_at(10).frames, 3);
+  EXPECT_EQ(p.phase_at(10).image_condition_prob, 0.8);
+  EXPECT_EQ(p.phase_at(20).frames, 4);
+  EXPECT_EQ(p.phase_at(20).image_condition_prob, 0.8);
+  EXPECT_EQ(TrainRecipe::from_json(p.to_json(), "again").phase_at(9).image_condition_prob, 0.25);
+  phased["unet"]["curriculum"][0]["image_condition_prob"] = 1.5;
+  EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
   // The shipped recipe parses.
   EXPECT_NO_THROW(TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe.json"));
 }
