@@ -27,6 +27,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--decode-chunk", o->decode_chunk, "Frames per VAE decode call (0 = all)");
   cmd->add_flag("--cuda-graph", o->cuda_graph, "Replay the UNet step as one CUDA graph");
   cmd->add_flag("--skip-vae", o->skip_vae, "Do not time the VAE decode");
+  cmd->add_flag("--profile", o->profile, "Per-operator times of the timed UNet steps (LibTorch's profiler)");
   cmd->add_flag("--json", *json, "Print the report as JSON");
   cmd->callback([o, json] {
     auto report = pipelines::run_bench(*o);

@@ -49,6 +49,7 @@ nlohmann::json BenchReport::to_json() const {
   for (const auto& s : stages)
     j["stages"][s.stage] = {{"median_ms", s.median()}, {"min_ms", s.min()}, {"max_ms", s.max()},
                             {"runs", s.ms.size()}};
+  if (unet_ops) j["unet_ops"] = unet_ops->to_json();
   return j;
 }
 
@@ -61,7 +62,9 @@ std::string BenchReport::to_table() const {
                        s.max(), s.ms.size());
   out += fmt::format("peak host memory {:.0f} MB", peak_host_mb);
   if (peak_device_mb > 0) out += fmt::format(", peak device memory {:.0f} MB", peak_device_mb);
-  return out + "\n";
+  out += "\n";
+  if (unet_ops) out += "\nUNet steps by operator (self time; profiling adds overhead):\n" + unet_ops->to_table();
+  return out;
 }
 
 namespace {
@@ -158,6 +161,7 @@ BenchReport run_bench(const BenchOptions& o) {
   if (o.cuda_graph) {
 #ifdef VDM_WITH_CUDA
     if (!device.is_cuda()) throw InputError("--cuda-graph needs --device cuda");
+    if (o.profile) throw InputError("--profile times operators one by one; it cannot look inside --cuda-graph");
     at::cuda::CUDAGraph graph;
     {
       c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool());
@@ -172,9 +176,16 @@ BenchReport run_bench(const BenchOptions& o) {
     throw InputError("--cuda-graph: this build of vdm has no CUDA support");
 #endif
   } else {
-    for (int64_t i = 0; i < o.steps; ++i) {
-      unet_stage.ms.push_back(time_ms(device, [&] { out = unet->forward(sample, t, text); }));
-      log::info("UNet step {}/{}: {:.1f} ms", i + 1, o.steps, unet_stage.ms.back());
+    auto steps = [&] {
+      for (int64_t i = 0; i < o.steps; ++i) {
+        unet_stage.ms.push_back(time_ms(device, [&] { out = unet->forward(sample, t, text); }));
+        log::info("UNet step {}/{}: {:.1f} ms", i + 1, o.steps, unet_stage.ms.back());
+      }
+    };
+    if (o.profile) {
+      report.unet_ops = profile_ops(steps);
+    } else {
+      steps();
     }
   }
   report.stages.push_back(unet_stage);

@@ -4,8 +4,11 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "pipelines/op_profile.h"
 
 namespace vdm::pipelines {
 
@@ -24,6 +27,7 @@ struct BenchOptions {
   bool cuda_graph = false;  // capture the UNet step as one CUDA graph (CUDA only)
   bool skip_vae = false;
   bool skip_encode = false;
+  bool profile = false;     // per-operator times of the timed UNet steps (LibTorch's profiler)
 };
 
 struct StageTiming {
@@ -43,6 +47,7 @@ struct BenchReport {
   std::vector<StageTiming> stages;
   double peak_host_mb = 0;    // max resident set size
   double peak_device_mb = 0;  // CUDA caching allocator peak (0 on CPU)
+  std::optional<OpProfile> unet_ops;  // with options.profile
   nlohmann::json to_json() const;
   std::string to_table() const;
 };

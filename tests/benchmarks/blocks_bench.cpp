@@ -77,6 +77,17 @@ void BM_TransformerTemporal(benchmark::State& state) {
 }
 BENCHMARK(BM_TransformerTemporal)->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
 
+// A linear layer over every pixel of every frame (Transformer2DModel's projections and
+// feed-forward): [tokens, in] x [in, out]; args: tokens, in, out.
+void BM_TokenLinear(benchmark::State& state) {
+  c10::InferenceMode guard;
+  at::Tensor x = at::randn({state.range(0), state.range(1)});
+  at::Tensor w = at::randn({state.range(2), state.range(1)});
+  for (auto _ : state) benchmark::DoNotOptimize(at::linear(x, w));
+  state.SetItemsProcessed(state.iterations() * state.range(0) * state.range(1) * state.range(2));
+}
+BENCHMARK(BM_TokenLinear)->Args({32768, 32, 256})->Args({32768, 32, 32})->Args({32768, 128, 32})->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -136,3 +136,46 @@ TEST(GenerateCli, StrengthDefaultsInHelp) {
   ASSERT_EQ(run_command(vdm::test::vdm_binary() + " animate --help", &log), 0) << log;
   EXPECT_NE(log.find("--strength FLOAT=0.8"), std::string::npos) << log;
 }
+
+// `vdm bench --json` on the fixture model: every stage timed the requested number of times, and
+// with --profile the UNet steps broken down by operator (convolutions and matmuls among them).
+TEST(BenchCli, StagesAndOperatorProfile) {
+  std::string model = model_dir();
+  if (model.empty()) GTEST_SKIP() << "reference fixtures not found (VDM_FIXTURES)";
+  const std::string dir = vdm::test::make_temp_dir("bench");
+  std::string out;
+  // The report on stdout, the progress log (stderr) apart.
+  const int rc = run_command(fmt::format("({} --threads 2 bench --model {} --frames 4 --width 32 --height 32 --steps 2 "
+                                         "--json --profile > {}/bench.json)",
+                                         vdm::test::vdm_binary(), model, dir),
+                             &out);
+  ASSERT_EQ(rc, 0) << out;
+  std::ifstream in(dir + "/bench.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j.at("batch"), 2);
+  EXPECT_EQ(j.at("stages").at("unet_step").at("runs"), 2);
+  EXPECT_GT(j.at("stages").at("unet_step").at("median_ms").get<double>(), 0.0);
+  EXPECT_EQ(j.at("stages").at("vae_decode").at("runs"), 1);
+  EXPECT_EQ(j.at("stages").at("text_encoder").at("runs"), 1);
+  EXPECT_GT(j.at("peak_host_mb").get<double>(), 0.0);
+  const auto& ops = j.at("unet_ops").at("ops");
+  ASSERT_FALSE(ops.empty());
+  double self_sum = 0;
+  bool conv = false, mm = false;
+  for (const auto& op : ops) {
+    self_sum += op.at("self_ms").get<double>();
+    EXPECT_GE(op.at("total_ms").get<double>(), 0.0);
+    const std::string name = op.at("name");
+    conv = conv || name.find("convolution") != std::string::npos;
+    mm = mm || name == "aten::mm" || name == "aten::addmm";
+  }
+  EXPECT_TRUE(conv);
+  EXPECT_TRUE(mm);
+  // Two threads at most run operators at once.
+  EXPECT_LE(self_sum, 2.0 * j.at("unet_ops").at("wall_ms").get<double>() + 1.0);
+
+  // --profile cannot look inside a captured CUDA graph.
+  ASSERT_NE(run_command(fmt::format("{} bench --model {} --cuda-graph --profile 2>&1", vdm::test::vdm_binary(), model),
+                        &out),
+            0);
+}

@@ -1,0 +1,82 @@
+#include "pipelines/op_profile.h"
+
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+#include <fmt/format.h>
+
+namespace vdm::pipelines {
+
+namespace prof = torch::autograd::profiler;
+
+OpProfile profile_ops(const std::function<void()>& work) {
+  prof::enableProfilerLegacy(prof::ProfilerConfig(prof::ProfilerState::CPU));
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    work();
+  } catch (...) {
+    prof::disableProfilerLegacy();
+    throw;
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  const prof::thread_event_lists threads = prof::disableProfilerLegacy();
+
+  struct Open {
+    const prof::LegacyEvent* push;
+    double child_us = 0;
+  };
+  std::map<std::string, OpTime> by_name;
+  std::map<std::string, int> depth_of_name;  // open calls per name: only outermost ones add to total
+  for (const auto& events : threads) {
+    std::vector<Open> stack;
+    for (const auto& e : events) {
+      if (e.kind() == prof::EventKind::PushRange) {
+        stack.push_back({&e});
+        ++depth_of_name[e.name()];
+      } else if (e.kind() == prof::EventKind::PopRange && !stack.empty()) {
+        const Open open = stack.back();
+        stack.pop_back();
+        const double us = open.push->cpuElapsedUs(e);
+        const std::string name = open.push->name();
+        OpTime& t = by_name[name];
+        t.name = name;
+        ++t.calls;
+        t.self_ms += (us - open.child_us) / 1000.0;
+        if (--depth_of_name[name] == 0) t.total_ms += us / 1000.0;
+        if (!stack.empty()) stack.back().child_us += us;
+      }
+    }
+  }
+  OpProfile p;
+  p.wall_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  for (auto& [name, t] : by_name) p.ops.push_back(std::move(t));
+  std::sort(p.ops.begin(), p.ops.end(), [](const OpTime& a, const OpTime& b) { return a.self_ms > b.self_ms; });
+  return p;
+}
+
+std::string OpProfile::to_table(size_t top) const {
+  double self_sum = 0;
+  for (const auto& o : ops) self_sum += o.self_ms;
+  std::string out = fmt::format("{:<40} {:>7} {:>10} {:>7} {:>10}\n", "operator", "calls", "self ms", "self %",
+                                "total ms");
+  for (size_t i = 0; i < std::min(top, ops.size()); ++i) {
+    const OpTime& o = ops[i];
+    out += fmt::format("{:<40} {:>7} {:>10.1f} {:>6.1f}% {:>10.1f}\n", o.name.substr(0, 40), o.calls, o.self_ms,
+                       self_sum > 0 ? 100.0 * o.self_ms / self_sum : 0.0, o.total_ms);
+  }
+  out += fmt::format("{} operators, {:.1f} ms of operator self time in {:.1f} ms wall\n", ops.size(), self_sum,
+                     wall_ms);
+  return out;
+}
+
+nlohmann::json OpProfile::to_json() const {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& o : ops)
+    list.push_back({{"name", o.name}, {"calls", o.calls}, {"self_ms", o.self_ms}, {"total_ms", o.total_ms}});
+  return {{"wall_ms", wall_ms}, {"ops", list}};
+}
+
+}  // namespace vdm::pipelines
