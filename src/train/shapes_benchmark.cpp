@@ -161,8 +161,8 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
   const auto t0 = std::chrono::steady_clock::now();
-  const c10::Device device(o.device);
-  const c10::ScalarType dtype = o.dtype == "bfloat16" ? at::kBFloat16 : o.dtype == "float16" ? at::kHalf : at::kFloat;
+  const c10::Device device = parse_device(o.device);
+  const c10::ScalarType dtype = parse_dtype(o.dtype);
   models::AutoencoderKL vae = models::load_autoencoder_kl((fs::path(o.model_dir) / "vae").string());
   vae->to(device, dtype);
   vae->eval();
