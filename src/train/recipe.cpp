@@ -11,6 +11,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
 #include "text/clip_text_model.h"
+#include "train/optim.h"
 
 namespace vdm::train {
 
@@ -155,12 +156,16 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   if (unet.json().contains("curriculum")) {
     const auto& list = unet.json().at("curriculum");
     if (!list.is_array())
-      unet.cfg().fail("curriculum", "a list of {until_step, frames, batch, image_condition_prob}");
+      unet.cfg().fail("curriculum", "a list of {until_step, frames, batch, image_condition_prob, lr_schedule}");
     int64_t last = -1;
     for (size_t i = 0; i < list.size(); ++i) {
       Section p(nlohmann::json{{"p", list[i]}}, "p", source, fmt::format("unet.curriculum[{}]", i));
-      p.allow({"until_step", "frames", "batch", "image_condition_prob"});
+      p.allow({"until_step", "frames", "batch", "image_condition_prob", "lr_schedule"});
       CurriculumPhase ph;
+      ph.start_step = std::max<int64_t>(0, last);
+      ph.lr_schedule = p.cfg().get_string("lr_schedule", "");
+      if (!ph.lr_schedule.empty() && ph.lr_schedule != "constant" && ph.lr_schedule != "cosine")
+        p.cfg().fail("lr_schedule", "\"constant\" or \"cosine\"");
       ph.until_step = p.cfg().get_int("until_step");
       ph.frames = p.cfg().get_int("frames", r.frames);
       ph.batch = p.cfg().get_int("batch", r.unet.train.batch);
@@ -251,11 +256,14 @@ nlohmann::json TrainRecipe::to_json() const {
               {"object_weight", vae.object_weight},
               {"kl_weight", vae.kl_weight}};
   nlohmann::json curriculum = nlohmann::json::array();
-  for (const auto& p : unet.curriculum)
-    curriculum.push_back({{"until_step", p.until_step},
-                          {"frames", p.frames},
-                          {"batch", p.batch},
-                          {"image_condition_prob", p.image_condition_prob}});
+  for (const auto& p : unet.curriculum) {
+    nlohmann::json phase = {{"until_step", p.until_step},
+                            {"frames", p.frames},
+                            {"batch", p.batch},
+                            {"image_condition_prob", p.image_condition_prob}};
+    if (!p.lr_schedule.empty()) phase["lr_schedule"] = p.lr_schedule;
+    curriculum.push_back(phase);
+  }
   j["unet"] = {{"config", unet.config},
                {"text_encoder", unet.text_encoder},
                {"train", training_json(unet.train)},
@@ -278,11 +286,22 @@ CurriculumPhase TrainRecipe::phase_at(int64_t step) const {
     if (step < p.until_step) return p;
   }
   CurriculumPhase last;
+  last.start_step = unet.curriculum.empty() ? 0 : unet.curriculum.back().until_step;
   last.until_step = -1;
   last.frames = frames;
   last.batch = unet.train.batch;
   last.image_condition_prob = unet.image_condition_prob;
   return last;
+}
+
+double TrainRecipe::unet_lr_at(int64_t step, int64_t total) const {
+  const StageTraining& tr = unet.train;
+  const CurriculumPhase p = phase_at(step);
+  if (p.lr_schedule != "cosine") {
+    return learning_rate(step, total, tr.lr, tr.warmup, p.lr_schedule.empty() ? tr.lr_schedule : p.lr_schedule);
+  }
+  const int64_t end = p.until_step >= 0 ? p.until_step : total;
+  return learning_rate(step - p.start_step, end - p.start_step, tr.lr, 0, "cosine");
 }
 
 }  // namespace vdm::train

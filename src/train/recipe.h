@@ -44,13 +44,17 @@ struct StageTraining {
   std::string precision = "auto";        // auto | float32 | bf16 (autocast; norms stay float32)
 };
 
-// A phase of the UNet curriculum: up to `until_step`, train on `frames` frames at `size`
-// pixels (0 = the recipe's) with batches of `batch`.
+// A phase of the UNet curriculum: from the previous phase's end up to `until_step`, train on
+// `frames` frames with batches of `batch`. With `lr_schedule` "cosine" the learning rate decays
+// over the phase, from the stage's `lr` at its first step to 10% at `until_step` (how a run that
+// trained at a constant rate is annealed at its end); "" follows the stage's own schedule.
 struct CurriculumPhase {
+  int64_t start_step = 0;  // derived: the previous phase's until_step (not written to JSON)
   int64_t until_step = 0;
   int64_t frames = 16;
   int64_t batch = 8;
   double image_condition_prob = 0.5;  // share of samples trained with their first frame given
+  std::string lr_schedule;            // "" | "constant" | "cosine"
 };
 
 struct TokenizerRecipe {
@@ -108,6 +112,9 @@ struct TrainRecipe {
   std::string prediction_type() const;
   // The curriculum phase for `step` (the recipe's frames and unet batch after the last phase).
   CurriculumPhase phase_at(int64_t step) const;
+  // The UNet stage's learning rate at `step` of a run of `total` steps: the stage's schedule, or
+  // its curriculum phase's where the phase sets one.
+  double unet_lr_at(int64_t step, int64_t total) const;
 };
 
 }  // namespace vdm::train

@@ -100,6 +100,7 @@ struct StageSpec {
   double budget_s = 0;
   std::vector<std::string> metric_names;
   std::string device, precision;
+  std::function<double(int64_t step)> lr_at;  // empty: the training's own schedule
 };
 
 c10::Device device_of(const StageSpec& spec) { return c10::Device(spec.device); }
@@ -208,7 +209,7 @@ StageReport run_stage(const StageSpec& spec, const TrainOptions& options, const 
       break;
     }
     const auto t0 = Clock::now();
-    const double lr = learning_rate(step, spec.total, tr.lr, tr.warmup, tr.lr_schedule);
+    const double lr = spec.lr_at ? spec.lr_at(step) : learning_rate(step, spec.total, tr.lr, tr.warmup, tr.lr_schedule);
     StepResult r = step_fn(step);
     optimizer.zero_grad();
     r.loss.backward();
@@ -444,6 +445,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   spec.total = options.steps_unet >= 0 ? options.steps_unet : recipe.unet.train.steps;
   spec.budget_s = options.time_budget_unet;
   spec.metric_names = {"frames", "batch"};
+  spec.lr_at = [&recipe, total = spec.total](int64_t step) { return recipe.unet_lr_at(step, total); };
   spec.device = device.str();
   spec.precision = precision_name(precision);
   log::info("unet: {} + {} (text) parameters, {} latents {}x{}x{}, {} prediction, {} steps, {} on {}",

@@ -1,6 +1,7 @@
 // Training machinery on tiny models: the loss falls on a fixed batch, a checkpoint resumes to the
 // same state as an uninterrupted run, and the exported folder loads back.
 #include <gtest/gtest.h>
+#include <cmath>
 
 #include <filesystem>
 #include <fstream>
@@ -108,6 +109,24 @@ TEST(Train, RecipeValidation) {
   EXPECT_EQ(p.phase_at(20).frames, 4);
   EXPECT_EQ(p.phase_at(20).image_condition_prob, 0.8);
   EXPECT_EQ(TrainRecipe::from_json(p.to_json(), "again").phase_at(9).image_condition_prob, 0.25);
+  // A phase with a cosine schedule anneals from the stage's rate at its first step to 10% at its
+  // end; the phases around it keep the stage's constant rate.
+  phased["unet"]["train"]["lr"] = 1e-3;
+  phased["unet"]["train"]["warmup"] = 5;
+  phased["unet"]["train"]["lr_schedule"] = "constant";
+  phased["unet"]["curriculum"][1]["lr_schedule"] = "cosine";
+  TrainRecipe a = TrainRecipe::from_json(phased, "annealed");
+  EXPECT_NEAR(a.unet_lr_at(1, 30), 4e-4, 1e-12);   // warm-up
+  EXPECT_NEAR(a.unet_lr_at(9, 30), 1e-3, 1e-12);   // constant phase
+  EXPECT_NEAR(a.unet_lr_at(10, 30), 1e-3, 1e-12);  // first step of the cosine phase
+  EXPECT_NEAR(a.unet_lr_at(15, 30), 5.5e-4, 1e-12);
+  EXPECT_NEAR(a.unet_lr_at(19, 30), 1e-4 + 9e-4 * 0.5 * (1 + std::cos(M_PI * 0.9)), 1e-12);
+  EXPECT_NEAR(a.unet_lr_at(20, 30), 1e-3, 1e-12);  // after the curriculum: the stage's schedule
+  EXPECT_EQ(TrainRecipe::from_json(a.to_json(), "again").phase_at(12).lr_schedule, "cosine");
+  EXPECT_NEAR(TrainRecipe::from_json(a.to_json(), "again").unet_lr_at(15, 30), 5.5e-4, 1e-12);
+  phased["unet"]["curriculum"][1]["lr_schedule"] = "linear";
+  EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
+  phased["unet"]["curriculum"][1].erase("lr_schedule");
   phased["unet"]["curriculum"][0]["image_condition_prob"] = 1.5;
   EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
   // The shipped recipe parses.
