@@ -300,8 +300,15 @@ double TrainRecipe::unet_lr_at(int64_t step, int64_t total) const {
   if (p.lr_schedule != "cosine") {
     return learning_rate(step, total, tr.lr, tr.warmup, p.lr_schedule.empty() ? tr.lr_schedule : p.lr_schedule);
   }
-  const int64_t end = p.until_step >= 0 ? p.until_step : total;
-  return learning_rate(step - p.start_step, end - p.start_step, tr.lr, 0, "cosine");
+  // Consecutive cosine phases make one decay, from the first one's start to the last one's end.
+  int64_t start = p.start_step, end = p.until_step >= 0 ? p.until_step : total;
+  const auto& phases = unet.curriculum;
+  for (size_t i = 0; i < phases.size(); ++i) {
+    if (phases[i].until_step != p.until_step) continue;
+    for (size_t j = i; j > 0 && phases[j - 1].lr_schedule == "cosine"; --j) start = phases[j - 1].start_step;
+    for (size_t j = i + 1; j < phases.size() && phases[j].lr_schedule == "cosine"; ++j) end = phases[j].until_step;
+  }
+  return learning_rate(step - start, end - start, tr.lr, 0, "cosine");
 }
 
 }  // namespace vdm::train

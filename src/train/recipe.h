@@ -47,7 +47,8 @@ struct StageTraining {
 // A phase of the UNet curriculum: from the previous phase's end up to `until_step`, train on
 // `frames` frames with batches of `batch`. With `lr_schedule` "cosine" the learning rate decays
 // over the phase, from the stage's `lr` at its first step to 10% at `until_step` (how a run that
-// trained at a constant rate is annealed at its end); "" follows the stage's own schedule.
+// trained at a constant rate is annealed at its end); consecutive cosine phases share one decay
+// from the first one's start to the last one's end; "" follows the stage's own schedule.
 struct CurriculumPhase {
   int64_t start_step = 0;  // derived: the previous phase's until_step (not written to JSON)
   int64_t until_step = 0;

@@ -124,6 +124,14 @@ TEST(Train, RecipeValidation) {
   EXPECT_NEAR(a.unet_lr_at(20, 30), 1e-3, 1e-12);  // after the curriculum: the stage's schedule
   EXPECT_EQ(TrainRecipe::from_json(a.to_json(), "again").phase_at(12).lr_schedule, "cosine");
   EXPECT_NEAR(TrainRecipe::from_json(a.to_json(), "again").unet_lr_at(15, 30), 5.5e-4, 1e-12);
+  // Two consecutive cosine phases share one decay over steps [10, 30).
+  nlohmann::json split = phased;
+  split["unet"]["curriculum"].push_back({{"until_step", 30}, {"frames", 3}, {"lr_schedule", "cosine"}});
+  TrainRecipe b = TrainRecipe::from_json(split, "split");
+  EXPECT_NEAR(b.unet_lr_at(10, 40), 1e-3, 1e-12);
+  EXPECT_NEAR(b.unet_lr_at(20, 40), 5.5e-4, 1e-12);  // half-way through the shared decay
+  EXPECT_NEAR(b.unet_lr_at(25, 40), 1e-4 + 9e-4 * 0.5 * (1 + std::cos(M_PI * 0.75)), 1e-12);
+  EXPECT_NEAR(b.unet_lr_at(30, 40), 1e-3, 1e-12);  // after the curriculum
   phased["unet"]["curriculum"][1]["lr_schedule"] = "linear";
   EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
   phased["unet"]["curriculum"][1].erase("lr_schedule");
