@@ -28,16 +28,19 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--frames", o->frames, "Frames per clip")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();
-  cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow)")->capture_default_str();
+  cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow) | words (first frames animated with a direction at right angles to the rendered one: motion read from the prompt or from the image)")->capture_default_str();
   cmd->add_option("--out", o->out_dir, "Folder for contact_t2v.png, contact_i2v.png, results.json")
       ->capture_default_str();
   cmd->callback([o, mode] {
-    if (*mode != "both" && *mode != "t2v" && *mode != "i2v" && *mode != "ceiling")
-      throw InputError("--mode '" + *mode + "' is not known; use both, t2v, i2v or ceiling");
+    if (*mode != "both" && *mode != "t2v" && *mode != "i2v" && *mode != "ceiling" && *mode != "words")
+      throw InputError("--mode '" + *mode + "' is not known; use both, t2v, i2v, ceiling or words");
     o->text_to_video = *mode != "i2v";
     o->image_to_video = *mode != "t2v";
     o->ceiling = *mode == "ceiling";
-    auto report = o->ceiling ? train::run_shapes_ceiling(*o) : train::run_shapes_benchmark(*o);
+    o->conflicting_direction = *mode == "words";
+    auto report = o->ceiling                 ? train::run_shapes_ceiling(*o)
+                  : o->conflicting_direction ? train::run_shapes_words(*o)
+                                             : train::run_shapes_benchmark(*o);
     std::fputs(report.to_table().c_str(), stdout);
     for (const auto& f : report.files) std::printf("wrote %s\n", f.c_str());
   });

@@ -92,15 +92,42 @@ void write_outputs(const ShapesBenchmarkOptions& o, ShapesBenchmarkReport& repor
 
 }  // namespace
 
-ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
-  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip per mode", o.n));
-  const auto t0 = std::chrono::steady_clock::now();
+namespace {
+
+std::unique_ptr<pipelines::VideoPipeline> load_pipeline(const ShapesBenchmarkOptions& o) {
   pipelines::PipelineConfig pc;
   pc.model_dir = o.model_dir;
   pc.device = o.device;
   pc.dtype = o.dtype;
   auto pipe = pipelines::VideoPipeline::load(pc);
   log::info("eval shapes: {}", pipe->describe());
+  return pipe;
+}
+
+// Generation settings of clip `index` of a mode (the seeds of the modes do not overlap).
+pipelines::GenerateOptions clip_options(const ShapesBenchmarkOptions& o, const std::string& prompt, int mode,
+                                        int64_t index) {
+  pipelines::GenerateOptions g;
+  g.prompt = prompt;
+  g.frames = o.frames;
+  g.steps = o.steps;
+  if (o.guidance > 0) g.guidance = o.guidance;
+  g.sampler = o.sampler;
+  g.seed = o.seed * 1000003ULL + static_cast<uint64_t>(mode * 100000 + index);
+  return g;
+}
+
+}  // namespace
+
+Direction perpendicular_direction(Direction d, bool first) {
+  if (d == Direction::kLeft || d == Direction::kRight) return first ? Direction::kUp : Direction::kDown;
+  return first ? Direction::kLeft : Direction::kRight;
+}
+
+ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
+  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip per mode", o.n));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto pipe = load_pipeline(o);
   if (o.image_to_video && !pipe->has_first_frame_conditioning()) {
     log::warn("{}: the UNet takes no first-frame condition; image-to-video falls back to animating from a noised "
               "image",
@@ -116,13 +143,7 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
     std::vector<ShapeClipScore> scores;
     for (int64_t i = 0; i < o.n; ++i) {
       ShapeClipSpec spec = sample_spec(gen);
-      pipelines::GenerateOptions g;
-      g.prompt = caption(spec);
-      g.frames = o.frames;
-      g.steps = o.steps;
-      if (o.guidance > 0) g.guidance = o.guidance;
-      g.sampler = o.sampler;
-      g.seed = o.seed * 1000003ULL + static_cast<uint64_t>(mode * 100000 + i);
+      pipelines::GenerateOptions g = clip_options(o, caption(spec), mode, i);
       at::Tensor frames;
       if (i2v) {
         pipelines::GenerateOptions probe = g;
@@ -155,6 +176,50 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   write_outputs(o, report, {{"contact_t2v.png", sheet_clips[0], sheet_ok[0]},
                             {"contact_i2v.png", sheet_clips[1], sheet_ok[1]}});
+  return report;
+}
+
+ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
+  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto pipe = load_pipeline(o);
+  if (!pipe->has_first_frame_conditioning())
+    throw InputError(fmt::format("{}: the words mode animates a first frame, but this UNet takes no first-frame "
+                                 "condition (in_channels is not 2 x latent + 1)",
+                                 o.model_dir));
+  ShapesBenchmarkReport report;
+  at::Generator gen = make_generator(o.seed);
+  std::vector<ShapeClipScore> scores;
+  std::vector<at::Tensor> clips;
+  std::vector<bool> ok;
+  int64_t follow_rendered = 0;
+  for (int64_t i = 0; i < o.n; ++i) {
+    const ShapeClipSpec spec = sample_spec(gen);
+    ShapeAttributes asked = spec.attributes;
+    asked.direction = perpendicular_direction(spec.attributes.direction, i % 2 == 0);
+    pipelines::GenerateOptions g = clip_options(o, caption(asked), 2, i);
+    pipelines::GenerateOptions probe = g;
+    pipe->validate(probe);
+    at::Tensor frames = pipe->animate(render_clip(spec, 1, probe.width)[0], g);
+    ShapesBenchmarkClip clip;
+    clip.mode = "words";
+    clip.caption = g.prompt;
+    clip.seed = g.seed;
+    clip.score = score_clip(frames, asked);
+    clip.rendered_direction = to_string(spec.attributes.direction);
+    clip.follows_rendered = score_clip(frames, spec.attributes).direction_ok;
+    follow_rendered += clip.follows_rendered ? 1 : 0;
+    log::info("words {:>3}/{}  {} (rendered moving {})  motion {}", i + 1, o.n, clip.caption, clip.rendered_direction,
+              clip.score.direction.empty() ? "not measured" : clip.score.direction);
+    scores.push_back(clip.score);
+    report.clips.push_back(clip);
+    clips.push_back(frames);
+    ok.push_back(clip.score.direction_ok);
+  }
+  report.words = summarize(scores);
+  report.words_follow_rendered = static_cast<double>(follow_rendered) / static_cast<double>(o.n);
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_outputs(o, report, {{"contact_words.png", clips, ok}});
   return report;
 }
 
@@ -223,6 +288,10 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
                         {"frames_ok", s.frames_ok},
                         {"failure", s.failure}};
     if (c.mode == "i2v") j["first_frame_kept"] = c.first_frame_kept;
+    if (c.mode == "words") {
+      j["rendered_direction"] = c.rendered_direction;
+      j["follows_rendered"] = c.follows_rendered;
+    }
     clips_json.push_back(j);
   }
   return {{"model", o.model_dir},
@@ -239,6 +308,8 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"i2v", rates_json(i2v)},
           {"data", rates_json(data)},
           {"vae", rates_json(vae)},
+          {"words", rates_json(words)},
+          {"words_follow_rendered", words_follow_rendered},
           {"clips", clips_json}};
 }
 
@@ -254,6 +325,10 @@ std::string ShapesBenchmarkReport::to_table() const {
   row("i2v", i2v);
   row("data", data);
   row("vae", vae);
+  row("words", words);
+  if (words.n > 0)
+    out += fmt::format("words: motion follows the prompt's direction in {:.0f}%, the rendered one in {:.0f}%\n",
+                       100 * words.direction, 100 * words_follow_rendered);
   return out;
 }
 

@@ -31,6 +31,11 @@ struct ShapesBenchmarkOptions {
   // accuracy) and after a round trip through the model's VAE ("vae", the most any generation decoded
   // by that VAE can reach).
   bool ceiling = false;
+  // Instead of the two modes: N animations of a dataset first frame prompted with a direction at
+  // right angles to the one the clip was rendered with ("words"). The start position favours the
+  // rendered direction (an object starts on the side away from where it goes), the words another:
+  // this separates motion read from the prompt from motion read from the image.
+  bool conflicting_direction = false;
   int64_t sheet_columns = 8;   // frames shown per clip on the contact sheet
 };
 
@@ -40,12 +45,16 @@ struct ShapesBenchmarkClip {
   uint64_t seed = 0;
   ShapeClipScore score;
   bool first_frame_kept = false;  // i2v: the object starts where the image has it
+  std::string rendered_direction;  // words: the direction the first frame was rendered for
+  bool follows_rendered = false;   // words: the motion went that way instead of the prompt's
 };
 
 struct ShapesBenchmarkReport {
   std::vector<ShapesBenchmarkClip> clips;
   ShapeRates t2v, i2v;
   ShapeRates data, vae;  // the ceiling mode's rates
+  ShapeRates words;      // the words mode's rates, against the prompt
+  double words_follow_rendered = 0;  // words: share of clips moving the rendered direction
   double seconds = 0;
   std::vector<std::string> files;  // written outputs
   nlohmann::json to_json(const ShapesBenchmarkOptions& options) const;
@@ -55,6 +64,12 @@ struct ShapesBenchmarkReport {
 ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& options);
 // The ceiling mode (options.ceiling): data and VAE round-trip rates, contact_vae.png.
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& options);
+// The words mode (options.conflicting_direction): contact_words.png.
+ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& options);
+
+// The direction at right angles to `d` used by the words mode: left and right become up (`first`)
+// or down, up and down become left (`first`) or right.
+Direction perpendicular_direction(Direction d, bool first);
 
 // A contact sheet: one row per clip (uint8 [F, H, W, 3], all the same size), `columns` frames
 // evenly spaced, a 2-pixel gap, and a 6-pixel bar on the left: green when `ok`, red otherwise.

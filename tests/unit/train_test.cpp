@@ -303,5 +303,40 @@ TEST(Train, ShapesCeilingSeparatesATrainedVaeFromAnUntrainedOne) {
   EXPECT_LT(bad.vae.persistence, 0.5);
 }
 
+// The words mode of `vdm eval shapes`: every first frame is animated with a prompt whose direction
+// lies at right angles to the one the clip was rendered with, and the report scores the motion
+// against the prompt.
+TEST(Train, ShapesWordsModePromptsAPerpendicularDirection) {
+  EXPECT_EQ(perpendicular_direction(Direction::kLeft, true), Direction::kUp);
+  EXPECT_EQ(perpendicular_direction(Direction::kRight, false), Direction::kDown);
+  EXPECT_EQ(perpendicular_direction(Direction::kUp, true), Direction::kLeft);
+  EXPECT_EQ(perpendicular_direction(Direction::kDown, false), Direction::kRight);
+  ShapesBenchmarkOptions o;
+  o.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  o.n = 3;
+  o.seed = 5;
+  o.steps = 2;
+  o.frames = 4;
+  o.conflicting_direction = true;
+  ShapesBenchmarkReport r = run_shapes_words(o);
+  EXPECT_EQ(r.words.n, 3);
+  EXPECT_EQ(r.t2v.n + r.i2v.n, 0);
+  ASSERT_EQ(r.clips.size(), 3u);
+  auto horizontal = [](const std::string& d) { return d == "left" || d == "right"; };
+  for (const auto& c : r.clips) {
+    EXPECT_EQ(c.mode, "words");
+    const std::string word = c.caption.substr(c.caption.find("moving ") + 7, c.caption.find(" on a") - c.caption.find("moving ") - 7);
+    EXPECT_NE(horizontal(word), horizontal(c.rendered_direction)) << c.caption << " / " << c.rendered_direction;
+    EXPECT_FALSE(c.score.direction_ok && c.follows_rendered);  // one motion cannot go both ways
+  }
+  EXPECT_NE(r.to_table().find("the rendered one in"), std::string::npos);
+  // A UNet without the first-frame condition cannot run this mode.
+  const std::string tiny = test::diffusers_tiny_root();
+  if (!tiny.empty()) {
+    o.model_dir = tiny + "/t2v_pipeline";
+    EXPECT_THROW(run_shapes_words(o), InputError);
+  }
+}
+
 }  // namespace
 }  // namespace vdm::train
