@@ -90,10 +90,6 @@ void write_outputs(const ShapesBenchmarkOptions& o, ShapesBenchmarkReport& repor
   io::write_file_atomic(json_path, report.to_json(o).dump(2) + "\n");
 }
 
-}  // namespace
-
-namespace {
-
 std::unique_ptr<pipelines::VideoPipeline> load_pipeline(const ShapesBenchmarkOptions& o) {
   pipelines::PipelineConfig pc;
   pc.model_dir = o.model_dir;
@@ -115,6 +111,13 @@ pipelines::GenerateOptions clip_options(const ShapesBenchmarkOptions& o, const s
   g.sampler = o.sampler;
   g.seed = o.seed * 1000003ULL + static_cast<uint64_t>(mode * 100000 + index);
   return g;
+}
+
+// The first frame of `spec`'s clip at the size `pipe` renders `g` at: uint8 [S, S, 3].
+at::Tensor first_frame(pipelines::VideoPipeline& pipe, const pipelines::GenerateOptions& g, const ShapeClipSpec& spec) {
+  pipelines::GenerateOptions probe = g;
+  pipe.validate(probe);
+  return render_clip(spec, 1, probe.width)[0];
 }
 
 }  // namespace
@@ -146,10 +149,7 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
       pipelines::GenerateOptions g = clip_options(o, caption(spec), mode, i);
       at::Tensor frames;
       if (i2v) {
-        pipelines::GenerateOptions probe = g;
-        pipe->validate(probe);
-        at::Tensor image = render_clip(spec, 1, probe.width)[0];  // [S, S, 3]
-        frames = pipe->animate(image, g);
+        frames = pipe->animate(first_frame(*pipe, g, spec), g);
       } else {
         frames = pipe->generate(g);
       }
@@ -198,9 +198,7 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
     ShapeAttributes asked = spec.attributes;
     asked.direction = perpendicular_direction(spec.attributes.direction, i % 2 == 0);
     pipelines::GenerateOptions g = clip_options(o, caption(asked), 2, i);
-    pipelines::GenerateOptions probe = g;
-    pipe->validate(probe);
-    at::Tensor frames = pipe->animate(render_clip(spec, 1, probe.width)[0], g);
+    at::Tensor frames = pipe->animate(first_frame(*pipe, g, spec), g);
     ShapesBenchmarkClip clip;
     clip.mode = "words";
     clip.caption = g.prompt;
