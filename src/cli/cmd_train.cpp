@@ -40,6 +40,9 @@ void register_train(CLI::App& app) {
   cmd->add_option("--time-budget-vae", a->time_budget_vae, "Time budget of the VAE stage (overrides --time-budget)");
   cmd->add_option("--time-budget-unet", a->time_budget_unet, "Time budget of the UNet stage (overrides --time-budget)");
   cmd->add_flag("--resume", a->options.resume, "Continue from the checkpoints in --out");
+  cmd->add_flag("--grow-unet-input", a->options.grow_unet_input,
+                "With --resume: when the recipe's UNet takes more input channels than the checkpoint (e.g. the "
+                "frame-position channel), add them to conv_in with zero weights and continue");
   cmd->add_option("--progress", a->progress, "text | json | none")->capture_default_str();
   cmd->callback([a] {
     if (!(a->options.batch_scale > 0)) throw InputError("--batch-scale must be positive");

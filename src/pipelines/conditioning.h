@@ -5,6 +5,12 @@
 //   channels 0..C-1  the (scaled) latent of the still image at frame 0, zeros at other frames
 //   channel  C       a mask: 1 at frame 0 when an image is given, 0 elsewhere
 // and is all zeros for text-to-video (no image).
+//
+// A UNet whose in_channels is 2 * latent_channels + 2 takes one more channel after those: the frame
+// position, a ramp from -1 at the first frame to +1 at the last, the same at every pixel and given
+// for text- and image-to-video alike. UNet3DConditionModel's temporal layers carry no frame index
+// (temporal attention is blind to frame order), so this channel is what lets a caption's motion
+// ("moving left") place the object differently in early and late frames.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -16,9 +22,24 @@ at::Tensor first_frame_condition(const at::Tensor& image_latent, int64_t batch, 
                                  int64_t frames, int64_t height, int64_t width,
                                  const at::TensorOptions& options);
 
-// True when a UNet with `unet_in_channels` takes first-frame conditioning for `latent_channels`.
+// condition: [B, K, F, h, w] -> [B, K + 1, F, h, w] with the frame-position ramp appended.
+at::Tensor append_frame_position(const at::Tensor& condition);
+
+// True when a UNet with `unet_in_channels` takes first-frame conditioning for `latent_channels`
+// (with or without the frame-position channel).
 inline bool takes_first_frame_condition(int64_t unet_in_channels, int64_t latent_channels) {
-  return unet_in_channels == 2 * latent_channels + 1;
+  return unet_in_channels == 2 * latent_channels + 1 || unet_in_channels == 2 * latent_channels + 2;
 }
+
+// True when the UNet also takes the frame-position channel.
+inline bool takes_frame_position(int64_t unet_in_channels, int64_t latent_channels) {
+  return unet_in_channels == 2 * latent_channels + 2;
+}
+
+// The full conditioning a UNet with `unet_in_channels` takes next to the noisy latents:
+// [B, unet_in_channels - C, F, h, w], or undefined for a plain text-to-video UNet (in_channels C).
+at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channels, int64_t batch,
+                          int64_t channels, int64_t frames, int64_t height, int64_t width,
+                          const at::TensorOptions& options);
 
 }  // namespace vdm::pipelines

@@ -111,8 +111,8 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   if (ucfg.in_channels != lc && !takes_first_frame_condition(ucfg.in_channels, lc))
     throw InputError(fmt::format(
         "{}: unet in_channels {} fits neither the VAE's {} latent channels nor first-frame "
-        "conditioning ({}); the components come from different models",
-        folder.dir(), ucfg.in_channels, lc, 2 * lc + 1));
+        "conditioning ({}, or {} with the frame-position channel); the components come from different models",
+        folder.dir(), ucfg.in_channels, lc, 2 * lc + 1, 2 * lc + 2));
   if (ucfg.out_channels != lc)
     throw InputError(fmt::format("{}: unet out_channels {} differs from the VAE's latent_channels {}",
                                  folder.dir(), ucfg.out_channels, lc));
@@ -139,9 +139,10 @@ std::string VideoPipeline::scheduler_name(const std::string& sampler) const {
 }
 
 std::string VideoPipeline::describe() const {
-  return fmt::format("{} (unet in_channels {}, {}; {} on {})", c_->folder.dir(),
-                     c_->unet->config().in_channels,
+  const int64_t in = c_->unet->config().in_channels;
+  return fmt::format("{} (unet in_channels {}, {}{}; {} on {})", c_->folder.dir(), in,
                      has_first_frame_conditioning() ? "text- and image-to-video" : "text-to-video",
+                     takes_frame_position(in, latent_channels()) ? " with frame position" : "",
                      dtype_name(c_->dtype), c_->device.str());
 }
 
@@ -346,10 +347,8 @@ at::Tensor VideoPipeline::run(const GenerateOptions& o_in, const at::Tensor& ini
   const bool guidance = o.guidance > 1.0;
   at::Tensor text = encode_prompt(o.prompt, o.negative_prompt, guidance);
 
-  at::Tensor condition;
-  if (has_first_frame_conditioning())
-    condition = first_frame_condition(image_condition_latent, 1, C, o.frames, h, w,
-                                      at::TensorOptions().dtype(at::kFloat).device(c_->device));
+  at::Tensor condition = unet_condition(image_condition_latent, c_->unet->config().in_channels, 1, C, o.frames, h, w,
+                                        at::TensorOptions().dtype(at::kFloat).device(c_->device));
 
   auto scheduler = make_pipeline_scheduler(c_->scheduler_config, o.sampler);
   scheduler->set_timesteps(o.steps);

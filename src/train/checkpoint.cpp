@@ -70,6 +70,36 @@ void save_checkpoint(const std::string& dir, const Checkpoint& checkpoint) {
 
 bool has_checkpoint(const std::string& dir) { return complete(dir) || complete(previous_of(dir)); }
 
+int64_t grow_input_channels(Checkpoint& checkpoint, const std::string& key, int64_t in_channels) {
+  auto weight = checkpoint.model.find(key);
+  if (weight == checkpoint.model.end() || weight->second.dim() != 4)
+    throw WeightsError(fmt::format("checkpoint: cannot add input channels to '{}': {}", key,
+                                   weight == checkpoint.model.end() ? "no such weight"
+                                                                    : "it is " + c10::str(weight->second.sizes()) +
+                                                                          ", expected [out, in, kh, kw]"));
+  const int64_t have = weight->second.size(1);
+  if (have > in_channels)
+    throw WeightsError(fmt::format("checkpoint: '{}' has {} input channels, more than the {} asked for; input "
+                                   "channels can be added, not removed",
+                                   key, have, in_channels));
+  const int64_t added = in_channels - have;
+  if (added == 0) return 0;
+  auto widen = [&](io::TensorMap& map, const std::string& name, bool mean_fill) {
+    auto it = map.find(name);
+    if (it == map.end())
+      throw WeightsError(fmt::format("checkpoint: '{}' is missing, so '{}' cannot be widened", name, key));
+    const at::Tensor& t = it->second;
+    at::Tensor extra = mean_fill ? t.mean(1, true).expand({t.size(0), added, t.size(2), t.size(3)})
+                                 : at::zeros({t.size(0), added, t.size(2), t.size(3)}, t.options());
+    it->second = at::cat({t, extra.to(t.options())}, 1).contiguous();
+  };
+  widen(checkpoint.model, key, false);
+  widen(checkpoint.ema, key, false);
+  widen(checkpoint.optimizer, "exp_avg." + key, false);
+  widen(checkpoint.optimizer, "exp_avg_sq." + key, true);
+  return added;
+}
+
 std::optional<Checkpoint> load_checkpoint(const std::string& dir) {
   fs::path src(dir);
   if (!complete(src)) {

@@ -39,6 +39,14 @@ std::optional<Checkpoint> load_checkpoint(const std::string& dir);
 // temporary folder is harmless and removed by the next save).
 void remove_tree(const std::string& dir);
 
+// Net surgery for a model that gains input channels (e.g. the frame-position channel): widens the
+// 4-D convolution weight `key` ([out, in, kh, kw]) of the weights, their average and the
+// optimizer's first moments to `in_channels` with zeros, so the model computes exactly what it did
+// before; the new second moments take the mean of the old input channels', so the first updates of
+// the new weights are not outsized. Returns the number of channels added (0 when already that
+// wide); throws WeightsError when `key` is missing, not 4-D, or wider than `in_channels`.
+int64_t grow_input_channels(Checkpoint& checkpoint, const std::string& key, int64_t in_channels);
+
 // True when `dir` holds a checkpoint load_checkpoint() would read.
 bool has_checkpoint(const std::string& dir);
 

@@ -156,11 +156,11 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   if (unet.json().contains("curriculum")) {
     const auto& list = unet.json().at("curriculum");
     if (!list.is_array())
-      unet.cfg().fail("curriculum", "a list of {until_step, frames, batch, image_condition_prob, lr_schedule}");
+      unet.cfg().fail("curriculum", "a list of {until_step, frames, batch, image_condition_prob, lr, lr_schedule}");
     int64_t last = -1;
     for (size_t i = 0; i < list.size(); ++i) {
       Section p(nlohmann::json{{"p", list[i]}}, "p", source, fmt::format("unet.curriculum[{}]", i));
-      p.allow({"until_step", "frames", "batch", "image_condition_prob", "lr_schedule"});
+      p.allow({"until_step", "frames", "batch", "image_condition_prob", "lr", "lr_schedule"});
       CurriculumPhase ph;
       ph.start_step = std::max<int64_t>(0, last);
       ph.lr_schedule = p.cfg().get_string("lr_schedule", "");
@@ -170,10 +170,11 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
       ph.frames = p.cfg().get_int("frames", r.frames);
       ph.batch = p.cfg().get_int("batch", r.unet.train.batch);
       ph.image_condition_prob = p.cfg().get_double("image_condition_prob", r.unet.image_condition_prob);
+      ph.lr = p.cfg().get_double("lr", 0.0);
       if (ph.until_step <= last || ph.frames < 1 || ph.batch < 1 || ph.image_condition_prob < 0 ||
-          ph.image_condition_prob > 1) {
+          ph.image_condition_prob > 1 || ph.lr < 0) {
         throw ConfigError(fmt::format("{} [unet.curriculum[{}]]: until_step must increase, frames and batch be "
-                                      "positive, image_condition_prob lie in [0, 1]",
+                                      "positive, image_condition_prob lie in [0, 1], lr be positive when given",
                                       source, i));
       }
       last = ph.until_step;
@@ -201,12 +202,16 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
     throw ConfigError(fmt::format("{}: data.size {} must be a multiple of the VAE factor {} times the UNet factor {}",
                                   source, r.size, factor, unet_cfg.downsample_factor()));
   }
-  const int64_t want_in = r.unet.image_condition_prob > 0 ? 2 * latent + 1 : latent;
-  if (unet_cfg.in_channels != want_in || unet_cfg.out_channels != latent) {
+  const bool image_cond = r.unet.image_condition_prob > 0;
+  const bool in_ok = image_cond ? (unet_cfg.in_channels == 2 * latent + 1 || unet_cfg.in_channels == 2 * latent + 2)
+                                : unet_cfg.in_channels == latent;
+  if (!in_ok || unet_cfg.out_channels != latent) {
     throw ConfigError(fmt::format("{} [unet.config]: with {} latent channels{} the UNet needs in_channels {} and "
                                   "out_channels {}, got {} and {}",
-                                  source, latent,
-                                  r.unet.image_condition_prob > 0 ? " and first-frame conditioning" : "", want_in,
+                                  source, latent, image_cond ? " and first-frame conditioning" : "",
+                                  image_cond ? fmt::format("{} (or {} with the frame-position channel)", 2 * latent + 1,
+                                                           2 * latent + 2)
+                                             : std::to_string(latent),
                                   latent, unet_cfg.in_channels, unet_cfg.out_channels));
   }
   const int64_t text_width = r.unet.text_encoder.value("hidden_size", int64_t(512));
@@ -261,6 +266,7 @@ nlohmann::json TrainRecipe::to_json() const {
                             {"frames", p.frames},
                             {"batch", p.batch},
                             {"image_condition_prob", p.image_condition_prob}};
+    if (p.lr > 0) phase["lr"] = p.lr;
     if (!p.lr_schedule.empty()) phase["lr_schedule"] = p.lr_schedule;
     curriculum.push_back(phase);
   }
@@ -298,17 +304,23 @@ double TrainRecipe::unet_lr_at(int64_t step, int64_t total) const {
   const StageTraining& tr = unet.train;
   const CurriculumPhase p = phase_at(step);
   if (p.lr_schedule != "cosine") {
-    return learning_rate(step, total, tr.lr, tr.warmup, p.lr_schedule.empty() ? tr.lr_schedule : p.lr_schedule);
+    return learning_rate(step, total, p.lr > 0 ? p.lr : tr.lr, tr.warmup,
+                         p.lr_schedule.empty() ? tr.lr_schedule : p.lr_schedule);
   }
-  // Consecutive cosine phases make one decay, from the first one's start to the last one's end.
+  // Consecutive cosine phases make one decay, from the first one's start (and rate) to the last
+  // one's end.
   int64_t start = p.start_step, end = p.until_step >= 0 ? p.until_step : total;
+  double peak = p.lr;
   const auto& phases = unet.curriculum;
   for (size_t i = 0; i < phases.size(); ++i) {
     if (phases[i].until_step != p.until_step) continue;
-    for (size_t j = i; j > 0 && phases[j - 1].lr_schedule == "cosine"; --j) start = phases[j - 1].start_step;
+    for (size_t j = i; j > 0 && phases[j - 1].lr_schedule == "cosine"; --j) {
+      start = phases[j - 1].start_step;
+      peak = phases[j - 1].lr;
+    }
     for (size_t j = i + 1; j < phases.size() && phases[j].lr_schedule == "cosine"; ++j) end = phases[j].until_step;
   }
-  return learning_rate(step - start, end - start, tr.lr, 0, "cosine");
+  return learning_rate(step - start, end - start, peak > 0 ? peak : tr.lr, 0, "cosine");
 }
 
 }  // namespace vdm::train

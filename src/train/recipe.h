@@ -46,15 +46,17 @@ struct StageTraining {
 
 // A phase of the UNet curriculum: from the previous phase's end up to `until_step`, train on
 // `frames` frames with batches of `batch`. With `lr_schedule` "cosine" the learning rate decays
-// over the phase, from the stage's `lr` at its first step to 10% at `until_step` (how a run that
-// trained at a constant rate is annealed at its end); consecutive cosine phases share one decay
-// from the first one's start to the last one's end; "" follows the stage's own schedule.
+// over the phase, from the phase's `lr` (default: the stage's) at its first step to 10% at
+// `until_step` (how a run that trained at a constant rate is annealed at its end); consecutive
+// cosine phases share one decay from the first one's start and rate to the last one's end; ""
+// follows the stage's own schedule.
 struct CurriculumPhase {
   int64_t start_step = 0;  // derived: the previous phase's until_step (not written to JSON)
   int64_t until_step = 0;
   int64_t frames = 16;
   int64_t batch = 8;
   double image_condition_prob = 0.5;  // share of samples trained with their first frame given
+  double lr = 0;                      // peak learning rate of the phase (0: the stage's train.lr)
   std::string lr_schedule;            // "" | "constant" | "cosine"
 };
 

@@ -101,6 +101,7 @@ struct StageSpec {
   std::vector<std::string> metric_names;
   std::string device, precision;
   std::function<double(int64_t step)> lr_at;  // empty: the training's own schedule
+  std::function<void(Checkpoint&)> adapt_checkpoint;  // may be empty: applied to a checkpoint before resuming
 };
 
 c10::Device device_of(const StageSpec& spec) { return c10::Device(spec.device); }
@@ -131,14 +132,18 @@ StageReport run_stage(const StageSpec& spec, const TrainOptions& options, const 
                                    ck_dir, spec.stage));
     }
     Checkpoint ck = *load_checkpoint(ck_dir);
+    if (spec.adapt_checkpoint) spec.adapt_checkpoint(ck);
     {
       at::NoGradGuard no_grad;
       for (const auto& p : params) {
         auto it = ck.model.find(p.first);
         if (it == ck.model.end() || it->second.sizes() != p.second.sizes()) {
           throw WeightsError(fmt::format("{}: weight '{}' is {} in the checkpoint; it does not match the recipe's "
-                                         "model (start without --resume in another --out)",
-                                         ck_dir, p.first, it == ck.model.end() ? "missing" : "shaped differently"));
+                                         "model (start without --resume in another --out{})",
+                                         ck_dir, p.first, it == ck.model.end() ? "missing" : "shaped differently",
+                                         spec.stage == "unet" ? ", or pass --grow-unet-input when only the UNet's input "
+                                                                "channels grew"
+                                                              : ""));
         }
         p.second.copy_(it->second);
       }
@@ -446,6 +451,12 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   spec.budget_s = options.time_budget_unet;
   spec.metric_names = {"frames", "batch"};
   spec.lr_at = [&recipe, total = spec.total](int64_t step) { return recipe.unet_lr_at(step, total); };
+  if (options.grow_unet_input) {
+    spec.adapt_checkpoint = [in = ucfg.in_channels](Checkpoint& ck) {
+      if (const int64_t added = grow_input_channels(ck, "unet.conv_in.weight", in))
+        log::info("unet: conv_in grown by {} zero-weighted input channel{} to {}", added, added == 1 ? "" : "s", in);
+    };
+  }
   spec.device = device.str();
   spec.precision = precision_name(precision);
   log::info("unet: {} + {} (text) parameters, {} latents {}x{}x{}, {} prediction, {} steps, {} on {}",
@@ -576,6 +587,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
       at::Tensor keep = at::tensor(keep_image).to(device).view({B, 1, 1, 1, 1});
       at::Tensor first = latents.select(2, 0);  // [B, C, h, w]
       at::Tensor cond = pipelines::first_frame_condition(first, B, C, F, h, h, latents.options()) * keep;
+      if (pipelines::takes_frame_position(ucfg.in_channels, C)) cond = pipelines::append_frame_position(cond);
       model_in = at::cat({noisy, cond}, 1);
     }
     at::Tensor pred;

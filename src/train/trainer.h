@@ -25,6 +25,7 @@ struct TrainOptions {
   std::string device = "cpu";   // cpu | cuda | cuda:N
   std::string precision;        // "" = the recipe's stage setting; auto | float32 | bf16
   bool resume = false;          // continue from existing checkpoints (else they are an error)
+  bool grow_unet_input = false; // on resume, zero-pad the checkpoint's unet.conv_in to the recipe's in_channels
   int64_t steps_vae = -1;       // override the recipe's step counts (-1: keep)
   int64_t steps_unet = -1;
   double batch_scale = 1.0;     // multiplies every batch size (stage and curriculum), e.g. on a GPU

@@ -13,6 +13,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/pretrained_io.h"
 #include "models/unet_3d_condition.h"
+#include "pipelines/conditioning.h"
 #include "pipelines/video_pipeline.h"
 #include "schedulers/scheduler.h"
 #include "tests/support/test_support.h"
@@ -132,6 +133,24 @@ TEST(Train, RecipeValidation) {
   EXPECT_NEAR(b.unet_lr_at(20, 40), 5.5e-4, 1e-12);  // half-way through the shared decay
   EXPECT_NEAR(b.unet_lr_at(25, 40), 1e-4 + 9e-4 * 0.5 * (1 + std::cos(M_PI * 0.75)), 1e-12);
   EXPECT_NEAR(b.unet_lr_at(30, 40), 1e-3, 1e-12);  // after the curriculum
+  // A phase's own rate: the cosine group decays from its first phase's rate; a constant phase
+  // holds its own.
+  nlohmann::json restart = split;
+  restart["unet"]["curriculum"][1]["lr"] = 4e-4;
+  restart["unet"]["curriculum"][0]["lr"] = 2e-4;
+  TrainRecipe c = TrainRecipe::from_json(restart, "restart");
+  EXPECT_NEAR(c.unet_lr_at(9, 40), 2e-4, 1e-12);
+  EXPECT_NEAR(c.unet_lr_at(10, 40), 4e-4, 1e-12);
+  EXPECT_NEAR(c.unet_lr_at(20, 40), 2.2e-4, 1e-12);  // half-way from 4e-4 to 4e-5
+  EXPECT_NEAR(TrainRecipe::from_json(c.to_json(), "again").unet_lr_at(20, 40), 2.2e-4, 1e-12);
+  restart["unet"]["curriculum"][0]["lr"] = -1e-3;
+  EXPECT_THROW(TrainRecipe::from_json(restart, "bad"), ConfigError);
+  // in_channels 2 x latent + 2: first frame plus the frame-position channel.
+  nlohmann::json positioned = tiny_recipe_json();
+  positioned["unet"]["config"]["in_channels"] = 10;
+  EXPECT_NO_THROW(TrainRecipe::from_json(positioned, "positioned"));
+  positioned["unet"]["config"]["in_channels"] = 11;
+  EXPECT_THROW(TrainRecipe::from_json(positioned, "bad"), ConfigError);
   phased["unet"]["curriculum"][1]["lr_schedule"] = "linear";
   EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
   phased["unet"]["curriculum"][1].erase("lr_schedule");
@@ -271,6 +290,81 @@ TEST(Train, StagesOverfitResumeAndExport) {
   EXPECT_EQ(clip.sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
   at::Tensor still = at::zeros({16, 16, 3}, at::kByte);
   EXPECT_EQ(pipe->animate(still, g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
+
+  // Growing the UNet's input by the frame-position channel: refused without --grow-unet-input;
+  // with it the run resumes from the same weights (new conv_in column zero) and trains on.
+  nlohmann::json grown_json = tiny_recipe_json();
+  grown_json["unet"]["config"]["in_channels"] = 10;
+  TrainRecipe grown = TrainRecipe::from_json(grown_json, "grown");
+  o.out_dir = two;
+  o.steps_unet = 8;
+  EXPECT_THROW(train_unet(grown, shapes, o), WeightsError);
+  o.grow_unet_input = true;
+  StageReport regrown = train_unet(grown, shapes, o);
+  EXPECT_EQ(regrown.start_step, 6);
+  EXPECT_EQ(regrown.end_step, 8);
+  auto ck3 = load_checkpoint(checkpoint_dir(two, "unet"));
+  ASSERT_TRUE(ck3);
+  const at::Tensor w = ck3->model.at("unet.conv_in.weight");
+  ASSERT_EQ(w.size(1), 10);
+  EXPECT_GT(w.select(1, 9).abs().max().item<double>(), 0.0);  // the new channel was trained
+  EXPECT_LT(test::max_abs_diff(w.narrow(1, 0, 9), ck2->model.at("unet.conv_in.weight")), 0.1);
+  pc.model_dir = two + "/model";
+  auto positioned_pipe = pipelines::VideoPipeline::load(pc);
+  EXPECT_TRUE(positioned_pipe->has_first_frame_conditioning());
+  EXPECT_NE(positioned_pipe->describe().find("with frame position"), std::string::npos);
+  EXPECT_EQ(positioned_pipe->generate(g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
+  EXPECT_EQ(positioned_pipe->animate(still, g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
+}
+
+// Net surgery on a checkpoint: the added input channels compute nothing until trained, and the
+// optimizer's second moments of the new weights start at the old channels' mean.
+TEST(Train, GrowInputChannelsPadsWeightsAndOptimizerState) {
+  Checkpoint ck;
+  const std::string key = "unet.conv_in.weight";
+  at::Tensor w = at::randn({4, 3, 3, 3});
+  ck.model[key] = w;
+  ck.ema[key] = w * 0.5;
+  ck.optimizer["exp_avg." + key] = at::randn({4, 3, 3, 3});
+  ck.optimizer["exp_avg_sq." + key] = at::rand({4, 3, 3, 3});
+  const at::Tensor sq = ck.optimizer["exp_avg_sq." + key].clone();
+  EXPECT_EQ(grow_input_channels(ck, key, 5), 2);
+  for (const at::Tensor& t : {ck.model[key], ck.ema[key], ck.optimizer["exp_avg." + key]}) {
+    ASSERT_EQ(t.sizes(), (std::vector<int64_t>{4, 5, 3, 3}));
+    EXPECT_EQ(t.narrow(1, 3, 2).abs().max().item<double>(), 0.0);
+  }
+  EXPECT_TRUE(at::equal(ck.model[key].narrow(1, 0, 3), w));
+  EXPECT_TRUE(at::equal(ck.optimizer["exp_avg_sq." + key].narrow(1, 0, 3), sq));
+  EXPECT_LT(test::max_abs_diff(ck.optimizer["exp_avg_sq." + key].select(1, 4), sq.mean(1)), 1e-6);
+  EXPECT_EQ(grow_input_channels(ck, key, 5), 0);                   // already that wide
+  EXPECT_THROW(grow_input_channels(ck, key, 4), WeightsError);     // narrowing
+  EXPECT_THROW(grow_input_channels(ck, "unet.missing", 5), WeightsError);
+  ck.optimizer.erase("exp_avg." + key);
+  EXPECT_THROW(grow_input_channels(ck, key, 6), WeightsError);
+}
+
+// The frame-position channel: a ramp from -1 (first frame) to +1 (last), at every pixel and for
+// every sample, after the first-frame condition; a plain text-to-video UNet takes no condition.
+TEST(Train, FramePositionConditionIsARampOverFrames) {
+  const int64_t C = 4, F = 5;
+  at::Tensor image = at::randn({1, C, 2, 3});
+  at::Tensor cond = pipelines::unet_condition(image, 2 * C + 2, 2, C, F, 2, 3, at::TensorOptions());
+  ASSERT_EQ(cond.sizes(), (std::vector<int64_t>{2, C + 2, F, 2, 3}));
+  EXPECT_TRUE(at::equal(cond.select(2, 0).narrow(1, 0, C)[1], image[0]));
+  EXPECT_EQ(cond.select(1, C).select(1, 0).min().item<double>(), 1.0);  // mask at frame 0
+  EXPECT_EQ(cond.select(1, C).narrow(1, 1, F - 1).abs().max().item<double>(), 0.0);
+  for (int64_t f = 0; f < F; ++f) {
+    const double want = -1.0 + 2.0 * static_cast<double>(f) / (F - 1);
+    at::Tensor pos = cond.select(1, C + 1).select(1, f);
+    EXPECT_NEAR(pos.min().item<double>(), want, 1e-6) << f;
+    EXPECT_NEAR(pos.max().item<double>(), want, 1e-6) << f;
+  }
+  at::Tensor t2v = pipelines::unet_condition({}, 2 * C + 2, 1, C, F, 2, 3, at::TensorOptions());
+  EXPECT_EQ(t2v.narrow(1, 0, C + 1).abs().max().item<double>(), 0.0);  // no image
+  EXPECT_NEAR(t2v.select(1, C + 1).select(1, F - 1).min().item<double>(), 1.0, 1e-6);
+  EXPECT_EQ(pipelines::unet_condition({}, 2 * C + 1, 1, C, F, 2, 3, at::TensorOptions()).size(1), C + 1);
+  EXPECT_FALSE(pipelines::unet_condition({}, C, 1, C, F, 2, 3, at::TensorOptions()).defined());
+  EXPECT_THROW(pipelines::unet_condition(image, C, 1, C, F, 2, 3, at::TensorOptions()), Error);
 }
 
 // The ceiling mode of `vdm eval shapes`: the measure is perfect on the dataset's own clips, the
