@@ -185,8 +185,8 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
   auto pipe = load_pipeline(o);
   if (!pipe->has_first_frame_conditioning())
     throw InputError(fmt::format("{}: the words mode animates a first frame, but this UNet takes no first-frame "
-                                 "condition (in_channels is not 2 x latent + 1); use a model trained with first-frame "
-                                 "conditioning (vdm train), or --mode t2v for this one",
+                                 "condition (in_channels is neither 2 x latent + 1 nor 2 x latent + 2); use a model "
+                                 "trained with first-frame conditioning (vdm train), or --mode t2v for this one",
                                  o.model_dir));
   ShapesBenchmarkReport report;
   at::Generator gen = make_generator(o.seed);
