@@ -133,7 +133,8 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
 
   Section unet(json, "unet", source, "");
   unet.allow({"config", "text_encoder", "train", "caption_dropout", "image_condition_prob", "object_weight",
-              "min_snr_gamma", "frame_noise_correlation", "curriculum", "latent_pool"});
+              "min_snr_gamma", "frame_noise_correlation", "high_noise_share", "high_noise_from", "curriculum",
+              "latent_pool"});
   if (!unet.json().contains("config")) throw ConfigError(fmt::format("{}: 'unet.config' is required", source));
   if (!unet.json().contains("text_encoder"))
     throw ConfigError(fmt::format("{}: 'unet.text_encoder' is required", source));
@@ -145,6 +146,9 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   r.unet.object_weight = unet.cfg().get_double("object_weight", r.unet.object_weight);
   r.unet.min_snr_gamma = unet.cfg().get_double("min_snr_gamma", r.unet.min_snr_gamma);
   r.unet.frame_noise_correlation = unet.cfg().get_double("frame_noise_correlation", r.unet.frame_noise_correlation);
+  r.unet.high_noise_share = unet.cfg().get_double("high_noise_share", r.unet.high_noise_share);
+  r.unet.high_noise_from = unet.cfg().get_int("high_noise_from", r.unet.high_noise_from);
+  if (r.unet.high_noise_from < 0) unet.cfg().fail("high_noise_from", "a training timestep >= 0");
   r.unet.latent_pool = unet.cfg().get_int("latent_pool", r.unet.latent_pool);
   if (r.unet.latent_pool < 0) unet.cfg().fail("latent_pool", "a clip count >= 0");
   auto prob = [&](double v, const char* key) {
@@ -153,6 +157,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   prob(r.unet.caption_dropout, "caption_dropout");
   prob(r.unet.image_condition_prob, "image_condition_prob");
   prob(r.unet.frame_noise_correlation, "frame_noise_correlation");
+  prob(r.unet.high_noise_share, "high_noise_share");
   if (unet.json().contains("curriculum")) {
     const auto& list = unet.json().at("curriculum");
     if (!list.is_array())
@@ -278,6 +283,8 @@ nlohmann::json TrainRecipe::to_json() const {
                {"object_weight", unet.object_weight},
                {"min_snr_gamma", unet.min_snr_gamma},
                {"frame_noise_correlation", unet.frame_noise_correlation},
+               {"high_noise_share", unet.high_noise_share},
+               {"high_noise_from", unet.high_noise_from},
                {"latent_pool", unet.latent_pool},
                {"curriculum", curriculum}};
   j["scheduler"] = scheduler;

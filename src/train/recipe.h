@@ -13,6 +13,7 @@
 //   "unet": {"config": {<UNet3DConditionModel config.json>}, "text_encoder": {<CLIPTextConfig>},
 //            "train": {<StageTraining>}, "caption_dropout": 0.1, "image_condition_prob": 0.5,
 //            "object_weight": 1, "min_snr_gamma": 0, "frame_noise_correlation": 0,
+//            "high_noise_share": 0, "high_noise_from": 700,
 //            "curriculum": [{"until_step": 2000, "frames": 8, "batch": 16}]},
 //   "scheduler": {<DDIMScheduler scheduler_config.json>},
 //   "export": {"dtype": "float16"}
@@ -80,6 +81,11 @@ struct UNetRecipe {
   double object_weight = 1.0;         // loss weight of latent pixels covered by the object
   double min_snr_gamma = 0.0;         // Min-SNR loss weighting (0: off)
   double frame_noise_correlation = 0.0;  // share of the noise variance common to all frames
+  // Timestep sampling: a share of the samples draws t uniformly from [high_noise_from, T) instead of
+  // [0, T). The first, almost pure-noise steps are where a clip's layout and motion are decided from
+  // the caption alone; later steps read them from the noisy latents.
+  double high_noise_share = 0.0;
+  int64_t high_noise_from = 700;
   // > 0: encode this many full-length clips through the VAE once, before the first step, and draw
   // every batch (with a random run of frames) from that pool; 0: encode fresh clips every step.
   // On a CPU the VAE encoder costs more than the UNet step itself.

@@ -37,6 +37,15 @@ namespace vdm::train {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+at::Tensor sample_timesteps(const UNetRecipe& unet, int64_t num_train_timesteps, int64_t batch, at::Generator& gen) {
+  const auto long_opts = at::TensorOptions().dtype(at::kLong);
+  at::Tensor t = at::randint(num_train_timesteps, {batch}, gen, long_opts);
+  if (unet.high_noise_share <= 0) return t;
+  at::Tensor high = at::randint(unet.high_noise_from, num_train_timesteps, {batch}, gen, long_opts);
+  at::Tensor pick = at::rand({batch}, gen, at::TensorOptions().dtype(at::kDouble)) < unet.high_noise_share;
+  return at::where(pick, high, t);
+}
+
 std::string model_dir(const std::string& out_dir) { return (fs::path(out_dir) / "model").string(); }
 std::string checkpoint_dir(const std::string& out_dir, const std::string& stage) {
   return (fs::path(out_dir) / "checkpoints" / stage).string();
@@ -442,6 +451,9 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   const at::Tensor alphas = scheduler->alphas_cumprod().to(at::kFloat);
   const int64_t T = alphas.size(0);
   const bool image_cond = pipelines::takes_first_frame_condition(ucfg.in_channels, C);
+  if (recipe.unet.high_noise_share > 0 && recipe.unet.high_noise_from >= T)
+    throw ConfigError(fmt::format("{} [unet]: high_noise_from {} must be below the scheduler's {} training timesteps",
+                                  recipe.source, recipe.unet.high_noise_from, T));
   at::Generator gen = make_generator(recipe.seed + 202);
 
   StageSpec spec;
@@ -578,7 +590,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
       noise = std::sqrt(1.0 - c) * noise + std::sqrt(c) * at::randn({B, C, 1, h, h}, gen);
     }
     noise = noise.to(device);
-    at::Tensor t = at::randint(T, {B}, gen, at::TensorOptions().dtype(at::kLong));
+    at::Tensor t = sample_timesteps(recipe.unet, T, B, gen);
     at::Tensor t_dev = t.to(device);
     at::Tensor noisy = scheduler->add_noise(latents, noise, t_dev);
     at::Tensor target = v_pred ? scheduler->get_velocity(latents, noise, t_dev) : noise;

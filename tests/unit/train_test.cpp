@@ -315,6 +315,51 @@ TEST(Train, StagesOverfitResumeAndExport) {
   EXPECT_NE(positioned_pipe->describe().find("with frame position"), std::string::npos);
   EXPECT_EQ(positioned_pipe->generate(g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
   EXPECT_EQ(positioned_pipe->animate(still, g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
+
+  // high_noise_from beyond the scheduler's timesteps is refused before any step.
+  nlohmann::json late_json = tiny_recipe_json();
+  late_json["unet"]["high_noise_share"] = 0.5;
+  late_json["unet"]["high_noise_from"] = 1000;
+  const std::string late = test::make_temp_dir("train_late");
+  copy_tree(base + "/model", late + "/model");
+  o.out_dir = late;
+  o.resume = false;
+  EXPECT_THROW(train_unet(TrainRecipe::from_json(late_json, "late"), shapes, o), ConfigError);
+  EXPECT_FALSE(has_checkpoint(checkpoint_dir(late, "unet")));
+}
+
+// Timestep sampling: uniform by default; with high_noise_share a share of the batch comes from the
+// top of the range, and the rest stays uniform over all of it.
+TEST(Train, HighNoiseShareBiasesTimesteps) {
+  UNetRecipe unet;
+  at::Generator gen = make_generator(5);
+  const int64_t n = 20000;
+  auto share_above = [&](const at::Tensor& t, int64_t from) { return (t >= from).to(at::kDouble).mean().item<double>(); };
+  at::Tensor plain = sample_timesteps(unet, 1000, n, gen);
+  EXPECT_GE(plain.min().item<int64_t>(), 0);
+  EXPECT_LT(plain.max().item<int64_t>(), 1000);
+  EXPECT_NEAR(share_above(plain, 700), 0.3, 0.02);
+  unet.high_noise_share = 0.4;
+  unet.high_noise_from = 700;
+  at::Tensor biased = sample_timesteps(unet, 1000, n, gen);
+  EXPECT_NEAR(share_above(biased, 700), 0.4 + 0.6 * 0.3, 0.02);
+  EXPECT_NEAR(share_above(biased, 0) - share_above(biased, 350), 0.6 * 0.35, 0.02);  // the rest uniform
+  EXPECT_LT(biased.max().item<int64_t>(), 1000);
+  unet.high_noise_share = 1.0;
+  unet.high_noise_from = 990;
+  EXPECT_GE(sample_timesteps(unet, 1000, 100, gen).min().item<int64_t>(), 990);
+  // The recipe keys round-trip and are checked.
+  nlohmann::json j = tiny_recipe_json();
+  j["unet"]["high_noise_share"] = 0.25;
+  j["unet"]["high_noise_from"] = 600;
+  TrainRecipe r = TrainRecipe::from_json(TrainRecipe::from_json(j, "biased").to_json(), "again");
+  EXPECT_EQ(r.unet.high_noise_share, 0.25);
+  EXPECT_EQ(r.unet.high_noise_from, 600);
+  j["unet"]["high_noise_share"] = 1.5;
+  EXPECT_THROW(TrainRecipe::from_json(j, "bad"), ConfigError);
+  j["unet"]["high_noise_share"] = 0.25;
+  j["unet"]["high_noise_from"] = -1;
+  EXPECT_THROW(TrainRecipe::from_json(j, "bad"), ConfigError);
 }
 
 // Net surgery on a checkpoint: the added input channels compute nothing until trained, and the
