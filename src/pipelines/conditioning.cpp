@@ -24,18 +24,20 @@ at::Tensor first_frame_condition(const at::Tensor& image_latent, int64_t batch, 
   return cond;
 }
 
+namespace {
+
+// condition: [B, K, F, h, w] -> [B, K + 1, F, h, w] with the frame-position ramp appended.
 at::Tensor append_frame_position(const at::Tensor& condition) {
-  if (condition.dim() != 5)
-    throw Error(fmt::format("frame position: condition has shape {}, expected [B, K, F, h, w]",
-                            c10::str(condition.sizes())));
   const int64_t B = condition.size(0), F = condition.size(2), h = condition.size(3), w = condition.size(4);
   at::Tensor ramp = F > 1 ? at::linspace(-1.0, 1.0, F, condition.options()) : at::full({1}, -1.0, condition.options());
   return at::cat({condition, ramp.view({1, 1, F, 1, 1}).expand({B, 1, F, h, w})}, 1);
 }
 
+}  // namespace
+
 at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channels, int64_t batch,
                           int64_t channels, int64_t frames, int64_t height, int64_t width,
-                          const at::TensorOptions& options) {
+                          const at::TensorOptions& options, const at::Tensor& keep) {
   if (!takes_first_frame_condition(unet_in_channels, channels)) {
     if (image_latent.defined())
       throw Error(fmt::format("unet condition: a UNet with in_channels {} takes no first-frame condition "
@@ -44,6 +46,7 @@ at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channe
     return {};
   }
   at::Tensor cond = first_frame_condition(image_latent, batch, channels, frames, height, width, options);
+  if (keep.defined()) cond = cond * keep.to(options).view({batch, 1, 1, 1, 1});
   return takes_frame_position(unet_in_channels, channels) ? append_frame_position(cond) : cond;
 }
 

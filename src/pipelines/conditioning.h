@@ -22,9 +22,6 @@ at::Tensor first_frame_condition(const at::Tensor& image_latent, int64_t batch, 
                                  int64_t frames, int64_t height, int64_t width,
                                  const at::TensorOptions& options);
 
-// condition: [B, K, F, h, w] -> [B, K + 1, F, h, w] with the frame-position ramp appended.
-at::Tensor append_frame_position(const at::Tensor& condition);
-
 // True when a UNet with `unet_in_channels` takes first-frame conditioning for `latent_channels`
 // (with or without the frame-position channel).
 inline bool takes_first_frame_condition(int64_t unet_in_channels, int64_t latent_channels) {
@@ -38,8 +35,10 @@ inline bool takes_frame_position(int64_t unet_in_channels, int64_t latent_channe
 
 // The full conditioning a UNet with `unet_in_channels` takes next to the noisy latents:
 // [B, unet_in_channels - C, F, h, w], or undefined for a plain text-to-video UNet (in_channels C).
+// keep: optional [B] of 0/1 (training's first-frame dropout) multiplying the image and mask
+// channels of each sample; the frame position is never dropped.
 at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channels, int64_t batch,
                           int64_t channels, int64_t frames, int64_t height, int64_t width,
-                          const at::TensorOptions& options);
+                          const at::TensorOptions& options, const at::Tensor& keep = {});
 
 }  // namespace vdm::pipelines

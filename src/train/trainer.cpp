@@ -596,10 +596,9 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     at::Tensor target = v_pred ? scheduler->get_velocity(latents, noise, t_dev) : noise;
     at::Tensor model_in = noisy;
     if (image_cond) {
-      at::Tensor keep = at::tensor(keep_image).to(device).view({B, 1, 1, 1, 1});
       at::Tensor first = latents.select(2, 0);  // [B, C, h, w]
-      at::Tensor cond = pipelines::first_frame_condition(first, B, C, F, h, h, latents.options()) * keep;
-      if (pipelines::takes_frame_position(ucfg.in_channels, C)) cond = pipelines::append_frame_position(cond);
+      at::Tensor cond = pipelines::unet_condition(first, ucfg.in_channels, B, C, F, h, h, latents.options(),
+                                                  at::tensor(keep_image));
       model_in = at::cat({noisy, cond}, 1);
     }
     at::Tensor pred;

@@ -404,6 +404,13 @@ TEST(Train, FramePositionConditionIsARampOverFrames) {
     EXPECT_NEAR(pos.min().item<double>(), want, 1e-6) << f;
     EXPECT_NEAR(pos.max().item<double>(), want, 1e-6) << f;
   }
+  // Training's first-frame dropout: sample 0 keeps its image and mask, sample 1 loses both; both
+  // keep the frame position.
+  at::Tensor kept = pipelines::unet_condition(at::randn({2, C, 2, 3}), 2 * C + 2, 2, C, F, 2, 3,
+                                              at::TensorOptions(), at::tensor({1.0f, 0.0f}));
+  EXPECT_GT(kept[0].narrow(0, 0, C + 1).abs().max().item<double>(), 0.0);
+  EXPECT_EQ(kept[1].narrow(0, 0, C + 1).abs().max().item<double>(), 0.0);
+  EXPECT_TRUE(at::equal(kept[1][C + 1], cond[0][C + 1]));
   at::Tensor t2v = pipelines::unet_condition({}, 2 * C + 2, 1, C, F, 2, 3, at::TensorOptions());
   EXPECT_EQ(t2v.narrow(1, 0, C + 1).abs().max().item<double>(), 0.0);  // no image
   EXPECT_NEAR(t2v.select(1, C + 1).select(1, F - 1).min().item<double>(), 1.0, 1e-6);
