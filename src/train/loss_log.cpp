@@ -38,7 +38,20 @@ LossLog::LossLog(std::string csv_path, std::vector<std::string> columns)
   if (!in) return;
   std::string line;
   if (!std::getline(in, line)) return;
-  if (line != header_of(columns_)) {
+  // A log written before columns were added (a run that turned on a metric part-way) is read into
+  // the new layout, the added columns NaN for its rows; any other difference is an error.
+  std::vector<std::string> old_columns;
+  {
+    std::istringstream hs(line);
+    std::string cell;
+    for (size_t i = 0; std::getline(hs, cell, ','); ++i)
+      if (i > 0) old_columns.push_back(cell);
+  }
+  std::vector<int64_t> source(columns_.size(), -1);  // new column -> old column (-1: added)
+  size_t matched = 0;
+  for (size_t c = 0; c < columns_.size() && matched < old_columns.size(); ++c)
+    if (columns_[c] == old_columns[matched]) source[c] = static_cast<int64_t>(matched++);
+  if (line.rfind("step", 0) != 0 || matched != old_columns.size()) {
     throw InputError(fmt::format("{}: the loss log has header '{}', expected '{}'; move it away or use another "
                                  "output folder",
                                  path_, line, header_of(columns_)));
@@ -58,7 +71,12 @@ LossLog::LossLog(std::string csv_path, std::vector<std::string> columns)
         ok = false;  // a row cut short by a crash: skipped
       }
     }
-    if (ok && step >= 0 && row.size() == columns_.size()) steps_.push_back(step), rows_.push_back(row);
+    if (!ok || step < 0 || row.size() != old_columns.size()) continue;
+    std::vector<double> full(columns_.size(), std::nan(""));
+    for (size_t c = 0; c < columns_.size(); ++c)
+      if (source[c] >= 0) full[c] = row[static_cast<size_t>(source[c])];
+    steps_.push_back(step);
+    rows_.push_back(full);
   }
 }
 

@@ -133,7 +133,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
 
   Section unet(json, "unet", source, "");
   unet.allow({"config", "text_encoder", "train", "caption_dropout", "image_condition_prob", "object_weight",
-              "min_snr_gamma", "frame_noise_correlation", "high_noise_share", "high_noise_from", "curriculum",
+              "min_snr_gamma", "frame_noise_correlation", "high_noise_share", "high_noise_from", "text_word_loss", "curriculum",
               "latent_pool"});
   if (!unet.json().contains("config")) throw ConfigError(fmt::format("{}: 'unet.config' is required", source));
   if (!unet.json().contains("text_encoder"))
@@ -149,6 +149,8 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   r.unet.high_noise_share = unet.cfg().get_double("high_noise_share", r.unet.high_noise_share);
   r.unet.high_noise_from = unet.cfg().get_int("high_noise_from", r.unet.high_noise_from);
   if (r.unet.high_noise_from < 0) unet.cfg().fail("high_noise_from", "a training timestep >= 0");
+  r.unet.text_word_loss = unet.cfg().get_double("text_word_loss", r.unet.text_word_loss);
+  if (!(r.unet.text_word_loss >= 0)) unet.cfg().fail("text_word_loss", "a loss weight >= 0");
   r.unet.latent_pool = unet.cfg().get_int("latent_pool", r.unet.latent_pool);
   if (r.unet.latent_pool < 0) unet.cfg().fail("latent_pool", "a clip count >= 0");
   auto prob = [&](double v, const char* key) {
@@ -285,6 +287,7 @@ nlohmann::json TrainRecipe::to_json() const {
                {"frame_noise_correlation", unet.frame_noise_correlation},
                {"high_noise_share", unet.high_noise_share},
                {"high_noise_from", unet.high_noise_from},
+               {"text_word_loss", unet.text_word_loss},
                {"latent_pool", unet.latent_pool},
                {"curriculum", curriculum}};
   j["scheduler"] = scheduler;

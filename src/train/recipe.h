@@ -13,7 +13,7 @@
 //   "unet": {"config": {<UNet3DConditionModel config.json>}, "text_encoder": {<CLIPTextConfig>},
 //            "train": {<StageTraining>}, "caption_dropout": 0.1, "image_condition_prob": 0.5,
 //            "object_weight": 1, "min_snr_gamma": 0, "frame_noise_correlation": 0,
-//            "high_noise_share": 0, "high_noise_from": 700,
+//            "high_noise_share": 0, "high_noise_from": 700, "text_word_loss": 0,
 //            "curriculum": [{"until_step": 2000, "frames": 8, "batch": 16}]},
 //   "scheduler": {<DDIMScheduler scheduler_config.json>},
 //   "export": {"dtype": "float16"}
@@ -86,6 +86,12 @@ struct UNetRecipe {
   // the caption alone; later steps read them from the noisy latents.
   double high_noise_share = 0.0;
   int64_t high_noise_from = 700;
+  // > 0: weight of an auxiliary loss that keeps every caption word readable from the text
+  // encoder's pooled output (a linear probe over the vocabulary, trained with it and not
+  // exported; binary cross-entropy against the caption's bag of tokens, summed over the
+  // vocabulary). Without it a word the UNet has not yet learned to use (a direction) can fade from
+  // the text embedding, and the UNet then has nothing to learn it from.
+  double text_word_loss = 0.0;
   // > 0: encode this many full-length clips through the VAE once, before the first step, and draw
   // every batch (with a random run of frames) from that pool; 0: encode fresh clips every step.
   // On a CPU the VAE encoder costs more than the UNet step itself.

@@ -445,6 +445,20 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   text_encoder->train();
   NamedParams params = named_trainable(*unet, "unet.");
   for (auto& p : named_trainable(*text_encoder, "text_encoder.")) params.push_back(p);
+  // The word probe of text_word_loss: pooled text embedding [B, D] -> one logit per vocabulary
+  // entry. Trained and checkpointed with the model, never exported.
+  const bool word_loss = recipe.unet.text_word_loss > 0;
+  at::Tensor probe_weight, probe_bias;
+  if (word_loss) {
+    at::Generator probe_gen = make_generator(recipe.seed + 4);
+    probe_weight = (at::randn({tcfg.vocab_size, tcfg.hidden_size}, probe_gen) * 0.02).to(device).requires_grad_();
+    // Biases start at the log-odds of a caption of about 8 words holding a given entry.
+    const double prior = std::min(0.5, 8.0 / static_cast<double>(tcfg.vocab_size));
+    probe_bias = at::full({tcfg.vocab_size}, std::log(prior / (1.0 - prior)), at::TensorOptions().device(device))
+                     .requires_grad_();
+    params.push_back({"text_probe.weight", probe_weight});
+    params.push_back({"text_probe.bias", probe_bias});
+  }
 
   auto scheduler = schedulers::make_scheduler(io::JsonConfig(recipe.scheduler, recipe.source + " [scheduler]"));
   const bool v_pred = recipe.prediction_type() == "v_prediction";
@@ -462,13 +476,25 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   spec.total = options.steps_unet >= 0 ? options.steps_unet : recipe.unet.train.steps;
   spec.budget_s = options.time_budget_unet;
   spec.metric_names = {"frames", "batch"};
+  if (word_loss) spec.metric_names.push_back("word_loss");
   spec.lr_at = [&recipe, total = spec.total](int64_t step) { return recipe.unet_lr_at(step, total); };
-  if (options.grow_unet_input) {
-    spec.adapt_checkpoint = [in = ucfg.in_channels](Checkpoint& ck) {
+  spec.adapt_checkpoint = [&, in = ucfg.in_channels](Checkpoint& ck) {
+    if (options.grow_unet_input) {
       if (const int64_t added = grow_input_channels(ck, "unet.conv_in.weight", in))
         log::info("unet: conv_in grown by {} zero-weighted input channel{} to {}", added, added == 1 ? "" : "s", in);
-    };
-  }
+    }
+    // A run that turns text_word_loss on part-way starts its probe fresh.
+    if (word_loss && !ck.model.count("text_probe.weight")) {
+      for (const auto& [name, value] : {std::pair<std::string, at::Tensor>{"text_probe.weight", probe_weight},
+                                        std::pair<std::string, at::Tensor>{"text_probe.bias", probe_bias}}) {
+        ck.model[name] = value.detach().clone();
+        ck.ema[name] = value.detach().clone();
+        ck.optimizer["exp_avg." + name] = at::zeros_like(value);
+        ck.optimizer["exp_avg_sq." + name] = at::zeros_like(value);
+      }
+      log::info("unet: text_word_loss {}: the word probe starts fresh at this checkpoint", recipe.unet.text_word_loss);
+    }
+  };
   spec.device = device.str();
   spec.precision = precision_name(precision);
   log::info("unet: {} + {} (text) parameters, {} latents {}x{}x{}, {} prediction, {} steps, {} on {}",
@@ -601,11 +627,12 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
                                                   at::tensor(keep_image));
       model_in = at::cat({noisy, cond}, 1);
     }
-    at::Tensor pred;
+    at::Tensor pred, pooled;
     {
       AutocastScope autocast(device, precision);
-      at::Tensor emb = text_encoder->forward(ids).last_hidden_state;
-      pred = unet->forward(model_in, t_dev, emb);
+      text::CLIPTextModelOutput text_out = text_encoder->forward(ids);
+      pred = unet->forward(model_in, t_dev, text_out.last_hidden_state);
+      pooled = text_out.pooler_output;
     }
     pred = pred.to(at::kFloat);
     at::Tensor err = (pred - target).pow(2);  // [B, C, F, h, w]
@@ -625,6 +652,16 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     StepResult r;
     r.loss = per_sample.mean();
     r.metrics = {at::scalar_tensor(static_cast<double>(F)), at::scalar_tensor(static_cast<double>(B))};
+    if (word_loss) {
+      // The caption's bag of tokens (without bos, eos and padding) from the pooled embedding.
+      at::Tensor words = at::zeros({B, tcfg.vocab_size}, at::TensorOptions().device(device));
+      words.scatter_(1, ids, 1.0);
+      for (int64_t special : {tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id()}) words.select(1, special).zero_();
+      at::Tensor logits = at::addmm(probe_bias, pooled.to(at::kFloat), probe_weight.t());
+      at::Tensor wl = at::binary_cross_entropy_with_logits(logits, words, {}, {}, at::Reduction::Sum) / B;
+      r.loss = r.loss + recipe.unet.text_word_loss * wl;
+      r.metrics.push_back(wl.detach());
+    }
     return r;
   };
   auto export_fn = [&]() {

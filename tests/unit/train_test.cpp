@@ -190,6 +190,22 @@ TEST(Train, LossLogAndCurve) {
   log.truncate_after(12);
   EXPECT_EQ(LossLog(path, {"loss", "lr"}).steps().size(), 12u);
   EXPECT_THROW(LossLog(path, {"other"}), InputError);
+  EXPECT_THROW(LossLog(path, {"lr", "loss"}), InputError);  // reordered
+  EXPECT_THROW(LossLog(path, {"loss"}), InputError);        // a column dropped
+  {
+    // A column added part-way: earlier rows read with NaN there; new rows carry it.
+    LossLog grown(path, {"loss", "word", "lr"});
+    ASSERT_EQ(grown.steps().size(), 12u);
+    EXPECT_TRUE(std::isnan(grown.column("word")[0]));
+    EXPECT_DOUBLE_EQ(grown.column("loss")[3], 0.25);
+    EXPECT_DOUBLE_EQ(grown.column("lr")[11], 1e-3);
+    grown.truncate_after(12);
+    grown.append(13, {0.5, 7.0, 2e-3});
+  }
+  LossLog reread(path, {"loss", "word", "lr"});
+  ASSERT_EQ(reread.steps().size(), 13u);
+  EXPECT_DOUBLE_EQ(reread.column("word")[12], 7.0);
+  EXPECT_TRUE(std::isnan(reread.column("word")[11]));
   at::Tensor img = draw_loss_curve(log.steps(), log.column("loss"), 200, 120);
   ASSERT_EQ(img.sizes(), (std::vector<int64_t>{120, 200, 3}));
   EXPECT_GT((img.select(2, 1) < 100).sum().item<int64_t>(), 20);  // the red line is drawn
@@ -326,6 +342,35 @@ TEST(Train, StagesOverfitResumeAndExport) {
   o.resume = false;
   EXPECT_THROW(train_unet(TrainRecipe::from_json(late_json, "late"), shapes, o), ConfigError);
   EXPECT_FALSE(has_checkpoint(checkpoint_dir(late, "unet")));
+
+  // text_word_loss: the probe's loss falls on a fixed batch; the probe is checkpointed but not
+  // exported; a run that turns it on part-way starts the probe fresh and keeps its loss log.
+  nlohmann::json worded_json = tiny_recipe_json();
+  worded_json["unet"]["text_word_loss"] = 0.01;
+  const TrainRecipe worded = TrainRecipe::from_json(worded_json, "worded");
+  const std::string wdir = test::make_temp_dir("train_words");
+  copy_tree(base + "/model", wdir + "/model");
+  o.out_dir = wdir;
+  o.steps_unet = 20;
+  train_unet(worded, fixed, o);
+  const std::vector<std::string> worded_columns{"loss", "frames", "batch", "word_loss", "lr", "grad_norm", "step_s"};
+  std::vector<double> wl = LossLog(loss_log_path(wdir, "unet"), worded_columns).column("word_loss");
+  ASSERT_EQ(wl.size(), 20u);
+  EXPECT_LT(mean_of(wl, 15, 20), 0.8 * mean_of(wl, 0, 5));
+  EXPECT_EQ(load_checkpoint(checkpoint_dir(wdir, "unet"))->model.count("text_probe.weight"), 1u);
+  for (const auto& [k, v] : io::load_safetensors(wdir + "/model/text_encoder/model.safetensors"))
+    EXPECT_EQ(k.find("probe"), std::string::npos) << k;
+  o.out_dir = two;
+  o.steps_unet = 10;
+  o.resume = true;
+  nlohmann::json grown_worded = grown_json;
+  grown_worded["unet"]["text_word_loss"] = 0.01;
+  EXPECT_EQ(train_unet(TrainRecipe::from_json(grown_worded, "grown+words"), shapes, o).end_step, 10);
+  EXPECT_EQ(load_checkpoint(checkpoint_dir(two, "unet"))->model.count("text_probe.bias"), 1u);
+  std::vector<double> two_wl = LossLog(loss_log_path(two, "unet"), worded_columns).column("word_loss");
+  ASSERT_EQ(two_wl.size(), 10u);
+  EXPECT_TRUE(std::isnan(two_wl[7]));
+  EXPECT_TRUE(std::isfinite(two_wl[9]));
 }
 
 // Timestep sampling: uniform by default; with high_noise_share a share of the batch comes from the
