@@ -3,7 +3,7 @@
 # builds vdm without FFmpeg against the Python LibTorch, runs every stage of the recipe with time
 # budgets derived from what is left after the build, and runs `vdm eval shapes` on the result.
 #
-#   configs/shapes/train_gpu.sh OUT_DIR [TOTAL_SECONDS=540] [BATCH_SCALE=8] [EVAL_N=24]
+#   [RECIPE=configs/shapes/recipe.json] configs/shapes/train_gpu.sh OUT_DIR [TOTAL_SECONDS=540] [BATCH_SCALE=8] [EVAL_N=24]
 #
 # Header-only dependencies missing on the machine (nlohmann/json.hpp, CLI/CLI.hpp) are taken
 # from .gpu-deps/include when that folder exists.
@@ -13,6 +13,7 @@ OUT=${1:?usage: train_gpu.sh OUT_DIR [TOTAL_SECONDS] [BATCH_SCALE]}
 TOTAL=${2:-540}
 SCALE=${3:-8}
 EVAL_N=${4:-24}
+RECIPE=${RECIPE:-configs/shapes/recipe.json}
 start=$(date +%s)
 mkdir -p "$OUT"
 PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
@@ -27,7 +28,7 @@ vae=$((left * 17 / 100))
 unet=$((left * 63 / 100))
 echo "build $((built - start)) s; budgets: vae ${vae} s, unet ${unet} s"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-./build-gpu/vdm train --recipe configs/shapes/recipe.json --out "$OUT" --device cuda --batch-scale "$SCALE" \
+./build-gpu/vdm train --recipe "$RECIPE" --out "$OUT" --device cuda --batch-scale "$SCALE" \
   --time-budget-vae "$vae" --time-budget-unet "$unet" --progress json > "$OUT/train.log" 2>&1 || { tail -30 "$OUT/train.log"; exit 1; }
 grep -v '^{' "$OUT/train.log" | tail -12
 trained=$(date +%s)

@@ -158,6 +158,9 @@ TEST(Train, RecipeValidation) {
   EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
   // The shipped recipe parses.
   EXPECT_NO_THROW(TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe.json"));
+  const TrainRecipe next = TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe-direction.json");
+  EXPECT_EQ(next.unet.config.at("in_channels"), 18);
+  EXPECT_GT(next.unet.text_word_loss, 0.0);
 }
 
 TEST(Train, AdamWAndEmaStateRoundTrip) {
