@@ -10,6 +10,7 @@
 #include "io/json_config.h"
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
+#include "pipelines/conditioning.h"
 #include "text/clip_text_model.h"
 #include "train/optim.h"
 
@@ -210,7 +211,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
                                   source, r.size, factor, unet_cfg.downsample_factor()));
   }
   const bool image_cond = r.unet.image_condition_prob > 0;
-  const bool in_ok = image_cond ? (unet_cfg.in_channels == 2 * latent + 1 || unet_cfg.in_channels == 2 * latent + 2)
+  const bool in_ok = image_cond ? pipelines::takes_first_frame_condition(unet_cfg.in_channels, latent)
                                 : unet_cfg.in_channels == latent;
   if (!in_ok || unet_cfg.out_channels != latent) {
     throw ConfigError(fmt::format("{} [unet.config]: with {} latent channels{} the UNet needs in_channels {} and "
