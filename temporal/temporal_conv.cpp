@@ -4,17 +4,17 @@
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/dropout.h>
-#include <torch/nn/modules/normalization.h>
 
 #include "core/error.h"
+#include "models/normalization.h"
 
 namespace vdm::temporal {
 
 namespace {
-torch::nn::GroupNorm norm(int64_t groups, int64_t channels) {
+models::GroupNorm norm(int64_t groups, int64_t channels) {
   if (groups <= 0 || channels % groups != 0)
     throw ConfigError(fmt::format("TemporalConvLayer: {} channels cannot be split into {} groups", channels, groups));
-  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels));
+  return models::GroupNorm(torch::nn::GroupNormOptions(groups, channels));
 }
 torch::nn::Conv3d conv(int64_t in, int64_t out) {
   return torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, {3, 1, 1}).padding({1, 0, 0}));

@@ -12,7 +12,7 @@ TransformerTemporalModelImpl::TransformerTemporalModelImpl(const TransformerTemp
   if (o.in_channels <= 0 || o.norm_num_groups <= 0 || o.in_channels % o.norm_num_groups != 0)
     throw ConfigError(fmt::format("TransformerTemporalModel: in_channels {} must be a positive multiple of norm_num_groups {}",
                                   o.in_channels, o.norm_num_groups));
-  norm_ = register_module("norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
+  norm_ = register_module("norm", models::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
   proj_in_ = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
   transformer_blocks_ = register_module("transformer_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i) {

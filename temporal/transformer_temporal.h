@@ -7,10 +7,11 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
 #include <string>
+
+#include "models/normalization.h"
 
 namespace vdm::temporal {
 
@@ -38,7 +39,7 @@ class TransformerTemporalModelImpl : public torch::nn::Module {
  private:
   TransformerTemporalOptions options_;
   int64_t inner_dim_;
-  torch::nn::GroupNorm norm_{nullptr};
+  models::GroupNorm norm_{nullptr};
   torch::nn::Linear proj_in_{nullptr}, proj_out_{nullptr};
   torch::nn::ModuleList transformer_blocks_{nullptr};
 };

@@ -116,7 +116,7 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options_(o) {
   const int64_t out_dim = o.out_dim.value_or(o.query_dim);
   if (o.norm_num_groups)
     group_norm_ = register_module(
-        "group_norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(*o.norm_num_groups, o.query_dim).eps(o.eps)));
+        "group_norm", GroupNorm(torch::nn::GroupNormOptions(*o.norm_num_groups, o.query_dim).eps(o.eps)));
   to_q_ = register_module("to_q", torch::nn::Linear(torch::nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
   to_k_ = register_module("to_k", torch::nn::Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
   to_v_ = register_module("to_v", torch::nn::Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
@@ -206,7 +206,7 @@ at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(const TransformerBlockOptions& o) : options_(o) {
   auto ln = [&]() {
-    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.dim}).eps(o.norm_eps).elementwise_affine(o.norm_elementwise_affine));
+    return LayerNorm(torch::nn::LayerNormOptions({o.dim}).eps(o.norm_eps).elementwise_affine(o.norm_elementwise_affine));
   };
   norm1_ = register_module("norm1", ln());
   AttentionOptions a1;
@@ -257,7 +257,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o)
   if (out_channels != o.in_channels)
     throw ConfigError(fmt::format("Transformer2DModel: out_channels {} must equal in_channels {} (residual)",
                                   out_channels, o.in_channels));
-  norm_ = register_module("norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
+  norm_ = register_module("norm", GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
   if (o.use_linear_projection)
     proj_in_linear_ = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
   else

@@ -8,11 +8,12 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
 #include <torch/nn/modules/conv.h>
 
 #include <cstdint>
 #include <string>
+
+#include "models/normalization.h"
 
 namespace vdm::models {
 
@@ -70,7 +71,7 @@ class AttentionImpl : public torch::nn::Module {
 
  private:
   AttentionOptions options_;
-  torch::nn::GroupNorm group_norm_{nullptr};
+  GroupNorm group_norm_{nullptr};
   torch::nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
   torch::nn::ModuleList to_out_{nullptr};  // 0: Linear, 1: Dropout
   torch::nn::Linear to_out_proj_{nullptr};
@@ -150,7 +151,7 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
 
  private:
   TransformerBlockOptions options_;
-  torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr}, norm3_{nullptr};
+  LayerNorm norm1_{nullptr}, norm2_{nullptr}, norm3_{nullptr};
   Attention attn1_{nullptr}, attn2_{nullptr};
   FeedForward ff_{nullptr};
 };
@@ -187,7 +188,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
  private:
   Transformer2DOptions options_;
   int64_t inner_dim_;
-  torch::nn::GroupNorm norm_{nullptr};
+  GroupNorm norm_{nullptr};
   torch::nn::Linear proj_in_linear_{nullptr}, proj_out_linear_{nullptr};
   torch::nn::Conv2d proj_in_conv_{nullptr}, proj_out_conv_{nullptr};
   torch::nn::ModuleList transformer_blocks_{nullptr};

@@ -169,8 +169,10 @@ BlockFn block_function() {
 
 bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
   if (has_mask) return false;
+  const at::ScalarType dtype = q.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
   for (const at::Tensor* t : {&q, &k, &v}) {
-    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
+    if (!t->device().is_cpu() || t->scalar_type() != dtype) return false;
     if (at::GradMode::is_enabled() && t->requires_grad()) return false;
   }
   return q.dim() == 4 && q.size(3) <= kFusedAttentionMaxHeadDim && v.size(3) <= kFusedAttentionMaxHeadDim &&
@@ -183,13 +185,15 @@ at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const a
   const int64_t N = B * H;
   const double scale = 1.4426950408889634 / std::sqrt(static_cast<double>(d));  // log2(e) / sqrt(d)
   const int64_t Lp = (Lk + kLanes - 1) / kLanes * kLanes;
-  const at::Tensor qs = (q * scale).reshape({N, Lq, d}).contiguous();
-  // Keys and values transposed ([N, d, Lp], [N, dv, Lp]) and zero-padded to whole vectors.
-  at::Tensor kT = at::zeros({N, d, Lp}, q.options());
-  at::Tensor vT = at::zeros({N, dv, Lp}, q.options());
+  const at::TensorOptions f32 = q.options().dtype(at::kFloat);
+  const at::Tensor qs = (q.to(at::kFloat) * scale).reshape({N, Lq, d}).contiguous();
+  // Keys and values transposed ([N, d, Lp], [N, dv, Lp]), widened to float32 and zero-padded to
+  // whole vectors.
+  at::Tensor kT = at::zeros({N, d, Lp}, f32);
+  at::Tensor vT = at::zeros({N, dv, Lp}, f32);
   kT.narrow(2, 0, Lk).copy_(k.reshape({N, Lk, d}).transpose(1, 2));
   vT.narrow(2, 0, Lk).copy_(v.reshape({N, Lk, dv}).transpose(1, 2));
-  at::Tensor out = at::empty({N, Lq, dv}, q.options());
+  at::Tensor out = at::empty({N, Lq, dv}, f32);
   const float* qp = qs.data_ptr<float>();
   const float* kp = kT.data_ptr<float>();
   const float* vp = vT.data_ptr<float>();
@@ -207,7 +211,7 @@ at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const a
             scratch.data());
     }
   });
-  return out.view({B, H, Lq, dv});
+  return out.view({B, H, Lq, dv}).to(q.scalar_type());
 }
 
 }  // namespace vdm::models

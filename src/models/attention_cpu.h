@@ -15,11 +15,13 @@ namespace vdm::models {
 // matmuls of the chunked path to be faster (d = 40 at 1024 tokens: 2.2 s fused, 1.6 s chunked).
 constexpr int64_t kFusedAttentionMaxHeadDim = 16;
 
-// True when fused_attention_cpu applies: float32 CPU tensors, head size <= the maximum, no
-// gradient needed (inference), no mask.
+// True when fused_attention_cpu applies: float32 or bfloat16 CPU tensors (all three the same dtype),
+// head size <= the maximum, no gradient needed (inference), no mask.
 bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask);
 
-// softmax(q k^T / sqrt(d)) v for float32 CPU tensors.
+// softmax(q k^T / sqrt(d)) v for float32 or bfloat16 CPU tensors. bfloat16 inputs are widened to
+// float32 as they are laid out for the kernel (scores and sums are float32 either way) and the
+// result is rounded back to bfloat16.
 // q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv].
 at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 

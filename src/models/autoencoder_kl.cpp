@@ -128,7 +128,7 @@ VaeEncoderImpl::VaeEncoderImpl(const AutoencoderKLConfig& c) {
   }
   mid_block_ = register_module("mid_block", make_mid_block(c));
   conv_norm_out_ = register_module(
-      "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc.back()).eps(kVaeEps)));
+      "conv_norm_out", GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc.back()).eps(kVaeEps)));
   conv_out_ = register_module("conv_out", conv3x3(boc.back(), 2 * c.latent_channels));
 }
 
@@ -169,7 +169,7 @@ VaeDecoderImpl::VaeDecoderImpl(const AutoencoderKLConfig& c) {
     up_blocks_->push_back(UpDecoderBlock2D(o));
   }
   conv_norm_out_ = register_module(
-      "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc[0]).eps(kVaeEps)));
+      "conv_norm_out", GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc[0]).eps(kVaeEps)));
   conv_out_ = register_module("conv_out", conv3x3(boc[0], c.out_channels));
 }
 

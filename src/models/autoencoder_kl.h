@@ -6,13 +6,13 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "io/json_config.h"
+#include "models/normalization.h"
 #include "models/tap.h"
 #include "models/unet_2d_blocks.h"
 
@@ -64,7 +64,7 @@ class VaeEncoderImpl : public torch::nn::Module {
   torch::nn::Conv2d conv_in_{nullptr}, conv_out_{nullptr};
   torch::nn::ModuleList down_blocks_{nullptr};
   UNetMidBlock2D mid_block_{nullptr};
-  torch::nn::GroupNorm conv_norm_out_{nullptr};
+  GroupNorm conv_norm_out_{nullptr};
 };
 TORCH_MODULE(VaeEncoder);
 
@@ -78,7 +78,7 @@ class VaeDecoderImpl : public torch::nn::Module {
   torch::nn::Conv2d conv_in_{nullptr}, conv_out_{nullptr};
   UNetMidBlock2D mid_block_{nullptr};
   torch::nn::ModuleList up_blocks_{nullptr};
-  torch::nn::GroupNorm conv_norm_out_{nullptr};
+  GroupNorm conv_norm_out_{nullptr};
 };
 TORCH_MODULE(VaeDecoder);
 

@@ -7,10 +7,10 @@
 namespace vdm::models {
 
 namespace {
-torch::nn::GroupNorm group_norm(int64_t groups, int64_t channels, double eps, const char* who) {
+GroupNorm group_norm(int64_t groups, int64_t channels, double eps, const char* who) {
   if (groups <= 0 || channels % groups != 0)
     throw ConfigError(fmt::format("{}: {} channels cannot be split into {} groups", who, channels, groups));
-  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps).affine(true));
+  return GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps).affine(true));
 }
 }  // namespace
 

@@ -7,12 +7,12 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
 #include <vector>
 
 #include "models/activations.h"
+#include "models/normalization.h"
 
 namespace vdm::models {
 
@@ -40,7 +40,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 
  private:
   ResnetBlock2DOptions options_;
-  torch::nn::GroupNorm norm1_{nullptr}, norm2_{nullptr};
+  GroupNorm norm1_{nullptr}, norm2_{nullptr};
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, conv_shortcut_{nullptr};
   torch::nn::Linear time_emb_proj_{nullptr};
   torch::nn::Dropout dropout_{nullptr};

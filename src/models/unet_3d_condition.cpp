@@ -179,7 +179,7 @@ UNet3DConditionModelImpl::UNet3DConditionModelImpl(const UNet3DConditionConfig& 
   }
 
   conv_norm_out_ = register_module(
-      "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc[0]).eps(c.norm_eps)));
+      "conv_norm_out", GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, boc[0]).eps(c.norm_eps)));
   conv_out_ = register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], c.out_channels, 3).padding(1)));
 }
 

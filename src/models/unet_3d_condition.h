@@ -7,7 +7,6 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
 #include <string>
@@ -15,6 +14,7 @@
 
 #include "io/json_config.h"
 #include "models/embeddings.h"
+#include "models/normalization.h"
 #include "models/tap.h"
 #include "models/unet_3d_blocks.h"
 #include "temporal/transformer_temporal.h"
@@ -88,7 +88,7 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<DownBlock3DBase>> down_;
   std::vector<std::shared_ptr<UpBlock3DBase>> up_;
   UNetMidBlock3DCrossAttn mid_block_{nullptr};
-  torch::nn::GroupNorm conv_norm_out_{nullptr};
+  GroupNorm conv_norm_out_{nullptr};
 };
 TORCH_MODULE(UNet3DConditionModel);
 

@@ -158,7 +158,7 @@ CLIPMLPImpl::CLIPMLPImpl(const CLIPTextConfig& c) : act_(c.hidden_act) {
 at::Tensor CLIPMLPImpl::forward(const at::Tensor& x) { return fc2->forward(activate(act_, fc1->forward(x))); }
 
 CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) {
-  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)); };
+  auto ln = [&] { return models::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)); };
   self_attn = register_module("self_attn", CLIPAttention(c));
   layer_norm1 = register_module("layer_norm1", ln());
   mlp = register_module("mlp", CLIPMLP(c));
@@ -192,7 +192,7 @@ CLIPTextTransformerImpl::CLIPTextTransformerImpl(const CLIPTextConfig& c) : conf
   embeddings = register_module("embeddings", CLIPTextEmbeddings(c));
   encoder = register_module("encoder", CLIPEncoder(c));
   final_layer_norm = register_module(
-      "final_layer_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
+      "final_layer_norm", models::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
 }
 
 CLIPTextModelOutput CLIPTextTransformerImpl::forward(const at::Tensor& input_ids, const at::Tensor& attention_mask) {

@@ -9,13 +9,13 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "io/json_config.h"
+#include "models/normalization.h"
 
 namespace vdm::text {
 
@@ -94,9 +94,9 @@ class CLIPEncoderLayerImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask);  // x: [B, L, D] -> [B, L, D]
 
   CLIPAttention self_attn{nullptr};
-  torch::nn::LayerNorm layer_norm1{nullptr};
+  models::LayerNorm layer_norm1{nullptr};
   CLIPMLP mlp{nullptr};
-  torch::nn::LayerNorm layer_norm2{nullptr};
+  models::LayerNorm layer_norm2{nullptr};
 };
 TORCH_MODULE(CLIPEncoderLayer);
 
@@ -132,7 +132,7 @@ class CLIPTextTransformerImpl : public torch::nn::Module {
 
   CLIPTextEmbeddings embeddings{nullptr};
   CLIPEncoder encoder{nullptr};
-  torch::nn::LayerNorm final_layer_norm{nullptr};
+  models::LayerNorm final_layer_norm{nullptr};
 
  private:
   CLIPTextConfig config_;

@@ -16,6 +16,7 @@
 #include "models/attention.h"
 #include "models/attention_cpu.h"
 #include "models/autoencoder_kl.h"
+#include "models/normalization.h"
 #include "models/unet_3d_condition.h"
 #include "tests/support/test_support.h"
 
@@ -81,8 +82,22 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
   at::Tensor q = heads(qkv.slice(2, 0, 32)), k = heads(qkv.slice(2, 32, 64)), v = heads(qkv.slice(2, 64, 96));
   EXPECT_LT(max_abs_diff(fused_attention_cpu(q, k, v), naive_attention(q, k, v)), 2e-6);
 
+  // bfloat16 inputs: the result is bfloat16 and matches the float32 formula on the same (rounded)
+  // inputs to within bfloat16's rounding of the output (8 bits of mantissa: 2^-8 relative).
+  {
+    at::Tensor qb = at::randn({2, 4, 300, 4}).to(at::kBFloat16), kb = at::randn({2, 4, 77, 4}).to(at::kBFloat16),
+               vb = at::randn({2, 4, 77, 4}).to(at::kBFloat16);
+    at::Tensor out = fused_attention_cpu(qb, kb, vb);
+    EXPECT_EQ(out.scalar_type(), at::kBFloat16);
+    at::Tensor ref = naive_attention(qb.to(at::kFloat), kb.to(at::kFloat), vb.to(at::kFloat));
+    EXPECT_LT(max_abs_diff(out.to(at::kFloat), ref), 1e-2);
+    EXPECT_TRUE(fused_attention_cpu_applies(qb, kb, vb, false));
+    EXPECT_FALSE(fused_attention_cpu_applies(qb, kb.to(at::kFloat), vb, false));  // mixed dtypes
+  }
+
   at::Tensor a = at::randn({1, 1, 4, 8});
   EXPECT_TRUE(fused_attention_cpu_applies(a, a, a, false));
+  EXPECT_FALSE(fused_attention_cpu_applies(a.to(at::kHalf), a.to(at::kHalf), a.to(at::kHalf), false));
   EXPECT_FALSE(fused_attention_cpu_applies(a, a, a, true));
   EXPECT_FALSE(fused_attention_cpu_applies(a.to(at::kDouble), a, a, false));
   at::Tensor wide = at::randn({1, 1, 4, kFusedAttentionMaxHeadDim + 1});
@@ -93,6 +108,46 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
     at::NoGradGuard no_grad;
     EXPECT_TRUE(fused_attention_cpu_applies(g, a, a, false));
   }
+}
+
+// vdm's LayerNorm and GroupNorm: torch::nn's parameters and float32 results; on bfloat16 CPU input
+// the float32 result rounded to bfloat16 (not the bfloat16 kernel's, which accumulates in 16 bits).
+TEST(Normalization, Bf16RunsInFloat32WithTorchParameters) {
+  at::manual_seed(5);
+  LayerNorm ln(torch::nn::LayerNormOptions({32}).eps(1e-5));
+  GroupNorm gn(torch::nn::GroupNormOptions(8, 32).eps(1e-6));
+  torch::nn::LayerNorm ln_ref(torch::nn::LayerNormOptions({32}).eps(1e-5));
+  torch::nn::GroupNorm gn_ref(torch::nn::GroupNormOptions(8, 32).eps(1e-6));
+  {
+    at::NoGradGuard no_grad;
+    for (auto* m : std::vector<torch::nn::Module*>{ln.get(), gn.get(), ln_ref.get(), gn_ref.get()}) {
+      at::manual_seed(6);
+      for (auto& p : m->named_parameters()) p.value().copy_(at::randn(p.value().sizes()));
+    }
+  }
+  std::vector<std::string> names;
+  for (const auto& p : gn->named_parameters()) names.push_back(p.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"weight", "bias"}));
+
+  c10::InferenceMode inference;
+  at::Tensor x = at::randn({4, 100, 32}) * 3 + 1;
+  at::Tensor y = at::randn({2, 32, 5, 6}) * 3 + 1;
+  EXPECT_TRUE(at::equal(ln->forward(x), ln_ref->forward(x)));
+  EXPECT_TRUE(at::equal(gn->forward(y), gn_ref->forward(y)));
+
+  at::Tensor xb = x.to(at::kBFloat16), yb = y.to(at::kBFloat16);
+  EXPECT_TRUE(norm_runs_in_float32(xb));
+  EXPECT_FALSE(norm_runs_in_float32(x));
+  ln->to(at::kBFloat16);
+  gn->to(at::kBFloat16);
+  at::Tensor lo = ln->forward(xb), go = gn->forward(yb);
+  EXPECT_EQ(lo.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(go.scalar_type(), at::kBFloat16);
+  // Reference: the same bfloat16 inputs and parameters, widened, normalised in float32, rounded.
+  at::Tensor lw = ln->weight.to(at::kFloat), lb = ln->bias.to(at::kFloat);
+  at::Tensor gw = gn->weight.to(at::kFloat), gb = gn->bias.to(at::kFloat);
+  EXPECT_TRUE(at::equal(lo, at::layer_norm(xb.to(at::kFloat), {32}, lw, lb, 1e-5).to(at::kBFloat16)));
+  EXPECT_TRUE(at::equal(go, at::group_norm(yb.to(at::kFloat), 8, gw, gb, 1e-6).to(at::kBFloat16)));
 }
 
 TEST(Attention, MasksAndOtherValueWidths) {
