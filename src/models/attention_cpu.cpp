@@ -5,36 +5,63 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
-// The vector helpers below are always inlined, so the ABI of passing 32-byte vectors never matters.
+// The vector helpers below are always inlined, so the ABI of passing 32- and 64-byte vectors never
+// matters.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace vdm::models {
 
 namespace {
 
-constexpr int64_t kRows = 4;   // query rows per block: each key/value load feeds this many rows
-constexpr int64_t kLanes = 8;  // keys per vector operation
+constexpr int64_t kRows = 4;  // query rows per block: each key/value load feeds this many rows
+// Keys are padded to a multiple of this many, so every vector access (8 or 16 floats) is whole.
+constexpr int64_t kKeyPadding = 16;
 
-// Eight floats in GCC vector registers: one AVX register in the AVX2 build, two SSE registers in
-// the baseline build. Key rows are padded to a multiple of eight, so every access is a full vector.
-using v8 = float __attribute__((vector_size(32)));
-using v8i = int32_t __attribute__((vector_size(32)));
+// N floats in GCC vector registers: one AVX-512 register (N = 16) or one AVX register (N = 8) in
+// the builds for those instruction sets, SSE registers in the baseline build.
+// (Spelled out per width: GCC drops vector_size when it depends on a template parameter.)
+template <int N>
+struct Vec;
+template <>
+struct Vec<8> {
+  using f = float __attribute__((vector_size(32)));
+  using i = int32_t __attribute__((vector_size(32)));
+};
+template <>
+struct Vec<16> {
+  using f = float __attribute__((vector_size(64)));
+  using i = int32_t __attribute__((vector_size(64)));
+};
 
-__attribute__((always_inline)) inline v8 load(const float* p) {
-  v8 x;
+template <class V>
+__attribute__((always_inline)) inline V load(const float* p) {
+  V x;
   std::memcpy(&x, p, sizeof(x));
   return x;
 }
-__attribute__((always_inline)) inline void store(float* p, v8 x) { std::memcpy(p, &x, sizeof(x)); }
-__attribute__((always_inline)) inline float hsum(v8 x) {
-  return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+template <class V>
+__attribute__((always_inline)) inline void store(float* p, V x) {
+  std::memcpy(p, &x, sizeof(x));
 }
-__attribute__((always_inline)) inline float hmax(v8 x) {
+template <int N>
+__attribute__((always_inline)) inline float hsum(typename Vec<N>::f x) {
+  if constexpr (N == 8) {
+    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+  } else {
+    float a = 0.0f;
+    for (int i = 0; i < N; ++i) a += x[i];
+    return a;
+  }
+}
+template <int N>
+__attribute__((always_inline)) inline float hmax(typename Vec<N>::f x) {
   float m = x[0];
-  for (int i = 1; i < 8; ++i) m = m > x[i] ? m : x[i];
+  for (int i = 1; i < N; ++i) m = m > x[i] ? m : x[i];
   return m;
 }
 
@@ -42,32 +69,36 @@ __attribute__((always_inline)) inline float hmax(v8 x) {
 // [-0.5, 0.5] (by the 1.5 * 2^23 shift), a degree-6 Taylor polynomial of 2^f (relative error
 // below 2e-7) and the exponent built from n. Inputs below -126 give 2^-126: such weights vanish
 // next to the row maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
-__attribute__((always_inline)) inline v8 exp2_nonpositive(v8 x) {
-  const v8 lo = {-126.0f, -126.0f, -126.0f, -126.0f, -126.0f, -126.0f, -126.0f, -126.0f};
+template <int N>
+__attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typename Vec<N>::f x) {
+  using V = typename Vec<N>::f;
+  using VI = typename Vec<N>::i;
+  const V lo = V{} - 126.0f;
   x = x < lo ? lo : x;
-  const v8 n = (x + 12582912.0f) - 12582912.0f;
-  const v8 f = x - n;
-  v8 p = f * 1.5403530e-4f + 1.3333558e-3f;
+  const V n = (x + 12582912.0f) - 12582912.0f;
+  const V f = x - n;
+  V p = f * 1.5403530e-4f + 1.3333558e-3f;
   p = p * f + 9.6181291e-3f;
   p = p * f + 5.5504109e-2f;
   p = p * f + 2.4022651e-1f;
   p = p * f + 6.9314718e-1f;
   p = p * f + 1.0f;
-  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  return p * (v8)bits;  // a vector cast reinterprets the bits
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  return p * (V)bits;  // a vector cast reinterprets the bits
 }
 
-// Scores of four query rows against all keys, eight keys at a time: s_r[j] = q_r . k_j. With the
+// Scores of four query rows against all keys, N keys at a time: s_r[j] = q_r . k_j. With the
 // head size D known at compile time the head loop unrolls and the sums stay in registers;
 // otherwise (D = 0) the rows accumulate one head channel at a time.
-template <int D>
+template <int N, int D>
 __attribute__((always_inline)) inline void block_scores(const float* const q[kRows], const float* kT, int64_t Lp,
                                                         int64_t d, float* const s[kRows]) {
+  using V = typename Vec<N>::f;
   if constexpr (D > 0) {
-    for (int64_t j = 0; j < Lp; j += kLanes) {
-      v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t j = 0; j < Lp; j += N) {
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int c = 0; c < D; ++c) {
-        const v8 kv = load(kT + c * Lp + j);
+        const V kv = load<V>(kT + c * Lp + j);
         a0 += q[0][c] * kv;
         a1 += q[1][c] * kv;
         a2 += q[2][c] * kv;
@@ -76,31 +107,33 @@ __attribute__((always_inline)) inline void block_scores(const float* const q[kRo
       store(s[0] + j, a0), store(s[1] + j, a1), store(s[2] + j, a2), store(s[3] + j, a3);
     }
   } else {
-    for (int64_t j = 0; j < Lp; j += kLanes) {
-      const v8 kv = load(kT + j);
+    for (int64_t j = 0; j < Lp; j += N) {
+      const V kv = load<V>(kT + j);
       store(s[0] + j, q[0][0] * kv), store(s[1] + j, q[1][0] * kv), store(s[2] + j, q[2][0] * kv);
       store(s[3] + j, q[3][0] * kv);
     }
     for (int64_t c = 1; c < d; ++c) {
       const float* kc = kT + c * Lp;
-      for (int64_t j = 0; j < Lp; j += kLanes) {
-        const v8 kv = load(kc + j);
-        for (int r = 0; r < kRows; ++r) store(s[r] + j, load(s[r] + j) + q[r][c] * kv);
+      for (int64_t j = 0; j < Lp; j += N) {
+        const V kv = load<V>(kc + j);
+        for (int r = 0; r < kRows; ++r) store(s[r] + j, load<V>(s[r] + j) + q[r][c] * kv);
       }
     }
   }
 }
 
-// One block of kRows query rows of one (batch, head) sequence.
+// One block of kRows query rows of one (batch, head) sequence, N keys per vector operation.
 //   q:   [kRows, d]  queries, pre-multiplied by log2(e) / sqrt(d)
 //   kT:  [d, Lp]     keys, transposed so that consecutive keys are contiguous, zero-padded to Lp
 //   vT:  [dv, Lp]    values, transposed and padded likewise
 //   out: [kRows, dv]
 //   s:   [kRows, Lp] scratch (the rows' scores, then their weights)
 // Rows past `rows` (a partial last block) repeat the last valid row and are not written.
+template <int N>
 __attribute__((always_inline)) inline void attend_block(const float* q, int64_t rows, const float* kT,
                                                         const float* vT, int64_t Lk, int64_t Lp, int64_t d,
                                                         int64_t dv, float* out, float* scratch) {
+  using V = typename Vec<N>::f;
   const float* qr[kRows];
   float* s[kRows];
   for (int64_t r = 0; r < kRows; ++r) {
@@ -108,64 +141,82 @@ __attribute__((always_inline)) inline void attend_block(const float* q, int64_t 
     s[r] = scratch + r * Lp;
   }
   switch (d) {
-    case 4: block_scores<4>(qr, kT, Lp, d, s); break;
-    case 8: block_scores<8>(qr, kT, Lp, d, s); break;
-    case 16: block_scores<16>(qr, kT, Lp, d, s); break;
-    default: block_scores<0>(qr, kT, Lp, d, s); break;
+    case 4: block_scores<N, 4>(qr, kT, Lp, d, s); break;
+    case 8: block_scores<N, 8>(qr, kT, Lp, d, s); break;
+    case 16: block_scores<N, 16>(qr, kT, Lp, d, s); break;
+    default: block_scores<N, 0>(qr, kT, Lp, d, s); break;
   }
   float inv[kRows];
   for (int64_t r = 0; r < kRows; ++r) {
     float* sr = s[r];
     for (int64_t j = Lk; j < Lp; ++j) sr[j] = -1e30f;  // padding keys: weight 2^-126, values 0
-    v8 m = load(sr);
-    for (int64_t j = kLanes; j < Lp; j += kLanes) {
-      const v8 x = load(sr + j);
+    V m = load<V>(sr);
+    for (int64_t j = N; j < Lp; j += N) {
+      const V x = load<V>(sr + j);
       m = x > m ? x : m;
     }
-    const float mx = hmax(m);
-    v8 l = {};
-    for (int64_t j = 0; j < Lp; j += kLanes) {
-      const v8 p = exp2_nonpositive(load(sr + j) - mx);
+    const float mx = hmax<N>(m);
+    V l = {};
+    for (int64_t j = 0; j < Lp; j += N) {
+      const V p = exp2_nonpositive<N>(load<V>(sr + j) - mx);
       store(sr + j, p);
       l += p;
     }
-    inv[r] = 1.0f / hsum(l);
+    inv[r] = 1.0f / hsum<N>(l);
   }
   for (int64_t c = 0; c < dv; ++c) {
     const float* vc = vT + c * Lp;
-    v8 o0 = {}, o1 = {}, o2 = {}, o3 = {};
-    for (int64_t j = 0; j < Lp; j += kLanes) {
-      const v8 vv = load(vc + j);
-      o0 += load(s[0] + j) * vv;
-      o1 += load(s[1] + j) * vv;
-      o2 += load(s[2] + j) * vv;
-      o3 += load(s[3] + j) * vv;
+    V o0 = {}, o1 = {}, o2 = {}, o3 = {};
+    for (int64_t j = 0; j < Lp; j += N) {
+      const V vv = load<V>(vc + j);
+      o0 += load<V>(s[0] + j) * vv;
+      o1 += load<V>(s[1] + j) * vv;
+      o2 += load<V>(s[2] + j) * vv;
+      o3 += load<V>(s[3] + j) * vv;
     }
-    const float o[kRows] = {hsum(o0), hsum(o1), hsum(o2), hsum(o3)};
+    const float o[kRows] = {hsum<N>(o0), hsum<N>(o1), hsum<N>(o2), hsum<N>(o3)};
     for (int64_t r = 0; r < rows; ++r) out[r * dv + c] = o[r] * inv[r];
   }
 }
 
-// The block compiled twice: for AVX2 with FMA (8 floats per operation) and for the baseline
-// (SSE2), chosen once at run time.
+// The block compiled three times: for AVX-512 (16 floats per operation), for AVX2 with FMA (8)
+// and for the baseline (SSE2, 8 floats as two registers), chosen once at run time.
 using BlockFn = void (*)(const float*, int64_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
                          float*, float*);
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void attend_block_avx512(
+    const float* q, int64_t rows, const float* kT, const float* vT, int64_t Lk, int64_t Lp, int64_t d, int64_t dv,
+    float* out, float* s) {
+  attend_block<16>(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+}
 __attribute__((target("avx2,fma"))) void attend_block_avx2(const float* q, int64_t rows, const float* kT,
                                                           const float* vT, int64_t Lk, int64_t Lp, int64_t d,
                                                           int64_t dv, float* out, float* s) {
-  attend_block(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+  attend_block<8>(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
 }
 void attend_block_baseline(const float* q, int64_t rows, const float* kT, const float* vT, int64_t Lk, int64_t Lp,
                            int64_t d, int64_t dv, float* out, float* s) {
-  attend_block(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+  attend_block<8>(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
 }
+
+// VDM_CPU_ISA=avx2 or =baseline forces a narrower build of the kernel (for comparing them).
 BlockFn block_function() {
-  static const BlockFn fn = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? attend_block_avx2
-                                                                                            : attend_block_baseline;
+  static const BlockFn fn = [] {
+    const char* env = std::getenv("VDM_CPU_ISA");
+    const std::string cap = env ? env : "";
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cap != "baseline";
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq") && cap != "avx2";
+    return avx512 ? attend_block_avx512 : avx2 ? attend_block_avx2 : attend_block_baseline;
+  }();
   return fn;
 }
 
 }  // namespace
+
+const char* fused_attention_cpu_isa() {
+  const BlockFn fn = block_function();
+  return fn == attend_block_avx512 ? "avx512" : fn == attend_block_avx2 ? "avx2" : "baseline";
+}
 
 bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
   if (has_mask) return false;
@@ -184,7 +235,7 @@ at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const a
   const int64_t Lk = k.size(2), dv = v.size(3);
   const int64_t N = B * H;
   const double scale = 1.4426950408889634 / std::sqrt(static_cast<double>(d));  // log2(e) / sqrt(d)
-  const int64_t Lp = (Lk + kLanes - 1) / kLanes * kLanes;
+  const int64_t Lp = (Lk + kKeyPadding - 1) / kKeyPadding * kKeyPadding;
   const at::TensorOptions f32 = q.options().dtype(at::kFloat);
   const at::Tensor qs = (q.to(at::kFloat) * scale).reshape({N, Lq, d}).contiguous();
   // Keys and values transposed ([N, d, Lp], [N, dv, Lp]), widened to float32 and zero-padded to

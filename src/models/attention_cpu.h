@@ -3,7 +3,7 @@
 // per-thread buffer of four rows (L1-resident): the [L, L] score matrix is never written to
 // memory, which is what bounds the matmul-softmax-matmul path at these shapes. Rows are processed
 // four at a time so that every key and value load feeds four queries; exp runs vectorised
-// (AVX2/FMA code with a portable fallback, chosen at run time).
+// (AVX-512 and AVX2/FMA code with a portable fallback, chosen at run time).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -24,5 +24,9 @@ bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const
 // result is rounded back to bfloat16.
 // q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv].
 at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// The instruction set of the kernel build in use: "avx512", "avx2" or "baseline". The widest the
+// CPU supports, unless the environment variable VDM_CPU_ISA caps it at "avx2" or "baseline".
+const char* fused_attention_cpu_isa();
 
 }  // namespace vdm::models

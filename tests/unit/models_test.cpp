@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <string>
 
 #include "core/error.h"
@@ -94,6 +96,11 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
     EXPECT_TRUE(fused_attention_cpu_applies(qb, kb, vb, false));
     EXPECT_FALSE(fused_attention_cpu_applies(qb, kb.to(at::kFloat), vb, false));  // mixed dtypes
   }
+
+  // The kernel build in use is the one VDM_CPU_ISA asks for (ctest runs this test under each).
+  const char* isa = std::getenv("VDM_CPU_ISA");
+  if (isa) EXPECT_EQ(std::string(fused_attention_cpu_isa()), isa);
+  std::cout << "fused attention kernel: " << fused_attention_cpu_isa() << "\n";
 
   at::Tensor a = at::randn({1, 1, 4, 8});
   EXPECT_TRUE(fused_attention_cpu_applies(a, a, a, false));
