@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "models/activations_cpu.h"
 #include "models/attention_cpu.h"
 #include "models/shape.h"
 
@@ -175,10 +176,12 @@ GeluProjImpl::GeluProjImpl(int64_t dim_in, int64_t dim_out, const std::string& a
 at::Tensor GeluProjImpl::forward(const at::Tensor& x) {
   at::Tensor h = proj_->forward(x);
   if (gated_) {
+    if (fused_gelu_cpu_applies(h)) return fused_geglu_cpu(h);
     auto parts = h.chunk(2, -1);
     return parts[0] * at::gelu(parts[1]);
   }
   if (sigmoid_approx_) return h * at::sigmoid(1.702 * h);
+  if (!tanh_ && fused_gelu_cpu_applies(h)) return fused_gelu_cpu(h);
   return at::gelu(h, tanh_ ? "tanh" : "none");
 }
 

@@ -5,87 +5,25 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
 
-// The vector helpers below are always inlined, so the ABI of passing 32- and 64-byte vectors never
-// matters.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "models/cpu_vector.h"
 
 namespace vdm::models {
 
 namespace {
 
+using cpu::Vec;
+using cpu::load;
+using cpu::store;
+using cpu::hsum;
+using cpu::hmax;
+using cpu::exp2_nonpositive;
+
 constexpr int64_t kRows = 4;  // query rows per block: each key/value load feeds this many rows
 // Keys are padded to a multiple of this many, so every vector access (8 or 16 floats) is whole.
 constexpr int64_t kKeyPadding = 16;
-
-// N floats in GCC vector registers: one AVX-512 register (N = 16) or one AVX register (N = 8) in
-// the builds for those instruction sets, SSE registers in the baseline build.
-// (Spelled out per width: GCC drops vector_size when it depends on a template parameter.)
-template <int N>
-struct Vec;
-template <>
-struct Vec<8> {
-  using f = float __attribute__((vector_size(32)));
-  using i = int32_t __attribute__((vector_size(32)));
-};
-template <>
-struct Vec<16> {
-  using f = float __attribute__((vector_size(64)));
-  using i = int32_t __attribute__((vector_size(64)));
-};
-
-template <class V>
-__attribute__((always_inline)) inline V load(const float* p) {
-  V x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-template <class V>
-__attribute__((always_inline)) inline void store(float* p, V x) {
-  std::memcpy(p, &x, sizeof(x));
-}
-template <int N>
-__attribute__((always_inline)) inline float hsum(typename Vec<N>::f x) {
-  if constexpr (N == 8) {
-    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
-  } else {
-    float a = 0.0f;
-    for (int i = 0; i < N; ++i) a += x[i];
-    return a;
-  }
-}
-template <int N>
-__attribute__((always_inline)) inline float hmax(typename Vec<N>::f x) {
-  float m = x[0];
-  for (int i = 1; i < N; ++i) m = m > x[i] ? m : x[i];
-  return m;
-}
-
-// 2^x for x <= 0 (a score minus its row maximum). Round-to-nearest split x = n + f with f in
-// [-0.5, 0.5] (by the 1.5 * 2^23 shift), a degree-6 Taylor polynomial of 2^f (relative error
-// below 2e-7) and the exponent built from n. Inputs below -126 give 2^-126: such weights vanish
-// next to the row maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
-template <int N>
-__attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typename Vec<N>::f x) {
-  using V = typename Vec<N>::f;
-  using VI = typename Vec<N>::i;
-  const V lo = V{} - 126.0f;
-  x = x < lo ? lo : x;
-  const V n = (x + 12582912.0f) - 12582912.0f;
-  const V f = x - n;
-  V p = f * 1.5403530e-4f + 1.3333558e-3f;
-  p = p * f + 9.6181291e-3f;
-  p = p * f + 5.5504109e-2f;
-  p = p * f + 2.4022651e-1f;
-  p = p * f + 6.9314718e-1f;
-  p = p * f + 1.0f;
-  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-  return p * (V)bits;  // a vector cast reinterprets the bits
-}
 
 // Scores of four query rows against all keys, N keys at a time: s_r[j] = q_r . k_j. With the
 // head size D known at compile time the head loop unrolls and the sums stay in registers;
@@ -198,25 +136,17 @@ void attend_block_baseline(const float* q, int64_t rows, const float* kT, const 
   attend_block<8>(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
 }
 
-// VDM_CPU_ISA=avx2 or =baseline forces a narrower build of the kernel (for comparing them).
 BlockFn block_function() {
-  static const BlockFn fn = [] {
-    const char* env = std::getenv("VDM_CPU_ISA");
-    const std::string cap = env ? env : "";
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cap != "baseline";
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                        __builtin_cpu_supports("avx512dq") && cap != "avx2";
-    return avx512 ? attend_block_avx512 : avx2 ? attend_block_avx2 : attend_block_baseline;
-  }();
-  return fn;
+  switch (cpu::kernel_isa()) {
+    case cpu::Isa::kAvx512: return attend_block_avx512;
+    case cpu::Isa::kAvx2: return attend_block_avx2;
+    default: return attend_block_baseline;
+  }
 }
 
 }  // namespace
 
-const char* fused_attention_cpu_isa() {
-  const BlockFn fn = block_function();
-  return fn == attend_block_avx512 ? "avx512" : fn == attend_block_avx2 ? "avx2" : "baseline";
-}
+const char* fused_attention_cpu_isa() { return cpu::isa_name(cpu::kernel_isa()); }
 
 bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
   if (has_mask) return false;

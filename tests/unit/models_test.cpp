@@ -15,6 +15,7 @@
 #include "core/runtime.h"
 #include "io/atomic_file.h"
 #include "io/tensor_io.h"
+#include "models/activations_cpu.h"
 #include "models/attention.h"
 #include "models/attention_cpu.h"
 #include "models/autoencoder_kl.h"
@@ -99,7 +100,9 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
 
   // The kernel build in use is the one VDM_CPU_ISA asks for (ctest runs this test under each).
   const char* isa = std::getenv("VDM_CPU_ISA");
-  if (isa) EXPECT_EQ(std::string(fused_attention_cpu_isa()), isa);
+  if (isa) {
+    EXPECT_EQ(std::string(fused_attention_cpu_isa()), isa);
+  }
   std::cout << "fused attention kernel: " << fused_attention_cpu_isa() << "\n";
 
   at::Tensor a = at::randn({1, 1, 4, 8});
@@ -115,6 +118,44 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
     at::NoGradGuard no_grad;
     EXPECT_TRUE(fused_attention_cpu_applies(g, a, a, false));
   }
+}
+
+// The fused GELU and GEGLU kernels against LibTorch's exact GELU: widths with and without a
+// vector tail, large and small inputs (erf saturates at both ends), bfloat16, and when they apply.
+TEST(Activations, FusedGeluMatchesExactGelu) {
+  at::manual_seed(7);
+  for (int64_t W : {1, 7, 16, 40, 128, 257}) {
+    at::Tensor x = at::randn({3, 5, W}) * 4;
+    x.view(-1)[0] = 0.0f;
+    if (x.numel() > 2) x.view(-1)[1] = -30.0f, x.view(-1)[2] = 30.0f;
+    EXPECT_LT(max_abs_diff(fused_gelu_cpu(x), at::gelu(x)), 2e-6) << "width " << W;
+    at::Tensor h = at::randn({3, 5, 2 * W}) * 4;
+    auto parts = h.chunk(2, -1);
+    EXPECT_LT(max_abs_diff(fused_geglu_cpu(h), parts[0] * at::gelu(parts[1])), 1e-5) << "width " << W;
+  }
+  // A strided input (a slice) is read as its values.
+  at::Tensor wide = at::randn({4, 64});
+  at::Tensor slice = wide.slice(1, 8, 40);
+  EXPECT_LT(max_abs_diff(fused_gelu_cpu(slice), at::gelu(slice)), 2e-6);
+
+  at::Tensor xb = (at::randn({2, 300}) * 3).to(at::kBFloat16);
+  at::Tensor yb = fused_gelu_cpu(xb);
+  EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
+  // Within bfloat16's rounding (8 bits of mantissa) of the float32 GELU of the same inputs.
+  at::Tensor ref = at::gelu(xb.to(at::kFloat));
+  EXPECT_TRUE(((yb.to(at::kFloat) - ref).abs() <= ref.abs() * (1.0 / 256) + 1e-6).all().item<bool>());
+  at::Tensor hb = (at::randn({2, 7, 2 * 40}) * 3).to(at::kBFloat16);  // 40: two vectors of 16 and a tail
+  at::Tensor gb = fused_geglu_cpu(hb);
+  EXPECT_EQ(gb.scalar_type(), at::kBFloat16);
+  auto hp = hb.to(at::kFloat).chunk(2, -1);
+  at::Tensor gref = hp[0] * at::gelu(hp[1]);
+  EXPECT_TRUE(((gb.to(at::kFloat) - gref).abs() <= gref.abs() * (1.0 / 256) + 1e-6).all().item<bool>());
+
+  EXPECT_TRUE(fused_gelu_cpu_applies(xb));
+  EXPECT_FALSE(fused_gelu_cpu_applies(xb.to(at::kDouble)));
+  at::Tensor g = at::randn({4}).requires_grad_(true);
+  EXPECT_FALSE(fused_gelu_cpu_applies(g));  // training keeps the autograd path
+  EXPECT_THROW(fused_geglu_cpu(at::randn({2, 5})), c10::Error);
 }
 
 // vdm's LayerNorm and GroupNorm: torch::nn's parameters and float32 results; on bfloat16 CPU input

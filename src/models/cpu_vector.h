@@ -1,0 +1,121 @@
+// GCC vector types and the small always-inlined helpers the fused CPU kernels share (attention,
+// GELU): whole-vector loads and stores, horizontal sums and maxima, and 2^x for x <= 0. Each kernel
+// is compiled several times with different target attributes (AVX-512, AVX2, baseline); the
+// helpers are inlined into each build. Internal to src/models.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+// The helpers are always inlined, so the ABI of passing 32- and 64-byte vectors never matters.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace vdm::models::cpu {
+
+// N floats in GCC vector registers: one AVX-512 register (N = 16) or one AVX register (N = 8) in
+// the builds for those instruction sets, SSE registers in the baseline build.
+// (Spelled out per width: GCC drops vector_size when it depends on a template parameter.)
+template <int N>
+struct Vec;
+template <>
+struct Vec<8> {
+  using f = float __attribute__((vector_size(32)));
+  using i = int32_t __attribute__((vector_size(32)));
+  using u = uint32_t __attribute__((vector_size(32)));
+  using h = uint16_t __attribute__((vector_size(16)));  // bfloat16 bits
+};
+template <>
+struct Vec<16> {
+  using f = float __attribute__((vector_size(64)));
+  using i = int32_t __attribute__((vector_size(64)));
+  using u = uint32_t __attribute__((vector_size(64)));
+  using h = uint16_t __attribute__((vector_size(32)));  // bfloat16 bits
+};
+
+template <class V>
+__attribute__((always_inline)) inline V load(const float* p) {
+  V x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+template <class V>
+__attribute__((always_inline)) inline void store(float* p, V x) {
+  std::memcpy(p, &x, sizeof(x));
+}
+// N bfloat16 values (their bits) widened to float32, and float32 rounded to bfloat16 to nearest
+// even, NaN kept NaN (as c10::BFloat16 does).
+template <int N>
+__attribute__((always_inline)) inline typename Vec<N>::f load_bf16(const uint16_t* p) {
+  typename Vec<N>::h x;
+  std::memcpy(&x, p, sizeof(x));
+  return (typename Vec<N>::f)(__builtin_convertvector(x, typename Vec<N>::u) << 16);
+}
+template <int N>
+__attribute__((always_inline)) inline void store_bf16(uint16_t* p, typename Vec<N>::f x) {
+  using U = typename Vec<N>::u;
+  const U bits = (U)x;
+  const U rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const U out = x != x ? U{} + 0x7FC0u : rounded;
+  const typename Vec<N>::h h = __builtin_convertvector(out, typename Vec<N>::h);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+template <int N>
+__attribute__((always_inline)) inline float hsum(typename Vec<N>::f x) {
+  if constexpr (N == 8) {
+    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+  } else {
+    float a = 0.0f;
+    for (int i = 0; i < N; ++i) a += x[i];
+    return a;
+  }
+}
+template <int N>
+__attribute__((always_inline)) inline float hmax(typename Vec<N>::f x) {
+  float m = x[0];
+  for (int i = 1; i < N; ++i) m = m > x[i] ? m : x[i];
+  return m;
+}
+
+// 2^x for x <= 0 (a score minus its row maximum). Round-to-nearest split x = n + f with f in
+// [-0.5, 0.5] (by the 1.5 * 2^23 shift), a degree-6 Taylor polynomial of 2^f (relative error
+// below 2e-7) and the exponent built from n. Inputs below -126 give 2^-126: such weights vanish
+// next to the row maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
+template <int N>
+__attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typename Vec<N>::f x) {
+  using V = typename Vec<N>::f;
+  using VI = typename Vec<N>::i;
+  const V lo = V{} - 126.0f;
+  x = x < lo ? lo : x;
+  const V n = (x + 12582912.0f) - 12582912.0f;
+  const V f = x - n;
+  V p = f * 1.5403530e-4f + 1.3333558e-3f;
+  p = p * f + 9.6181291e-3f;
+  p = p * f + 5.5504109e-2f;
+  p = p * f + 2.4022651e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  return p * (V)bits;  // a vector cast reinterprets the bits
+}
+
+// The instruction set the kernels run with: the widest the CPU supports, unless the environment
+// variable VDM_CPU_ISA caps it at "avx2" or "baseline" (for comparing the builds). Read once.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+inline Isa kernel_isa() {
+  static const Isa isa = [] {
+    const char* env = std::getenv("VDM_CPU_ISA");
+    const std::string cap = env ? env : "";
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cap != "baseline";
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq") && cap != "avx2";
+    return avx512 ? Isa::kAvx512 : avx2 ? Isa::kAvx2 : Isa::kBaseline;
+  }();
+  return isa;
+}
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
+}
+
+}  // namespace vdm::models::cpu
