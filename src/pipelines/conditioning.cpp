@@ -33,6 +33,17 @@ at::Tensor append_frame_position(const at::Tensor& condition) {
   return at::cat({condition, ramp.view({1, 1, F, 1, 1}).expand({B, 1, F, h, w})}, 1);
 }
 
+// condition: [B, K, F, h, w] -> [B, K + 2, F, h, w] with the x and y coordinate ramps appended.
+at::Tensor append_pixel_coordinates(const at::Tensor& condition) {
+  const int64_t B = condition.size(0), F = condition.size(2), h = condition.size(3), w = condition.size(4);
+  auto ramp = [&](int64_t n) {
+    return n > 1 ? at::linspace(-1.0, 1.0, n, condition.options()) : at::zeros({1}, condition.options());
+  };
+  at::Tensor x = ramp(w).view({1, 1, 1, 1, w}).expand({B, 1, F, h, w});
+  at::Tensor y = ramp(h).view({1, 1, 1, h, 1}).expand({B, 1, F, h, w});
+  return at::cat({condition, x, y}, 1);
+}
+
 }  // namespace
 
 at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channels, int64_t batch,
@@ -41,13 +52,15 @@ at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channe
   if (!takes_first_frame_condition(unet_in_channels, channels)) {
     if (image_latent.defined())
       throw Error(fmt::format("unet condition: a UNet with in_channels {} takes no first-frame condition "
-                              "(that needs {} or {})",
-                              unet_in_channels, 2 * channels + 1, 2 * channels + 2));
+                              "(that needs {}, {} or {})",
+                              unet_in_channels, 2 * channels + 1, 2 * channels + 2, 2 * channels + 4));
     return {};
   }
   at::Tensor cond = first_frame_condition(image_latent, batch, channels, frames, height, width, options);
   if (keep.defined()) cond = cond * keep.to(options).view({batch, 1, 1, 1, 1});
-  return takes_frame_position(unet_in_channels, channels) ? append_frame_position(cond) : cond;
+  if (takes_frame_position(unet_in_channels, channels)) cond = append_frame_position(cond);
+  if (takes_pixel_coordinates(unet_in_channels, channels)) cond = append_pixel_coordinates(cond);
+  return cond;
 }
 
 }  // namespace vdm::pipelines

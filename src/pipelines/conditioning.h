@@ -11,6 +11,12 @@
 // for text- and image-to-video alike. UNet3DConditionModel's temporal layers carry no frame index
 // (temporal attention is blind to frame order), so this channel is what lets a caption's motion
 // ("moving left") place the object differently in early and late frames.
+//
+// A UNet whose in_channels is 2 * latent_channels + 4 takes two more channels after the frame
+// position: the pixel coordinates, x from -1 at the left edge to +1 at the right and y from -1 at
+// the top to +1 at the bottom, the same in every frame. Convolutions are blind to where they are
+// (only the zero padding at the borders tells them), and a motion caption asks for a place that
+// changes with the frame: "moving right" puts the object at larger x in later frames.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -23,20 +29,27 @@ at::Tensor first_frame_condition(const at::Tensor& image_latent, int64_t batch, 
                                  const at::TensorOptions& options);
 
 // True when a UNet with `unet_in_channels` takes first-frame conditioning for `latent_channels`
-// (with or without the frame-position channel).
+// (with or without the frame-position and pixel-coordinate channels).
 inline bool takes_first_frame_condition(int64_t unet_in_channels, int64_t latent_channels) {
-  return unet_in_channels == 2 * latent_channels + 1 || unet_in_channels == 2 * latent_channels + 2;
+  const int64_t extra = unet_in_channels - 2 * latent_channels;
+  return extra == 1 || extra == 2 || extra == 4;
 }
 
 // True when the UNet also takes the frame-position channel.
 inline bool takes_frame_position(int64_t unet_in_channels, int64_t latent_channels) {
-  return unet_in_channels == 2 * latent_channels + 2;
+  const int64_t extra = unet_in_channels - 2 * latent_channels;
+  return extra == 2 || extra == 4;
+}
+
+// True when the UNet also takes the two pixel-coordinate channels.
+inline bool takes_pixel_coordinates(int64_t unet_in_channels, int64_t latent_channels) {
+  return unet_in_channels == 2 * latent_channels + 4;
 }
 
 // The full conditioning a UNet with `unet_in_channels` takes next to the noisy latents:
 // [B, unet_in_channels - C, F, h, w], or undefined for a plain text-to-video UNet (in_channels C).
 // keep: optional [B] of 0/1 (training's first-frame dropout) multiplying the image and mask
-// channels of each sample; the frame position is never dropped.
+// channels of each sample; the frame position and pixel coordinates are never dropped.
 at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channels, int64_t batch,
                           int64_t channels, int64_t frames, int64_t height, int64_t width,
                           const at::TensorOptions& options, const at::Tensor& keep = {});

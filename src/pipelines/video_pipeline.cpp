@@ -111,8 +111,9 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   if (ucfg.in_channels != lc && !takes_first_frame_condition(ucfg.in_channels, lc))
     throw InputError(fmt::format(
         "{}: unet in_channels {} fits neither the VAE's {} latent channels nor first-frame "
-        "conditioning ({}, or {} with the frame-position channel); the components come from different models",
-        folder.dir(), ucfg.in_channels, lc, 2 * lc + 1, 2 * lc + 2));
+        "conditioning ({}; {} with the frame-position channel; {} with frame position and pixel coordinates); "
+        "the components come from different models",
+        folder.dir(), ucfg.in_channels, lc, 2 * lc + 1, 2 * lc + 2, 2 * lc + 4));
   if (ucfg.out_channels != lc)
     throw InputError(fmt::format("{}: unet out_channels {} differs from the VAE's latent_channels {}",
                                  folder.dir(), ucfg.out_channels, lc));
@@ -142,7 +143,9 @@ std::string VideoPipeline::describe() const {
   const int64_t in = c_->unet->config().in_channels;
   return fmt::format("{} (unet in_channels {}, {}{}; {} on {})", c_->folder.dir(), in,
                      has_first_frame_conditioning() ? "text- and image-to-video" : "text-to-video",
-                     takes_frame_position(in, latent_channels()) ? " with frame position" : "",
+                     takes_pixel_coordinates(in, latent_channels()) ? " with frame position and pixel coordinates"
+                     : takes_frame_position(in, latent_channels())  ? " with frame position"
+                                                                    : "",
                      dtype_name(c_->dtype), c_->device.str());
 }
 

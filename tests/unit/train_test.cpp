@@ -151,6 +151,10 @@ TEST(Train, RecipeValidation) {
   EXPECT_NO_THROW(TrainRecipe::from_json(positioned, "positioned"));
   positioned["unet"]["config"]["in_channels"] = 11;
   EXPECT_THROW(TrainRecipe::from_json(positioned, "bad"), ConfigError);
+  positioned["unet"]["config"]["in_channels"] = 12;  // 2C + 4: frame position and pixel coordinates
+  EXPECT_NO_THROW(TrainRecipe::from_json(positioned, "positioned"));
+  positioned["unet"]["config"]["in_channels"] = 13;
+  EXPECT_THROW(TrainRecipe::from_json(positioned, "bad"), ConfigError);
   phased["unet"]["curriculum"][1]["lr_schedule"] = "linear";
   EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
   phased["unet"]["curriculum"][1].erase("lr_schedule");
@@ -161,6 +165,8 @@ TEST(Train, RecipeValidation) {
   const TrainRecipe next = TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe-direction.json");
   EXPECT_EQ(next.unet.config.at("in_channels"), 18);
   EXPECT_GT(next.unet.text_word_loss, 0.0);
+  const TrainRecipe coords = TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe-coords.json");
+  EXPECT_EQ(coords.unet.config.at("in_channels"), 20);
 }
 
 TEST(Train, AdamWAndEmaStateRoundTrip) {
@@ -465,6 +471,34 @@ TEST(Train, FramePositionConditionIsARampOverFrames) {
   EXPECT_EQ(pipelines::unet_condition({}, 2 * C + 1, 1, C, F, 2, 3, at::TensorOptions()).size(1), C + 1);
   EXPECT_FALSE(pipelines::unet_condition({}, C, 1, C, F, 2, 3, at::TensorOptions()).defined());
   EXPECT_THROW(pipelines::unet_condition(image, C, 1, C, F, 2, 3, at::TensorOptions()), Error);
+  EXPECT_THROW(pipelines::unet_condition(image, 2 * C + 3, 1, C, F, 2, 3, at::TensorOptions()), Error);
+}
+
+// in_channels 2C + 4: the frame position, then x (-1 left .. +1 right) and y (-1 top .. +1 bottom),
+// the same in every frame and for every sample, never dropped.
+TEST(Train, PixelCoordinateChannelsFollowTheFramePosition) {
+  const int64_t C = 4, F = 3, h = 3, w = 5;
+  EXPECT_TRUE(pipelines::takes_first_frame_condition(2 * C + 4, C));
+  EXPECT_TRUE(pipelines::takes_frame_position(2 * C + 4, C));
+  EXPECT_TRUE(pipelines::takes_pixel_coordinates(2 * C + 4, C));
+  EXPECT_FALSE(pipelines::takes_pixel_coordinates(2 * C + 2, C));
+  at::Tensor cond = pipelines::unet_condition(at::randn({2, C, h, w}), 2 * C + 4, 2, C, F, h, w, at::TensorOptions(),
+                                              at::tensor({0.0f, 1.0f}));
+  ASSERT_EQ(cond.sizes(), (std::vector<int64_t>{2, C + 4, F, h, w}));
+  at::Tensor x = cond.select(1, C + 2), y = cond.select(1, C + 3);  // [B, F, h, w]
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t f = 0; f < F; ++f) {
+      EXPECT_NEAR(x[b][f][1][0].item<double>(), -1.0, 1e-6);
+      EXPECT_NEAR(x[b][f][1][2].item<double>(), 0.0, 1e-6);
+      EXPECT_NEAR(x[b][f][2][w - 1].item<double>(), 1.0, 1e-6);
+      EXPECT_NEAR(y[b][f][0][3].item<double>(), -1.0, 1e-6);
+      EXPECT_NEAR(y[b][f][h - 1][3].item<double>(), 1.0, 1e-6);
+      EXPECT_NEAR(y[b][f][1][4].item<double>(), 0.0, 1e-6);
+    }
+  }
+  // The frame position stays where it was.
+  EXPECT_NEAR(cond[0][C + 1][F - 1].min().item<double>(), 1.0, 1e-6);
+  EXPECT_NEAR(cond[1][C + 1][0].max().item<double>(), -1.0, 1e-6);
 }
 
 // The ceiling mode of `vdm eval shapes`: the measure is perfect on the dataset's own clips, the
