@@ -13,7 +13,7 @@ TransformerTemporalModelImpl::TransformerTemporalModelImpl(const TransformerTemp
     throw ConfigError(fmt::format("TransformerTemporalModel: in_channels {} must be a positive multiple of norm_num_groups {}",
                                   o.in_channels, o.norm_num_groups));
   norm_ = register_module("norm", models::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
-  proj_in_ = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
+  proj_in_ = register_module("proj_in", models::Linear(o.in_channels, inner_dim_));
   transformer_blocks_ = register_module("transformer_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i) {
     models::TransformerBlockOptions b;
@@ -28,7 +28,7 @@ TransformerTemporalModelImpl::TransformerTemporalModelImpl(const TransformerTemp
     b.norm_elementwise_affine = o.norm_elementwise_affine;
     transformer_blocks_->push_back(models::BasicTransformerBlock(b));
   }
-  proj_out_ = register_module("proj_out", torch::nn::Linear(inner_dim_, o.in_channels));
+  proj_out_ = register_module("proj_out", models::Linear(inner_dim_, o.in_channels));
 }
 
 at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t num_frames,

@@ -6,11 +6,11 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/linear.h>
 
 #include <cstdint>
 #include <string>
 
+#include "models/linear.h"
 #include "models/normalization.h"
 
 namespace vdm::temporal {
@@ -40,7 +40,7 @@ class TransformerTemporalModelImpl : public torch::nn::Module {
   TransformerTemporalOptions options_;
   int64_t inner_dim_;
   models::GroupNorm norm_{nullptr};
-  torch::nn::Linear proj_in_{nullptr}, proj_out_{nullptr};
+  models::Linear proj_in_{nullptr}, proj_out_{nullptr};
   torch::nn::ModuleList transformer_blocks_{nullptr};
 };
 TORCH_MODULE(TransformerTemporalModel);

@@ -118,10 +118,10 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options_(o) {
   if (o.norm_num_groups)
     group_norm_ = register_module(
         "group_norm", GroupNorm(torch::nn::GroupNormOptions(*o.norm_num_groups, o.query_dim).eps(o.eps)));
-  to_q_ = register_module("to_q", torch::nn::Linear(torch::nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
-  to_k_ = register_module("to_k", torch::nn::Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
-  to_v_ = register_module("to_v", torch::nn::Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
-  to_out_proj_ = torch::nn::Linear(torch::nn::LinearOptions(inner, out_dim).bias(o.out_bias));
+  to_q_ = register_module("to_q", Linear(torch::nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
+  to_k_ = register_module("to_k", Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
+  to_v_ = register_module("to_v", Linear(torch::nn::LinearOptions(cross, inner).bias(o.bias)));
+  to_out_proj_ = Linear(torch::nn::LinearOptions(inner, out_dim).bias(o.out_bias));
   to_out_dropout_ = torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout));
   to_out_ = register_module("to_out", torch::nn::ModuleList(to_out_proj_, to_out_dropout_));
 }
@@ -170,7 +170,7 @@ GeluProjImpl::GeluProjImpl(int64_t dim_in, int64_t dim_out, const std::string& a
                                   "geglu or geglu-approximate)",
                                   activation_fn));
   }
-  proj_ = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(dim_in, width).bias(bias)));
+  proj_ = register_module("proj", Linear(torch::nn::LinearOptions(dim_in, width).bias(bias)));
 }
 
 at::Tensor GeluProjImpl::forward(const at::Tensor& x) {
@@ -190,7 +190,7 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& o) {
   const int64_t dim_out = o.dim_out.value_or(o.dim);
   act_ = GeluProj(o.dim, inner, o.activation_fn, o.bias);
   drop_ = torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout));
-  out_ = torch::nn::Linear(torch::nn::LinearOptions(inner, dim_out).bias(o.bias));
+  out_ = Linear(torch::nn::LinearOptions(inner, dim_out).bias(o.bias));
   net_ = torch::nn::ModuleList(act_, drop_, out_);
   if (o.final_dropout) {
     final_drop_ = torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout));
@@ -262,7 +262,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o)
                                   out_channels, o.in_channels));
   norm_ = register_module("norm", GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
   if (o.use_linear_projection)
-    proj_in_linear_ = register_module("proj_in", torch::nn::Linear(o.in_channels, inner_dim_));
+    proj_in_linear_ = register_module("proj_in", Linear(o.in_channels, inner_dim_));
   else
     proj_in_conv_ = register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels, inner_dim_, 1)));
   transformer_blocks_ = register_module("transformer_blocks", torch::nn::ModuleList());
@@ -282,7 +282,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o)
     transformer_blocks_->push_back(BasicTransformerBlock(b));
   }
   if (o.use_linear_projection)
-    proj_out_linear_ = register_module("proj_out", torch::nn::Linear(inner_dim_, out_channels));
+    proj_out_linear_ = register_module("proj_out", Linear(inner_dim_, out_channels));
   else
     proj_out_conv_ = register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(inner_dim_, out_channels, 1)));
 }

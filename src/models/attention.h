@@ -7,12 +7,12 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/dropout.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/conv.h>
 
 #include <cstdint>
 #include <string>
 
+#include "models/linear.h"
 #include "models/normalization.h"
 
 namespace vdm::models {
@@ -72,9 +72,9 @@ class AttentionImpl : public torch::nn::Module {
  private:
   AttentionOptions options_;
   GroupNorm group_norm_{nullptr};
-  torch::nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
+  Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
   torch::nn::ModuleList to_out_{nullptr};  // 0: Linear, 1: Dropout
-  torch::nn::Linear to_out_proj_{nullptr};
+  Linear to_out_proj_{nullptr};
   torch::nn::Dropout to_out_dropout_{nullptr};
 };
 TORCH_MODULE(Attention);
@@ -89,7 +89,7 @@ class GeluProjImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);  // x: [..., dim_in] -> [..., dim_out]
 
  private:
-  torch::nn::Linear proj_{nullptr};  // dim_out (x2 when gated)
+  Linear proj_{nullptr};  // dim_out (x2 when gated)
   bool gated_ = false;
   bool tanh_ = false;
   bool sigmoid_approx_ = false;  // "geglu-approximate": x * sigmoid(1.702 x), not gated
@@ -116,7 +116,7 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::nn::ModuleList net_{nullptr};  // 0: GeluProj, 1: Dropout, 2: Linear, (3: Dropout)
   GeluProj act_{nullptr};
   torch::nn::Dropout drop_{nullptr};
-  torch::nn::Linear out_{nullptr};
+  Linear out_{nullptr};
   torch::nn::Dropout final_drop_{nullptr};
 };
 TORCH_MODULE(FeedForward);
@@ -189,7 +189,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
   Transformer2DOptions options_;
   int64_t inner_dim_;
   GroupNorm norm_{nullptr};
-  torch::nn::Linear proj_in_linear_{nullptr}, proj_out_linear_{nullptr};
+  Linear proj_in_linear_{nullptr}, proj_out_linear_{nullptr};
   torch::nn::Conv2d proj_in_conv_{nullptr}, proj_out_conv_{nullptr};
   torch::nn::ModuleList transformer_blocks_{nullptr};
 };

@@ -2,11 +2,11 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
-#include <torch/nn/modules/linear.h>
 
 #include <cstdint>
 
 #include "models/activations.h"
+#include "models/linear.h"
 
 namespace vdm::models {
 
@@ -22,7 +22,7 @@ class TimestepEmbeddingImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);  // x: [N, in_channels] -> [N, time_embed_dim]
 
  private:
-  torch::nn::Linear linear_1_{nullptr}, linear_2_{nullptr};
+  Linear linear_1_{nullptr}, linear_2_{nullptr};
   Activation act_;
 };
 TORCH_MODULE(TimestepEmbedding);

@@ -19,7 +19,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options_(o
   const int64_t out = o.out_channels.value_or(in);
   norm1_ = register_module("norm1", group_norm(o.groups, in, o.eps, "ResnetBlock2D norm1"));
   conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1)));
-  if (o.temb_channels) time_emb_proj_ = register_module("time_emb_proj", torch::nn::Linear(*o.temb_channels, out));
+  if (o.temb_channels) time_emb_proj_ = register_module("time_emb_proj", Linear(*o.temb_channels, out));
   norm2_ = register_module("norm2", group_norm(o.groups_out.value_or(o.groups), out, o.eps, "ResnetBlock2D norm2"));
   dropout_ = register_module("dropout", torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout)));
   conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).stride(1).padding(1)));

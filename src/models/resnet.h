@@ -6,12 +6,12 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/dropout.h>
-#include <torch/nn/modules/linear.h>
 
 #include <cstdint>
 #include <vector>
 
 #include "models/activations.h"
+#include "models/linear.h"
 #include "models/normalization.h"
 
 namespace vdm::models {
@@ -42,7 +42,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   ResnetBlock2DOptions options_;
   GroupNorm norm1_{nullptr}, norm2_{nullptr};
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, conv_shortcut_{nullptr};
-  torch::nn::Linear time_emb_proj_{nullptr};
+  Linear time_emb_proj_{nullptr};
   torch::nn::Dropout dropout_{nullptr};
 };
 TORCH_MODULE(ResnetBlock2D);

@@ -135,10 +135,10 @@ at::Tensor CLIPTextEmbeddingsImpl::forward(const at::Tensor& input_ids) {
 CLIPAttentionImpl::CLIPAttentionImpl(const CLIPTextConfig& c)
     : heads_(c.num_attention_heads), head_dim_(c.head_dim()) {
   const int64_t d = c.hidden_size;
-  k_proj = register_module("k_proj", torch::nn::Linear(d, d));
-  v_proj = register_module("v_proj", torch::nn::Linear(d, d));
-  q_proj = register_module("q_proj", torch::nn::Linear(d, d));
-  out_proj = register_module("out_proj", torch::nn::Linear(d, d));
+  k_proj = register_module("k_proj", models::Linear(d, d));
+  v_proj = register_module("v_proj", models::Linear(d, d));
+  q_proj = register_module("q_proj", models::Linear(d, d));
+  out_proj = register_module("out_proj", models::Linear(d, d));
 }
 
 at::Tensor CLIPAttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
@@ -151,8 +151,8 @@ at::Tensor CLIPAttentionImpl::forward(const at::Tensor& x, const at::Tensor& mas
 }
 
 CLIPMLPImpl::CLIPMLPImpl(const CLIPTextConfig& c) : act_(c.hidden_act) {
-  fc1 = register_module("fc1", torch::nn::Linear(c.hidden_size, c.intermediate_size));
-  fc2 = register_module("fc2", torch::nn::Linear(c.intermediate_size, c.hidden_size));
+  fc1 = register_module("fc1", models::Linear(c.hidden_size, c.intermediate_size));
+  fc2 = register_module("fc2", models::Linear(c.intermediate_size, c.hidden_size));
 }
 
 at::Tensor CLIPMLPImpl::forward(const at::Tensor& x) { return fc2->forward(activate(act_, fc1->forward(x))); }

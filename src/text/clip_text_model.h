@@ -8,13 +8,13 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "io/json_config.h"
+#include "models/linear.h"
 #include "models/normalization.h"
 
 namespace vdm::text {
@@ -67,7 +67,7 @@ class CLIPAttentionImpl : public torch::nn::Module {
   // x: [B, L, D]; mask: additive, broadcastable to [B, heads, L, L] -> [B, L, D].
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask);
 
-  torch::nn::Linear k_proj{nullptr}, v_proj{nullptr}, q_proj{nullptr}, out_proj{nullptr};
+  models::Linear k_proj{nullptr}, v_proj{nullptr}, q_proj{nullptr}, out_proj{nullptr};
 
  private:
   int64_t heads_, head_dim_;
@@ -80,7 +80,7 @@ class CLIPMLPImpl : public torch::nn::Module {
   explicit CLIPMLPImpl(const CLIPTextConfig& config);
   at::Tensor forward(const at::Tensor& x);  // x: [B, L, D] -> [B, L, D]
 
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  models::Linear fc1{nullptr}, fc2{nullptr};
 
  private:
   std::string act_;

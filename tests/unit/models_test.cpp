@@ -19,6 +19,7 @@
 #include "models/attention.h"
 #include "models/attention_cpu.h"
 #include "models/autoencoder_kl.h"
+#include "models/linear.h"
 #include "models/normalization.h"
 #include "models/unet_3d_condition.h"
 #include "tests/support/test_support.h"
@@ -156,6 +157,46 @@ TEST(Activations, FusedGeluMatchesExactGelu) {
   at::Tensor g = at::randn({4}).requires_grad_(true);
   EXPECT_FALSE(fused_gelu_cpu_applies(g));  // training keeps the autograd path
   EXPECT_THROW(fused_geglu_cpu(at::randn({2, 5})), c10::Error);
+}
+
+// vdm's Linear: torch::nn's parameters; float32 CPU inference through oneDNN gives torch::nn's
+// result to float32 rounding for 2-D and 4-D inputs, with and without bias; training keeps autograd.
+TEST(Linear, OneDnnInferenceMatchesTorchLinear) {
+  at::manual_seed(8);
+  for (bool bias : {true, false}) {
+    Linear lin(torch::nn::LinearOptions(32, 48).bias(bias));
+    torch::nn::Linear ref(torch::nn::LinearOptions(32, 48).bias(bias));
+    {
+      at::NoGradGuard no_grad;
+      ref->weight.copy_(lin->weight);
+      if (bias) ref->bias.copy_(lin->bias);
+    }
+    std::vector<std::string> names;
+    for (const auto& p : lin->named_parameters()) names.push_back(p.key());
+    EXPECT_EQ(names, bias ? (std::vector<std::string>{"weight", "bias"}) : (std::vector<std::string>{"weight"}));
+    for (const auto& shape : {std::vector<int64_t>{300, 32}, std::vector<int64_t>{2, 3, 50, 32}}) {
+      at::Tensor x = at::randn(shape);
+      at::Tensor want = ref->forward(x).detach();
+      {
+        c10::InferenceMode inference;
+        EXPECT_TRUE(linear_uses_onednn(x) || !at::hasMKLDNN());
+        at::Tensor got = lin->forward(x);
+        ASSERT_EQ(got.sizes(), want.sizes());
+        EXPECT_LT(max_abs_diff(got, want), 1e-5);
+      }
+      // A strided input (a transposed view) is read as its values.
+      at::Tensor xt = at::randn({32, 40}).t();
+      c10::InferenceMode inference;
+      EXPECT_LT(max_abs_diff(lin->forward(xt), ref->forward(xt)), 1e-5);
+    }
+  }
+  // Training: the gradient reaches the weight.
+  Linear lin(torch::nn::LinearOptions(8, 4));
+  at::Tensor x = at::randn({5, 8});
+  lin->forward(x).sum().backward();
+  ASSERT_TRUE(lin->weight.grad().defined());
+  EXPECT_GT(lin->weight.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_FALSE(linear_uses_onednn(x.to(at::kBFloat16)));
 }
 
 // vdm's LayerNorm and GroupNorm: torch::nn's parameters and float32 results; on bfloat16 CPU input

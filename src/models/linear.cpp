@@ -1,0 +1,29 @@
+#include "models/linear.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
+
+#include <vector>
+
+namespace vdm::models {
+
+bool linear_uses_onednn(const at::Tensor& x) {
+  static const bool available = at::hasMKLDNN();
+  if (!available || !x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() < 2) return false;
+  return !at::GradMode::is_enabled() || !x.requires_grad();
+}
+
+at::Tensor LinearImpl::forward(const at::Tensor& x) {
+  if (!linear_uses_onednn(x) || (at::GradMode::is_enabled() && weight.requires_grad()))
+    return torch::nn::LinearImpl::forward(x);
+  const int64_t in = x.size(-1);
+  const at::Tensor x2 = x.reshape({-1, in}).contiguous();
+  const at::Tensor b = bias.defined() ? bias.to_mkldnn() : at::Tensor();
+  at::Tensor y = at::mkldnn_linear(x2.to_mkldnn(), weight.contiguous().to_mkldnn(), b).to_dense();
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight.size(0);
+  return y.view(shape);
+}
+
+}  // namespace vdm::models
