@@ -99,10 +99,14 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
     EXPECT_FALSE(fused_attention_cpu_applies(qb, kb.to(at::kFloat), vb, false));  // mixed dtypes
   }
 
-  // The kernel build in use is the one VDM_CPU_ISA asks for (ctest runs this test under each).
+  // The kernel build in use is no wider than VDM_CPU_ISA allows (ctest runs this test under each
+  // cap; a CPU without AVX2 runs the baseline under any).
   const char* isa = std::getenv("VDM_CPU_ISA");
-  if (isa) {
-    EXPECT_EQ(std::string(fused_attention_cpu_isa()), isa);
+  const std::string used = fused_attention_cpu_isa();
+  if (isa && std::string(isa) == "baseline") {
+    EXPECT_EQ(used, "baseline");
+  } else if (isa && std::string(isa) == "avx2") {
+    EXPECT_NE(used, "avx512");
   }
   std::cout << "fused attention kernel: " << fused_attention_cpu_isa() << "\n";
 
