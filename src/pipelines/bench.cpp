@@ -98,6 +98,15 @@ BenchReport run_bench(const BenchOptions& o) {
                                  o.frames, o.width, o.height, o.steps, o.repeat));
   c10::Device device = parse_device(o.device);
   c10::ScalarType dtype = parse_dtype(o.dtype);
+  // Option conflicts are refused before anything is loaded or run.
+  if (o.cuda_graph) {
+#ifdef VDM_WITH_CUDA
+    if (!device.is_cuda()) throw InputError("--cuda-graph needs --device cuda");
+    if (o.profile) throw InputError("--profile times operators one by one; it cannot look inside --cuda-graph");
+#else
+    throw InputError("--cuda-graph: this build of vdm has no CUDA support");
+#endif
+  }
   c10::InferenceMode inference;
 
   text::CLIPTextModel text_encoder{nullptr};
@@ -160,8 +169,6 @@ BenchReport run_bench(const BenchOptions& o) {
   unet->forward(sample, t, text);
   if (o.cuda_graph) {
 #ifdef VDM_WITH_CUDA
-    if (!device.is_cuda()) throw InputError("--cuda-graph needs --device cuda");
-    if (o.profile) throw InputError("--profile times operators one by one; it cannot look inside --cuda-graph");
     at::cuda::CUDAGraph graph;
     {
       c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool());
@@ -172,8 +179,6 @@ BenchReport run_bench(const BenchOptions& o) {
       graph.capture_end();
     }
     for (int64_t i = 0; i < o.steps; ++i) unet_stage.ms.push_back(time_ms(device, [&] { graph.replay(); }));
-#else
-    throw InputError("--cuda-graph: this build of vdm has no CUDA support");
 #endif
   } else {
     auto steps = [&] {

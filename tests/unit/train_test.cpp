@@ -165,7 +165,7 @@ TEST(Train, RecipeValidation) {
   const TrainRecipe next = TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe-direction.json");
   EXPECT_EQ(next.unet.config.at("in_channels"), 18);
   EXPECT_GT(next.unet.text_word_loss, 0.0);
-  const TrainRecipe coords = TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe-coords.json");
+  const TrainRecipe coords = TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe.json");
   EXPECT_EQ(coords.unet.config.at("in_channels"), 20);
 }
 
