@@ -167,7 +167,8 @@ TEST(BenchCli, StagesAndOperatorProfile) {
     EXPECT_GE(op.at("total_ms").get<double>(), 0.0);
     const std::string name = op.at("name");
     conv = conv || name.find("convolution") != std::string::npos;
-    mm = mm || name == "aten::mm" || name == "aten::addmm";
+    // The linear layers: BLAS (mm/addmm) or, for float32 CPU inference, oneDNN (mkldnn_linear).
+    mm = mm || name == "aten::mm" || name == "aten::addmm" || name == "aten::mkldnn_linear";
   }
   EXPECT_TRUE(conv);
   EXPECT_TRUE(mm);
