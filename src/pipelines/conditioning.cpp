@@ -24,6 +24,12 @@ at::Tensor first_frame_condition(const at::Tensor& image_latent, int64_t batch, 
   return cond;
 }
 
+std::string first_frame_condition_layouts(int64_t latent_channels) {
+  const int64_t c = 2 * latent_channels;
+  return fmt::format("{} (first frame), {} (with frame position) or {} (with frame position and pixel coordinates)",
+                     c + 1, c + 2, c + 4);
+}
+
 namespace {
 
 // condition: [B, K, F, h, w] -> [B, K + 1, F, h, w] with the frame-position ramp appended.
@@ -52,8 +58,8 @@ at::Tensor unet_condition(const at::Tensor& image_latent, int64_t unet_in_channe
   if (!takes_first_frame_condition(unet_in_channels, channels)) {
     if (image_latent.defined())
       throw Error(fmt::format("unet condition: a UNet with in_channels {} takes no first-frame condition "
-                              "(that needs {}, {} or {})",
-                              unet_in_channels, 2 * channels + 1, 2 * channels + 2, 2 * channels + 4));
+                              "(that needs in_channels {})",
+                              unet_in_channels, first_frame_condition_layouts(channels)));
     return {};
   }
   at::Tensor cond = first_frame_condition(image_latent, batch, channels, frames, height, width, options);

@@ -20,6 +20,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <string>
+
 namespace vdm::pipelines {
 
 // image_latent: [B, C, h, w] (already multiplied by the VAE scaling factor) or undefined.
@@ -40,6 +43,10 @@ inline bool takes_frame_position(int64_t unet_in_channels, int64_t latent_channe
   const int64_t extra = unet_in_channels - 2 * latent_channels;
   return extra == 2 || extra == 4;
 }
+
+// The in_channels that take first-frame conditioning for `latent_channels`, for error messages:
+// "17 (first frame), 18 (with frame position) or 20 (with frame position and pixel coordinates)".
+std::string first_frame_condition_layouts(int64_t latent_channels);
 
 // True when the UNet also takes the two pixel-coordinate channels.
 inline bool takes_pixel_coordinates(int64_t unet_in_channels, int64_t latent_channels) {

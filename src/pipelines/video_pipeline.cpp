@@ -111,9 +111,8 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   if (ucfg.in_channels != lc && !takes_first_frame_condition(ucfg.in_channels, lc))
     throw InputError(fmt::format(
         "{}: unet in_channels {} fits neither the VAE's {} latent channels nor first-frame "
-        "conditioning ({}; {} with the frame-position channel; {} with frame position and pixel coordinates); "
-        "the components come from different models",
-        folder.dir(), ucfg.in_channels, lc, 2 * lc + 1, 2 * lc + 2, 2 * lc + 4));
+        "conditioning ({}); the components come from different models",
+        folder.dir(), ucfg.in_channels, lc, first_frame_condition_layouts(lc)));
   if (ucfg.out_channels != lc)
     throw InputError(fmt::format("{}: unet out_channels {} differs from the VAE's latent_channels {}",
                                  folder.dir(), ucfg.out_channels, lc));

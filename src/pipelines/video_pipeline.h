@@ -63,7 +63,7 @@ class VideoPipeline {
   // Text-to-video before quantisation: frames float [F, 3, H, W] in [0, 1].
   at::Tensor generate_float(const GenerateOptions& options);
   // Image-to-video: image uint8 [H, W, 3]. A UNet with first-frame conditioning
-  // (in_channels = 2 * latent + 1, or + 2 with frame position) keeps the image as frame 0; a plain text-to-video model starts
+  // (in_channels 2 * latent + 1, + 2 or + 4; pipelines/conditioning.h) keeps the image as frame 0; a plain text-to-video model starts
   // every frame from the image, noised to options.strength (SDEdit). Returns uint8 [F, H, W, 3].
   at::Tensor animate(const at::Tensor& image, const GenerateOptions& options);
   // Video-to-video: video uint8 [F, H, W, 3], each frame encoded, noised to options.strength and

@@ -217,9 +217,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
     throw ConfigError(fmt::format("{} [unet.config]: with {} latent channels{} the UNet needs in_channels {} and "
                                   "out_channels {}, got {} and {}",
                                   source, latent, image_cond ? " and first-frame conditioning" : "",
-                                  image_cond ? fmt::format("{} (or {} with the frame-position channel, {} with frame position "
-                                                           "and pixel coordinates)",
-                                                           2 * latent + 1, 2 * latent + 2, 2 * latent + 4)
+                                  image_cond ? pipelines::first_frame_condition_layouts(latent)
                                              : std::to_string(latent),
                                   latent, unet_cfg.in_channels, unet_cfg.out_channels));
   }
