@@ -19,6 +19,13 @@ models::GroupNorm norm(int64_t groups, int64_t channels) {
 torch::nn::Conv3d conv(int64_t in, int64_t out) {
   return torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, {3, 1, 1}).padding({1, 0, 0}));
 }
+// One stage: GroupNorm, SiLU, [Dropout,] Conv3d, with the norm and SiLU fused.
+at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x) {
+  auto it = stage->begin();
+  at::Tensor h = it->get<models::GroupNorm>()->forward_silu(x);
+  for (it += 2; it != stage->end(); ++it) h = it->forward(h);
+  return h;
+}
 }  // namespace
 
 TemporalConvLayerImpl::TemporalConvLayerImpl(const TemporalConvOptions& o) : options_(o) {
@@ -40,10 +47,10 @@ at::Tensor TemporalConvLayerImpl::forward(const at::Tensor& x, int64_t num_frame
     throw Error(fmt::format("TemporalConvLayer: {} frames in the batch is not a multiple of num_frames {}", BF, num_frames));
   // [B*F, C, H, W] -> [B, C, F, H, W]
   at::Tensor identity = x.reshape({BF / num_frames, num_frames, C, H, W}).permute({0, 2, 1, 3, 4});
-  at::Tensor h = conv1_->forward(identity);
-  h = conv2_->forward(h);
-  h = conv3_->forward(h);
-  h = conv4_->forward(h);
+  at::Tensor h = run_stage(conv1_, identity);
+  h = run_stage(conv2_, h);
+  h = run_stage(conv3_, h);
+  h = run_stage(conv4_, h);
   h = identity + h;
   // [B, C, F, H, W] -> [B*F, C, H, W]
   return h.permute({0, 2, 1, 3, 4}).reshape({BF, h.size(1), H, W});

@@ -3,8 +3,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
-#include <c10/util/BFloat16.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -38,28 +36,6 @@ __attribute__((always_inline)) inline typename Vec<N>::f gelu_lanes(typename Vec
 
 inline float gelu_scalar(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
 
-// Element access for float32 and for bfloat16 (as its 16 bits): N lanes or one value, in float32.
-template <int N>
-__attribute__((always_inline)) inline typename Vec<N>::f load_lanes(const float* p) {
-  return cpu::load<typename Vec<N>::f>(p);
-}
-template <int N>
-__attribute__((always_inline)) inline typename Vec<N>::f load_lanes(const uint16_t* p) {
-  return cpu::load_bf16<N>(p);
-}
-template <int N>
-__attribute__((always_inline)) inline void store_lanes(float* p, typename Vec<N>::f x) {
-  cpu::store(p, x);
-}
-template <int N>
-__attribute__((always_inline)) inline void store_lanes(uint16_t* p, typename Vec<N>::f x) {
-  cpu::store_bf16<N>(p, x);
-}
-inline float load_one(const float* p) { return *p; }
-inline float load_one(const uint16_t* p) { return static_cast<float>(c10::BFloat16(*p, c10::BFloat16::from_bits())); }
-inline void store_one(float* p, float x) { *p = x; }
-inline void store_one(uint16_t* p, float x) { *p = c10::BFloat16(x).x; }
-
 // out[r, j] = (a ? a[r, j] : 1) * GELU(g[r, j]) for rows r in [r0, r1), columns j < W; row strides
 // in elements. T: float or uint16_t (bfloat16 bits); arithmetic in float32.
 template <int N, class T>
@@ -72,11 +48,11 @@ __attribute__((always_inline)) inline void gelu_rows(const T* a, const T* g, int
     T* o = out + r * W;
     int64_t j = 0;
     for (; j + N <= W; j += N) {
-      V y = gelu_lanes<N>(load_lanes<N>(gr + j));
-      if (ar) y *= load_lanes<N>(ar + j);
-      store_lanes<N>(o + j, y);
+      V y = gelu_lanes<N>(cpu::load_lanes<N>(gr + j));
+      if (ar) y *= cpu::load_lanes<N>(ar + j);
+      cpu::store_lanes<N>(o + j, y);
     }
-    for (; j < W; ++j) store_one(o + j, (ar ? load_one(ar + j) : 1.0f) * gelu_scalar(load_one(gr + j)));
+    for (; j < W; ++j) cpu::store_one(o + j, (ar ? cpu::load_one(ar + j) : 1.0f) * gelu_scalar(cpu::load_one(gr + j)));
   }
 }
 

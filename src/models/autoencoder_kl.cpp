@@ -141,9 +141,7 @@ at::Tensor VaeEncoderImpl::forward(const at::Tensor& x, const Tap& tap) {
   }
   h = mid_block_->forward(h, tap.child("mid_block"));
   tap.record("mid_block", h);
-  h = conv_norm_out_->forward(h);
-  tap.record("conv_norm_out", h);
-  h = conv_out_->forward(at::silu(h));
+  h = conv_out_->forward(group_norm_silu(conv_norm_out_, h, tap, "conv_norm_out"));
   tap.record("conv_out", h);
   return h;
 }
@@ -182,9 +180,7 @@ at::Tensor VaeDecoderImpl::forward(const at::Tensor& z, const Tap& tap) {
     h = up_blocks_[i]->as<UpDecoderBlock2DImpl>()->forward(h, tap.child("up_blocks", i));
     tap.child("up_blocks", i)(h);
   }
-  h = conv_norm_out_->forward(h);
-  tap.record("conv_norm_out", h);
-  h = conv_out_->forward(at::silu(h));
+  h = conv_out_->forward(group_norm_silu(conv_norm_out_, h, tap, "conv_norm_out"));
   tap.record("conv_out", h);
   return h;
 }

@@ -1,12 +1,15 @@
 // GCC vector types and the small always-inlined helpers the fused CPU kernels share (attention,
-// GELU): whole-vector loads and stores, horizontal sums and maxima, and 2^x for x <= 0. Each kernel
-// is compiled several times with different target attributes (AVX-512, AVX2, baseline); the
-// helpers are inlined into each build. Internal to src/models.
+// GELU, group norm): whole-vector loads and stores of float32 and bfloat16, horizontal sums and
+// maxima, and 2^x for x <= 0. Each kernel is compiled several times with different target
+// attributes (AVX-512, AVX2, baseline); the helpers are inlined into each build. Internal to
+// src/models.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+
+#include <c10/util/BFloat16.h>
 
 // The helpers are always inlined, so the ABI of passing 32- and 64-byte vectors never matters.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -60,6 +63,28 @@ __attribute__((always_inline)) inline void store_bf16(uint16_t* p, typename Vec<
   const typename Vec<N>::h h = __builtin_convertvector(out, typename Vec<N>::h);
   std::memcpy(p, &h, sizeof(h));
 }
+
+// Element access for float32 and for bfloat16 (as its 16 bits): N lanes or one value, in float32.
+template <int N>
+__attribute__((always_inline)) inline typename Vec<N>::f load_lanes(const float* p) {
+  return load<typename Vec<N>::f>(p);
+}
+template <int N>
+__attribute__((always_inline)) inline typename Vec<N>::f load_lanes(const uint16_t* p) {
+  return load_bf16<N>(p);
+}
+template <int N>
+__attribute__((always_inline)) inline void store_lanes(float* p, typename Vec<N>::f x) {
+  store(p, x);
+}
+template <int N>
+__attribute__((always_inline)) inline void store_lanes(uint16_t* p, typename Vec<N>::f x) {
+  store_bf16<N>(p, x);
+}
+inline float load_one(const float* p) { return *p; }
+inline float load_one(const uint16_t* p) { return static_cast<float>(c10::BFloat16(*p, c10::BFloat16::from_bits())); }
+inline void store_one(float* p, float x) { *p = x; }
+inline void store_one(uint16_t* p, float x) { *p = c10::BFloat16(x).x; }
 
 template <int N>
 __attribute__((always_inline)) inline float hsum(typename Vec<N>::f x) {

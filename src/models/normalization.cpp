@@ -1,11 +1,19 @@
 #include "models/normalization.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "models/normalization_cpu.h"
 
 namespace vdm::models {
 
 namespace {
 at::Tensor widened(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+// The fused kernel has no backward: it runs only where nothing needs a gradient.
+bool group_norm_fused(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return fused_group_norm_cpu_applies(x) && !(at::GradMode::is_enabled() && (needs_grad(weight) || needs_grad(bias)));
+}
 }  // namespace
 
 bool norm_runs_in_float32(const at::Tensor& x) {
@@ -19,9 +27,24 @@ at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
 }
 
 at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
+  if (group_norm_fused(x, weight, bias))
+    return fused_group_norm_cpu(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/false);
   if (!norm_runs_in_float32(x)) return torch::nn::GroupNormImpl::forward(x);
   return at::group_norm(x.to(at::kFloat), options.num_groups(), widened(weight), widened(bias), options.eps())
       .to(x.scalar_type());
+}
+
+at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x) {
+  if (group_norm_fused(x, weight, bias))
+    return fused_group_norm_cpu(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true);
+  return at::silu(forward(x));
+}
+
+at::Tensor group_norm_silu(GroupNorm& norm, const at::Tensor& x, const Tap& tap, const std::string& name) {
+  if (!tap.active()) return norm->forward_silu(x);
+  at::Tensor h = norm->forward(x);
+  tap.record(name, h);
+  return at::silu(h);
 }
 
 }  // namespace vdm::models

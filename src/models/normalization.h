@@ -2,11 +2,16 @@
 // results) whose forward on a reduced-precision CPU tensor (bfloat16, float16) computes in float32
 // and rounds the result back. LibTorch 1.13's bfloat16 CPU norm kernels are scalar: on a 2-core
 // EPYC a layer norm over [32, 1024, 32] takes 9.1 ms in bfloat16 against 0.66 ms through float32,
-// conversions included. Everything else (float32, CUDA) goes to torch::nn's forward unchanged.
+// conversions included. GroupNorm in CPU inference runs a fused kernel (with SiLU when asked);
+// everything else (float32 LayerNorm, training, CUDA) goes to torch::nn's forward unchanged.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
+
+#include <string>
+
+#include "models/tap.h"
 
 namespace vdm::models {
 
@@ -21,12 +26,20 @@ class LayerNormImpl : public torch::nn::LayerNormImpl {
 };
 TORCH_MODULE(LayerNorm);
 
+// In CPU inference (float32 or bfloat16, no gradient) both forwards run the fused kernel of
+// models/normalization_cpu.h.
 class GroupNormImpl : public torch::nn::GroupNormImpl {
  public:
   using torch::nn::GroupNormImpl::GroupNormImpl;
   // x: [N, C, *] -> same shape and dtype.
   at::Tensor forward(const at::Tensor& x);
+  // x: [N, C, *] -> SiLU(GroupNorm(x)), same shape and dtype.
+  at::Tensor forward_silu(const at::Tensor& x);
 };
 TORCH_MODULE(GroupNorm);
+
+// SiLU(norm(x)) for a module's closing norm, whose output is a recorded intermediate: with an
+// active tap the norm's output is recorded as child `name` first (so the two run unfused).
+at::Tensor group_norm_silu(GroupNorm& norm, const at::Tensor& x, const Tap& tap, const std::string& name);
 
 }  // namespace vdm::models

@@ -30,13 +30,17 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options_(o
 
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
   const Activation act = options_.non_linearity;
-  at::Tensor h = apply_activation(act, norm1_->forward(x));
+  // GroupNorm then the activation; SiLU (every diffusers UNet and VAE) runs fused with the norm.
+  auto norm_act = [act](GroupNorm& norm, const at::Tensor& t) {
+    return act == Activation::kSilu ? norm->forward_silu(t) : apply_activation(act, norm->forward(t));
+  };
+  at::Tensor h = norm_act(norm1_, x);
   h = conv1_->forward(h);
   if (time_emb_proj_ && temb.defined()) {
     at::Tensor t = time_emb_proj_->forward(apply_activation(act, temb));
     h = h + t.unsqueeze(-1).unsqueeze(-1);
   }
-  h = apply_activation(act, norm2_->forward(h));
+  h = norm_act(norm2_, h);
   h = conv2_->forward(dropout_->forward(h));
   at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
   at::Tensor out = shortcut + h;

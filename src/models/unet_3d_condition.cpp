@@ -257,10 +257,7 @@ at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   }
 
   // 6. post-process
-  h = conv_norm_out_->forward(h);
-  tap.record("conv_norm_out", h);
-  h = at::silu(h);
-  h = conv_out_->forward(h);
+  h = conv_out_->forward(group_norm_silu(conv_norm_out_, h, tap, "conv_norm_out"));
   tap.record("conv_out", h);
   // [B*F, C, H, W] -> [B, C, F, H, W]
   return h.reshape({B, F, c.out_channels, H, W}).permute({0, 2, 1, 3, 4});

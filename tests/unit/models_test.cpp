@@ -21,6 +21,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/linear.h"
 #include "models/normalization.h"
+#include "models/normalization_cpu.h"
 #include "models/unet_3d_condition.h"
 #include "tests/support/test_support.h"
 
@@ -226,7 +227,8 @@ TEST(Normalization, Bf16RunsInFloat32WithTorchParameters) {
   at::Tensor x = at::randn({4, 100, 32}) * 3 + 1;
   at::Tensor y = at::randn({2, 32, 5, 6}) * 3 + 1;
   EXPECT_TRUE(at::equal(ln->forward(x), ln_ref->forward(x)));
-  EXPECT_TRUE(at::equal(gn->forward(y), gn_ref->forward(y)));
+  // Group norm in CPU inference is the fused kernel (its own test below): float32 rounding apart.
+  EXPECT_LT(max_abs_diff(gn->forward(y), gn_ref->forward(y)), 1e-5);
 
   at::Tensor xb = x.to(at::kBFloat16), yb = y.to(at::kBFloat16);
   EXPECT_TRUE(norm_runs_in_float32(xb));
@@ -240,7 +242,75 @@ TEST(Normalization, Bf16RunsInFloat32WithTorchParameters) {
   at::Tensor lw = ln->weight.to(at::kFloat), lb = ln->bias.to(at::kFloat);
   at::Tensor gw = gn->weight.to(at::kFloat), gb = gn->bias.to(at::kFloat);
   EXPECT_TRUE(at::equal(lo, at::layer_norm(xb.to(at::kFloat), {32}, lw, lb, 1e-5).to(at::kBFloat16)));
-  EXPECT_TRUE(at::equal(go, at::group_norm(yb.to(at::kFloat), 8, gw, gb, 1e-6).to(at::kBFloat16)));
+  // The fused kernel rounds its float32 result once: at most one bfloat16 step (1/128 relative) off.
+  at::Tensor gref = at::group_norm(yb.to(at::kFloat), 8, gw, gb, 1e-6).to(at::kBFloat16).to(at::kFloat);
+  EXPECT_TRUE(((go.to(at::kFloat) - gref).abs() <= gref.abs() / 128 + 1e-6).all().item<bool>());
+}
+
+// The fused group norm (+ SiLU) kernel against LibTorch's group_norm and silu in float64: float32
+// and bfloat16, spatial sizes with and without a vector tail (1, 7, 16, 45, 300 values per
+// channel), no affine, a permuted 5-D view read in its own layout (the temporal layers'), a
+// strided input, and the autograd path kept when a gradient is needed.
+TEST(Normalization, FusedGroupNormSiluMatchesTorch) {
+  at::manual_seed(9);
+  auto reference = [](const at::Tensor& x, int64_t g, const at::Tensor& w, const at::Tensor& b, double eps, bool silu) {
+    const at::Tensor wd = w.defined() ? w.to(at::kDouble) : w, bd = b.defined() ? b.to(at::kDouble) : b;
+    at::Tensor y = at::group_norm(x.to(at::kDouble), g, wd, bd, eps);
+    return silu ? at::silu(y) : y;
+  };
+  const at::Tensor w = at::randn({24}), b = at::randn({24});
+  for (const auto& spatial : std::vector<std::vector<int64_t>>{{1}, {7}, {4, 4}, {5, 9}, {300}}) {
+    std::vector<int64_t> shape{3, 24};
+    shape.insert(shape.end(), spatial.begin(), spatial.end());
+    at::Tensor x = at::randn(shape) * 3 + 2;
+    for (bool silu : {false, true}) {
+      EXPECT_LT(max_abs_diff(fused_group_norm_cpu(x, 6, w, b, 1e-5, silu), reference(x, 6, w, b, 1e-5, silu)), 2e-5)
+          << "spatial " << x.sizes() << " silu " << silu;
+    }
+    EXPECT_LT(max_abs_diff(fused_group_norm_cpu(x, 4, {}, {}, 1e-6, false), reference(x, 4, {}, {}, 1e-6, false)),
+              2e-5);
+  }
+  // [B, F, C, H, W] seen as [B, C, F, H, W]: the output keeps that layout and the values.
+  at::Tensor bfchw = at::randn({2, 5, 24, 3, 6});
+  at::Tensor view = bfchw.permute({0, 2, 1, 3, 4});
+  at::Tensor out = fused_group_norm_cpu(view, 8, w, b, 1e-5, true);
+  EXPECT_EQ(out.strides(), view.strides());
+  EXPECT_LT(max_abs_diff(out, reference(view, 8, w, b, 1e-5, true)), 2e-5);
+  at::Tensor sliced = at::randn({2, 48, 10}).slice(1, 0, 24);
+  EXPECT_LT(max_abs_diff(fused_group_norm_cpu(sliced, 8, w, b, 1e-5, true), reference(sliced, 8, w, b, 1e-5, true)),
+            2e-5);
+  // Saturation: SiLU of large positive and negative values.
+  at::Tensor wide = at::zeros({1, 2, 4});
+  wide[0][0] = at::tensor({-1.0f, 1.0f, -1.0f, 1.0f});
+  wide[0][1] = at::tensor({-1.0f, 1.0f, -1.0f, 1.0f});
+  at::Tensor big = at::full({2}, 60.0f);
+  EXPECT_LT(max_abs_diff(fused_group_norm_cpu(wide, 2, big, {}, 0.0, true), reference(wide, 2, big, {}, 0.0, true)),
+            1e-4);
+
+  // bfloat16 in and out, computed in float32: within one bfloat16 step of the float64 result.
+  at::Tensor xb = (at::randn({2, 24, 8, 9}) * 3 + 2).to(at::kBFloat16);
+  for (bool silu : {false, true}) {
+    at::Tensor got = fused_group_norm_cpu(xb, 6, w.to(at::kBFloat16), b.to(at::kBFloat16), 1e-5, silu);
+    EXPECT_EQ(got.scalar_type(), at::kBFloat16);
+    at::Tensor want = reference(xb, 6, w.to(at::kBFloat16), b.to(at::kBFloat16), 1e-5, silu);
+    EXPECT_TRUE(((got.to(at::kDouble) - want).abs() <= want.abs() / 128 + 1e-3).all().item<bool>()) << "silu " << silu;
+  }
+
+  // The module: forward_silu is SiLU(forward); with a gradient to compute it is LibTorch's path.
+  GroupNorm gn(torch::nn::GroupNormOptions(6, 24));
+  at::Tensor x = at::randn({2, 24, 5, 5});
+  {
+    c10::InferenceMode inference;
+    EXPECT_TRUE(fused_group_norm_cpu_applies(x));
+    EXPECT_LT(max_abs_diff(gn->forward_silu(x), at::silu(gn->forward(x))), 1e-6);
+  }
+  at::Tensor y = gn->forward_silu(x);
+  y.sum().backward();
+  ASSERT_TRUE(gn->weight.grad().defined());
+  EXPECT_GT(gn->weight.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_FALSE(fused_group_norm_cpu_applies(x.to(at::kDouble)));
+  EXPECT_FALSE(fused_group_norm_cpu_applies(at::randn({4}, at::requires_grad())));
+  EXPECT_THROW(fused_group_norm_cpu(x, 5, {}, {}, 1e-5, false), c10::Error);
 }
 
 TEST(Attention, MasksAndOtherValueWidths) {
