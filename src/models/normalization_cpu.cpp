@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "models/cpu_vector.h"
@@ -49,37 +50,30 @@ __attribute__((always_inline)) inline void group_norm_groups(const Problem<T>& p
   for (int64_t task = g0; task < g1; ++task) {
     const int64_t n = task / p.groups, c0 = (task % p.groups) * cpg;
     auto row = [&](int64_t c, int64_t f) { return p.x + n * p.xsN + c * p.xsC + f * p.xsF; };
-    double sum = 0.0;
-    for (int64_t c = c0; c < c0 + cpg; ++c) {
-      for (int64_t f = 0; f < p.F; ++f) {
-        const T* r = row(c, f);
-        V acc{};
-        int64_t j = 0;
-        for (; j + N <= p.S; j += N) acc += cpu::load_lanes<N>(r + j);
-        float tail = 0.0f;
-        for (; j < p.S; ++j) tail += cpu::load_one(r + j);
-        sum += static_cast<double>(cpu::hsum<N>(acc)) + tail;
-      }
-    }
-    const float mean = static_cast<float>(sum / count);
-    double sq = 0.0;
-    for (int64_t c = c0; c < c0 + cpg; ++c) {
-      for (int64_t f = 0; f < p.F; ++f) {
-        const T* r = row(c, f);
-        V acc{};
-        int64_t j = 0;
-        for (; j + N <= p.S; j += N) {
-          const V d = cpu::load_lanes<N>(r + j) - mean;
-          acc += d * d;
+    // Sum over the group of (x - shift), or of its square, in float32 lanes and double across rows.
+    auto accumulate = [&](float shift, auto squared) {
+      double total = 0.0;
+      for (int64_t c = c0; c < c0 + cpg; ++c) {
+        for (int64_t f = 0; f < p.F; ++f) {
+          const T* r = row(c, f);
+          V acc{};
+          int64_t j = 0;
+          for (; j + N <= p.S; j += N) {
+            const V d = cpu::load_lanes<N>(r + j) - shift;
+            acc += squared ? d * d : d;
+          }
+          float tail = 0.0f;
+          for (; j < p.S; ++j) {
+            const float d = cpu::load_one(r + j) - shift;
+            tail += squared ? d * d : d;
+          }
+          total += static_cast<double>(cpu::hsum<N>(acc)) + tail;
         }
-        float tail = 0.0f;
-        for (; j < p.S; ++j) {
-          const float d = cpu::load_one(r + j) - mean;
-          tail += d * d;
-        }
-        sq += static_cast<double>(cpu::hsum<N>(acc)) + tail;
       }
-    }
+      return total;
+    };
+    const float mean = static_cast<float>(accumulate(0.0f, std::false_type{}) / count);
+    const double sq = accumulate(mean, std::true_type{});
     const float rstd = static_cast<float>(1.0 / std::sqrt(sq / count + p.eps));
     for (int64_t c = c0; c < c0 + cpg; ++c) {
       const float a = rstd * (p.weight ? p.weight[c] : 1.0f);
