@@ -18,6 +18,7 @@ PACKAGES=(
   build-essential cmake ccache pkg-config
   libtorch-dev            # LibTorch 1.13 (CPU)
   libopenblas0-pthread    # fast BLAS (Debian's default reference BLAS is ~20x slower)
+  libdnnl-dev             # oneDNN's headers: Linear calls the matmul LibTorch links (src/models/linear_onednn.h)
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev
   ffmpeg                  # ffprobe, used by the tests to check outputs independently
   libfmt-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libssl-dev

@@ -74,6 +74,10 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   cmd->add_option("--output,-o", a.output,
                   "Output file (.mp4, .webm, .gif) or folder of PNG frames")
       ->required();
+  if (mode == Mode::kGenerate)
+    cmd->add_option("--t2v-mode", o.t2v_mode,
+                    "joint (every frame at once) or factorized (sample a clip, keep its first frame, animate "
+                    "it: twice the steps); default: factorized where the UNet takes a first frame");
   if (mode != Mode::kGenerate) {
     cmd->add_option("--strength", o.strength,
                     "How far from the input to go, in (0, 1] (SDEdit)")

@@ -1,5 +1,6 @@
 #include "models/activations_cpu.h"
 
+#include <ATen/record_function.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
@@ -99,6 +100,7 @@ at::Tensor run_typed(const at::Tensor& x2d, bool gated) {
 }
 
 at::Tensor run(const at::Tensor& x, bool gated) {
+  RECORD_FUNCTION("vdm::fused_gelu_cpu", std::vector<c10::IValue>());
   const int64_t width = x.size(-1);
   const at::Tensor x2d = x.contiguous().view({-1, width});
   at::Tensor out = x.scalar_type() == at::kBFloat16 ? run_typed<uint16_t>(x2d, gated) : run_typed<float>(x2d, gated);

@@ -1,5 +1,6 @@
 #include "models/attention_cpu.h"
 
+#include <ATen/record_function.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
@@ -161,6 +162,7 @@ bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const
 }
 
 at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  RECORD_FUNCTION("vdm::fused_attention_cpu", std::vector<c10::IValue>());
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
   const int64_t Lk = k.size(2), dv = v.size(3);
   const int64_t N = B * H;

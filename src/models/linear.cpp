@@ -6,11 +6,15 @@
 
 #include <vector>
 
+#include "models/linear_onednn.h"
+
 namespace vdm::models {
 
 bool linear_uses_onednn(const at::Tensor& x) {
   static const bool available = at::hasMKLDNN();
-  if (!available || !x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() < 2) return false;
+  const bool dtype_ok =
+      x.scalar_type() == at::kFloat || (x.scalar_type() == at::kBFloat16 && onednn_linear_available());
+  if (!available || !x.device().is_cpu() || !dtype_ok || x.dim() < 2) return false;
   return !at::GradMode::is_enabled() || !x.requires_grad();
 }
 
@@ -19,8 +23,13 @@ at::Tensor LinearImpl::forward(const at::Tensor& x) {
     return torch::nn::LinearImpl::forward(x);
   const int64_t in = x.size(-1);
   const at::Tensor x2 = x.reshape({-1, in}).contiguous();
-  const at::Tensor b = bias.defined() ? bias.to_mkldnn() : at::Tensor();
-  at::Tensor y = at::mkldnn_linear(x2.to_mkldnn(), weight.contiguous().to_mkldnn(), b).to_dense();
+  at::Tensor y;
+  if (onednn_linear_available()) {
+    y = onednn_linear(x2, weight.contiguous(), bias.defined() ? bias.contiguous() : at::Tensor());
+  } else {
+    const at::Tensor b = bias.defined() ? bias.to_mkldnn() : at::Tensor();
+    y = at::mkldnn_linear(x2.to_mkldnn(), weight.contiguous().to_mkldnn(), b).to_dense();
+  }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = weight.size(0);
   return y.view(shape);

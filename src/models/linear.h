@@ -1,9 +1,12 @@
 // Linear: torch::nn's module (same options, parameters "weight" and "bias", same results to
-// float32 rounding) whose forward for float32 CPU inference runs on oneDNN instead of the BLAS.
+// float32 rounding) whose forward for CPU inference runs on oneDNN instead of the BLAS.
 // The UNet's linear layers are thin (32 to 512 channels) over tens of thousands of tokens; at those
 // shapes OpenBLAS's sgemm is three times slower than oneDNN's ([32768, 32] x [32, 256]: 9.3 ms
-// against 3.0 ms with the layout conversions, 2 cores). Training (a tensor that needs a gradient),
-// other dtypes and CUDA go to torch::nn's forward unchanged.
+// against 3.0 ms with the layout conversions, 2 cores). With oneDNN's headers the matmul runs on
+// the tensors' own memory (linear_onednn.h) for float32 and bfloat16; without them float32 goes
+// through LibTorch's mkldnn_linear (which converts to and from oneDNN's layout) and bfloat16 through
+// torch::nn. Training (a tensor that needs a gradient), other dtypes and CUDA go to torch::nn's
+// forward unchanged.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
@@ -11,8 +14,8 @@
 
 namespace vdm::models {
 
-// True when `x` qualifies for the oneDNN path: a float32 CPU tensor of 2 or more dimensions that
-// needs no gradient (oneDNN built into LibTorch). Under grad mode with weights that need a gradient
+// True when `x` qualifies for the oneDNN path: a float32 (or, with oneDNN's headers, bfloat16) CPU
+// tensor of 2 or more dimensions that needs no gradient (oneDNN built into LibTorch). Under grad mode with weights that need a gradient
 // (training) forward still takes torch::nn's path.
 bool linear_uses_onednn(const at::Tensor& x);
 

@@ -1,5 +1,6 @@
 #include "models/normalization_cpu.h"
 
+#include <ATen/record_function.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
@@ -173,6 +174,7 @@ bool fused_group_norm_cpu_applies(const at::Tensor& x) {
 
 at::Tensor fused_group_norm_cpu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                                 double eps, bool silu) {
+  RECORD_FUNCTION("vdm::fused_group_norm_cpu", std::vector<c10::IValue>());
   const int64_t C = x.size(1);
   TORCH_CHECK(groups > 0 && C % groups == 0, "fused_group_norm_cpu: ", C, " channels cannot be split into ", groups,
               " groups");

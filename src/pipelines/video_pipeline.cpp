@@ -339,8 +339,13 @@ at::Tensor VideoPipeline::encode_image_latents(const at::Tensor& frames_uint8,
   return at::cat(out, 0);
 }
 
-at::Tensor VideoPipeline::run(const GenerateOptions& o_in, const at::Tensor& init_latents,
+at::Tensor VideoPipeline::run(const GenerateOptions& o, const at::Tensor& init_latents,
                               const at::Tensor& image_condition_latent) {
+  return decode_latents(sample(o, init_latents, image_condition_latent), o.decode_chunk);
+}
+
+at::Tensor VideoPipeline::sample(const GenerateOptions& o_in, const at::Tensor& init_latents,
+                                 const at::Tensor& image_condition_latent) {
   GenerateOptions o = o_in;
   validate(o);
   check_memory(o);
@@ -380,13 +385,41 @@ at::Tensor VideoPipeline::run(const GenerateOptions& o_in, const at::Tensor& ini
       latents = noise * scheduler->init_noise_sigma();
     }
   }
-  at::Tensor final_latents = denoise(o, text, latents, condition, start);
-  return decode_latents(final_latents, o.decode_chunk);
+  return denoise(o, text, latents, condition, start);
 }
 
-at::Tensor VideoPipeline::generate(const GenerateOptions& o) { return frames_to_uint8(run(o, {}, {})); }
+std::string VideoPipeline::t2v_mode(const std::string& requested) const {
+  if (requested.empty()) return has_first_frame_conditioning() ? "factorized" : "joint";
+  if (requested != "joint" && requested != "factorized")
+    throw InputError(fmt::format("--t2v-mode {}: expected joint or factorized", requested));
+  if (requested == "factorized" && !has_first_frame_conditioning())
+    throw InputError(fmt::format(
+        "--t2v-mode factorized: {} has a UNet with in_channels {}, which takes no first frame (that needs {}); "
+        "use --t2v-mode joint",
+        model_dir(), c_->unet->config().in_channels, first_frame_condition_layouts(latent_channels())));
+  return requested;
+}
 
-at::Tensor VideoPipeline::generate_float(const GenerateOptions& o) { return run(o, {}, {}); }
+at::Tensor VideoPipeline::generate(const GenerateOptions& o) { return frames_to_uint8(generate_float(o)); }
+
+at::Tensor VideoPipeline::generate_float(const GenerateOptions& o) {
+  if (t2v_mode(o.t2v_mode) == "joint") return run(o, {}, {});
+  // Factorized: a first pass samples the whole clip and keeps its frame 0 (what the object is and
+  // where it starts); a second pass, from fresh noise, animates that frame as image-to-video does.
+  GenerateOptions first = o;
+  first.on_step = {};
+  first.preview_dir.clear();
+  if (o.progress)
+    first.progress = [sink = o.progress](ProgressEvent e) {
+      e.stage = "first-frame";
+      sink(e);
+    };
+  at::Tensor frame0 = sample(first, {}, {}).select(2, 0);  // [1, C, h, w]
+  GenerateOptions second = o;
+  second.latents.reset();
+  second.seed = o.seed + 1;
+  return run(second, {}, frame0);
+}
 
 at::Tensor VideoPipeline::animate(const at::Tensor& image, const GenerateOptions& o_in) {
   GenerateOptions o = o_in;

@@ -33,6 +33,10 @@ struct GenerateOptions {
   double eta = 0.0;                   // DDIM eta
   int64_t decode_chunk = 0;           // frames per VAE decode call; 0 = chosen to bound memory
   std::optional<at::Tensor> latents;  // explicit initial latents [1, C, F, h, w] (tests, resume)
+  // Text-to-video: "joint" denoises every frame at once; "factorized" (a UNet with first-frame
+  // conditioning only) samples a clip, keeps its frame 0 and animates that frame in a second pass
+  // (twice the UNet steps); "" = factorized where the UNet takes a first frame, else joint.
+  std::string t2v_mode;
   // Image-to-video / video-to-video
   double strength = 0.8;              // SDEdit strength (plain text-to-video models, restyle)
   std::string fit = "crop";           // crop | pad | stretch: how an image/video is fitted to the size
@@ -58,7 +62,7 @@ class VideoPipeline {
   static std::unique_ptr<VideoPipeline> load(const PipelineConfig& config);
   ~VideoPipeline();
 
-  // Text-to-video. Returns frames uint8 [F, H, W, 3].
+  // Text-to-video (options.t2v_mode). Returns frames uint8 [F, H, W, 3].
   at::Tensor generate(const GenerateOptions& options);
   // Text-to-video before quantisation: frames float [F, 3, H, W] in [0, 1].
   at::Tensor generate_float(const GenerateOptions& options);
@@ -98,6 +102,9 @@ class VideoPipeline {
   int64_t latent_channels() const;
   int64_t spatial_factor() const;  // pixel size multiple: VAE factor * UNet factor
   bool has_first_frame_conditioning() const;
+  // The text-to-video mode `requested` ("" = the model's default) resolves to: "joint" or
+  // "factorized"; InputError for an unknown mode or factorized on a UNet without a first frame.
+  std::string t2v_mode(const std::string& requested) const;
   const std::string& model_dir() const;
   // Scheduler name actually used for `sampler` ("" = the folder's).
   std::string scheduler_name(const std::string& sampler) const;
@@ -107,7 +114,11 @@ class VideoPipeline {
  private:
   explicit VideoPipeline(std::unique_ptr<Components> c);
   at::Tensor encode_image_latents(const at::Tensor& frames_uint8, const GenerateOptions& options);
-  // Returns frames float [F, 3, H, W] in [0, 1].
+  // validate, check_memory, encode the prompt, draw the noise (or noise init_latents to the
+  // strength's step), denoise. Returns the final latents [1, C, F, h, w].
+  at::Tensor sample(const GenerateOptions& options, const at::Tensor& init_latents,
+                    const at::Tensor& image_condition_latent);
+  // sample, then decode. Returns frames float [F, 3, H, W] in [0, 1].
   at::Tensor run(const GenerateOptions& options, const at::Tensor& init_latents,
                  const at::Tensor& image_condition_latent);
   std::unique_ptr<Components> c_;

@@ -168,7 +168,8 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
     int64_t last = -1;
     for (size_t i = 0; i < list.size(); ++i) {
       Section p(nlohmann::json{{"p", list[i]}}, "p", source, fmt::format("unet.curriculum[{}]", i));
-      p.allow({"until_step", "frames", "batch", "image_condition_prob", "lr", "lr_schedule"});
+      p.allow({"until_step", "frames", "batch", "image_condition_prob", "lr", "lr_schedule", "high_noise_share",
+               "high_noise_from"});
       CurriculumPhase ph;
       ph.start_step = std::max<int64_t>(0, last);
       ph.lr_schedule = p.cfg().get_string("lr_schedule", "");
@@ -179,10 +180,14 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
       ph.batch = p.cfg().get_int("batch", r.unet.train.batch);
       ph.image_condition_prob = p.cfg().get_double("image_condition_prob", r.unet.image_condition_prob);
       ph.lr = p.cfg().get_double("lr", 0.0);
+      ph.high_noise_share = p.cfg().get_double("high_noise_share", r.unet.high_noise_share);
+      ph.high_noise_from = p.cfg().get_int("high_noise_from", r.unet.high_noise_from);
       if (ph.until_step <= last || ph.frames < 1 || ph.batch < 1 || ph.image_condition_prob < 0 ||
-          ph.image_condition_prob > 1 || ph.lr < 0) {
+          ph.image_condition_prob > 1 || ph.lr < 0 || ph.high_noise_share < 0 || ph.high_noise_share > 1 ||
+          ph.high_noise_from < 0) {
         throw ConfigError(fmt::format("{} [unet.curriculum[{}]]: until_step must increase, frames and batch be "
-                                      "positive, image_condition_prob lie in [0, 1], lr be positive when given",
+                                      "positive, image_condition_prob and high_noise_share lie in [0, 1], "
+                                      "high_noise_from be >= 0, lr be positive when given",
                                       source, i));
       }
       last = ph.until_step;
@@ -275,6 +280,8 @@ nlohmann::json TrainRecipe::to_json() const {
                             {"image_condition_prob", p.image_condition_prob}};
     if (p.lr > 0) phase["lr"] = p.lr;
     if (!p.lr_schedule.empty()) phase["lr_schedule"] = p.lr_schedule;
+    if (p.high_noise_share != unet.high_noise_share) phase["high_noise_share"] = p.high_noise_share;
+    if (p.high_noise_from != unet.high_noise_from) phase["high_noise_from"] = p.high_noise_from;
     curriculum.push_back(phase);
   }
   j["unet"] = {{"config", unet.config},
@@ -307,6 +314,8 @@ CurriculumPhase TrainRecipe::phase_at(int64_t step) const {
   last.frames = frames;
   last.batch = unet.train.batch;
   last.image_condition_prob = unet.image_condition_prob;
+  last.high_noise_share = unet.high_noise_share;
+  last.high_noise_from = unet.high_noise_from;
   return last;
 }
 

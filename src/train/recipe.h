@@ -14,7 +14,8 @@
 //            "train": {<StageTraining>}, "caption_dropout": 0.1, "image_condition_prob": 0.5,
 //            "object_weight": 1, "min_snr_gamma": 0, "frame_noise_correlation": 0,
 //            "high_noise_share": 0, "high_noise_from": 700, "text_word_loss": 0,
-//            "curriculum": [{"until_step": 2000, "frames": 8, "batch": 16}]},
+//            "curriculum": [{"until_step": 2000, "frames": 8, "batch": 16}]},  // + lr, lr_schedule,
+//                                                    // image_condition_prob, high_noise_share/_from
 //   "scheduler": {<DDIMScheduler scheduler_config.json>},
 //   "export": {"dtype": "float16"}
 // }
@@ -59,6 +60,10 @@ struct CurriculumPhase {
   double image_condition_prob = 0.5;  // share of samples trained with their first frame given
   double lr = 0;                      // peak learning rate of the phase (0: the stage's train.lr)
   std::string lr_schedule;            // "" | "constant" | "cosine"
+  // Timestep sampling of the phase (UNetRecipe::high_noise_share / high_noise_from); a phase
+  // that does not set them takes the stage's.
+  double high_noise_share = 0.0;
+  int64_t high_noise_from = 700;
 };
 
 struct TokenizerRecipe {

@@ -22,6 +22,7 @@ struct ShapesBenchmarkOptions {
   double guidance = 0;         // 0 = the pipeline default
   int64_t frames = 16;
   std::string sampler;         // "" = the model's scheduler
+  std::string t2v_mode;        // "" | joint | factorized (GenerateOptions::t2v_mode)
   std::string device = "cpu";
   std::string dtype = "float32";
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)

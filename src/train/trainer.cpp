@@ -37,12 +37,13 @@ namespace vdm::train {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-at::Tensor sample_timesteps(const UNetRecipe& unet, int64_t num_train_timesteps, int64_t batch, at::Generator& gen) {
+at::Tensor sample_timesteps(double high_noise_share, int64_t high_noise_from, int64_t num_train_timesteps,
+                            int64_t batch, at::Generator& gen) {
   const auto long_opts = at::TensorOptions().dtype(at::kLong);
   at::Tensor t = at::randint(num_train_timesteps, {batch}, gen, long_opts);
-  if (unet.high_noise_share <= 0) return t;
-  at::Tensor high = at::randint(unet.high_noise_from, num_train_timesteps, {batch}, gen, long_opts);
-  at::Tensor pick = at::rand({batch}, gen, at::TensorOptions().dtype(at::kDouble)) < unet.high_noise_share;
+  if (high_noise_share <= 0) return t;
+  at::Tensor high = at::randint(high_noise_from, num_train_timesteps, {batch}, gen, long_opts);
+  at::Tensor pick = at::rand({batch}, gen, at::TensorOptions().dtype(at::kDouble)) < high_noise_share;
   return at::where(pick, high, t);
 }
 
@@ -468,6 +469,13 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   if (recipe.unet.high_noise_share > 0 && recipe.unet.high_noise_from >= T)
     throw ConfigError(fmt::format("{} [unet]: high_noise_from {} must be below the scheduler's {} training timesteps",
                                   recipe.source, recipe.unet.high_noise_from, T));
+  for (size_t i = 0; i < recipe.unet.curriculum.size(); ++i) {
+    const CurriculumPhase& p = recipe.unet.curriculum[i];
+    if (p.high_noise_share > 0 && p.high_noise_from >= T)
+      throw ConfigError(fmt::format(
+          "{} [unet.curriculum[{}]]: high_noise_from {} must be below the scheduler's {} training timesteps",
+          recipe.source, i, p.high_noise_from, T));
+  }
   at::Generator gen = make_generator(recipe.seed + 202);
 
   StageSpec spec;
@@ -616,7 +624,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
       noise = std::sqrt(1.0 - c) * noise + std::sqrt(c) * at::randn({B, C, 1, h, h}, gen);
     }
     noise = noise.to(device);
-    at::Tensor t = sample_timesteps(recipe.unet, T, B, gen);
+    at::Tensor t = sample_timesteps(phase.high_noise_share, phase.high_noise_from, T, B, gen);
     at::Tensor t_dev = t.to(device);
     at::Tensor noisy = scheduler->add_noise(latents, noise, t_dev);
     at::Tensor target = v_pred ? scheduler->get_velocity(latents, noise, t_dev) : noise;

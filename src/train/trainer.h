@@ -49,7 +49,8 @@ struct StageReport {
 
 // Training timesteps of a UNet batch: [batch] int64, uniform over [0, num_train_timesteps), except
 // that a `high_noise_share` of them are uniform over [high_noise_from, num_train_timesteps).
-at::Tensor sample_timesteps(const UNetRecipe& unet, int64_t num_train_timesteps, int64_t batch, at::Generator& gen);
+at::Tensor sample_timesteps(double high_noise_share, int64_t high_noise_from, int64_t num_train_timesteps,
+                            int64_t batch, at::Generator& gen);
 
 std::string model_dir(const std::string& out_dir);                             // <out>/model
 std::string checkpoint_dir(const std::string& out_dir, const std::string& stage);  // <out>/checkpoints/<stage>

@@ -167,8 +167,10 @@ TEST(BenchCli, StagesAndOperatorProfile) {
     EXPECT_GE(op.at("total_ms").get<double>(), 0.0);
     const std::string name = op.at("name");
     conv = conv || name.find("convolution") != std::string::npos;
-    // The linear layers: BLAS (mm/addmm) or, for float32 CPU inference, oneDNN (mkldnn_linear).
-    mm = mm || name == "aten::mm" || name == "aten::addmm" || name == "aten::mkldnn_linear";
+    // The linear layers: BLAS (mm/addmm) or, for CPU inference, oneDNN (vdm::onednn_linear on the
+    // tensors' own memory, or LibTorch's mkldnn_linear in a build without oneDNN's headers).
+    mm = mm || name == "aten::mm" || name == "aten::addmm" || name == "aten::mkldnn_linear" ||
+         name == "vdm::onednn_linear";
   }
   EXPECT_TRUE(conv);
   EXPECT_TRUE(mm);

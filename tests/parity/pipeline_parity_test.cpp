@@ -9,6 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "io/tensor_io.h"
 #include "pipelines/video_pipeline.h"
 #include "tests/support/test_support.h"
@@ -97,6 +98,21 @@ TEST(PipelineParity, EncodePrompt) {
   ASSERT_EQ(embeds.size(0), 2);
   EXPECT_LT(vdm::test::max_abs_diff(embeds.slice(0, 0, 1), f.golden.at("encode_prompt.negative_prompt_embeds")), kTol);
   EXPECT_LT(vdm::test::max_abs_diff(embeds.slice(0, 1, 2), f.golden.at("encode_prompt.prompt_embeds")), kTol);
+}
+
+// A plain text-to-video UNet (no first-frame channels) generates in one joint pass; asking for the
+// factorized mode is refused with the layouts that would take it.
+TEST(PipelineParity, PlainUNetTextToVideoIsJoint) {
+  VDM_REQUIRE_FIXTURES(root);
+  Fixture f = load(root);
+  EXPECT_FALSE(f.pipe->has_first_frame_conditioning());
+  EXPECT_EQ(f.pipe->t2v_mode(""), "joint");
+  try {
+    f.pipe->t2v_mode("factorized");
+    ADD_FAILURE() << "factorized accepted on a plain UNet";
+  } catch (const vdm::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--t2v-mode joint"), std::string::npos) << e.what();
+  }
 }
 
 // The whole pipeline in bfloat16 on the CPU (weights, activations and latents in bfloat16; norms

@@ -20,6 +20,7 @@
 #include "models/attention_cpu.h"
 #include "models/autoencoder_kl.h"
 #include "models/linear.h"
+#include "models/linear_onednn.h"
 #include "models/normalization.h"
 #include "models/normalization_cpu.h"
 #include "models/unet_3d_condition.h"
@@ -201,7 +202,40 @@ TEST(Linear, OneDnnInferenceMatchesTorchLinear) {
   lin->forward(x).sum().backward();
   ASSERT_TRUE(lin->weight.grad().defined());
   EXPECT_GT(lin->weight.grad().abs().sum().item<double>(), 0.0);
-  EXPECT_FALSE(linear_uses_onednn(x.to(at::kBFloat16)));
+  EXPECT_EQ(linear_uses_onednn(x.to(at::kBFloat16)), onednn_linear_available() && at::hasMKLDNN());
+  EXPECT_FALSE(linear_uses_onednn(x.to(at::kDouble)));
+  // bfloat16 inference: torch::nn's bfloat16 result within a bfloat16 step of the largest value.
+  c10::InferenceMode inference;
+  Linear lb(torch::nn::LinearOptions(32, 48));
+  lb->to(at::kBFloat16);
+  at::Tensor xb = at::randn({2, 70, 32}).to(at::kBFloat16);
+  at::Tensor want = at::linear(xb, lb->weight, lb->bias).to(at::kFloat);
+  at::Tensor got = lb->forward(xb);
+  EXPECT_EQ(got.scalar_type(), at::kBFloat16);
+  EXPECT_LT(max_abs_diff(got.to(at::kFloat), want), want.abs().max().item<double>() / 64);
+}
+
+// oneDNN's matmul on the tensors' own memory: rows further apart than K (a column slice), no bias,
+// a cached primitive run again on other data, bfloat16, no rows; inputs it cannot read are errors.
+TEST(Linear, OneDnnMatmulReadsTheTensorsOwnMemory) {
+  if (!onednn_linear_available()) GTEST_SKIP() << "built without oneDNN's headers (libdnnl-dev)";
+  at::manual_seed(9);
+  at::Tensor w = at::randn({24, 40}), b = at::randn({24});
+  at::Tensor x = at::randn({50, 64}).narrow(1, 3, 40);  // [50, 40], rows 64 apart
+  EXPECT_LT(max_abs_diff(onednn_linear(x, w, b), at::linear(x, w, b)), 1e-5);
+  EXPECT_LT(max_abs_diff(onednn_linear(x, w, {}), at::linear(x, w)), 1e-5);
+  at::Tensor x2 = at::randn({50, 64}).narrow(1, 0, 40);
+  EXPECT_LT(max_abs_diff(onednn_linear(x2, w, b), at::linear(x2, w, b)), 1e-5);
+  at::Tensor xb = x.contiguous().to(at::kBFloat16), wb = w.to(at::kBFloat16), bb = b.to(at::kBFloat16);
+  at::Tensor got = onednn_linear(xb, wb, bb);
+  EXPECT_EQ(got.scalar_type(), at::kBFloat16);
+  at::Tensor want = at::linear(xb.to(at::kFloat), wb.to(at::kFloat), bb.to(at::kFloat));
+  EXPECT_LT(max_abs_diff(got.to(at::kFloat), want), 0.02 * want.abs().max().item<double>());
+  EXPECT_EQ(onednn_linear(at::randn({0, 40}), w, b).sizes(), (std::vector<int64_t>{0, 24}));
+  EXPECT_THROW(onednn_linear(at::randn({5, 39}), w, b), vdm::Error);            // K differs
+  EXPECT_THROW(onednn_linear(at::randn({40, 5}).t(), w, b), vdm::Error);        // K not unit-stride
+  EXPECT_THROW(onednn_linear(at::randn({5, 40}), w, at::randn({23})), vdm::Error);  // bias size
+  EXPECT_THROW(onednn_linear(at::randn({5, 40}).to(at::kDouble), w.to(at::kDouble), {}), vdm::Error);
 }
 
 // vdm's LayerNorm and GroupNorm: torch::nn's parameters and float32 results; on bfloat16 CPU input

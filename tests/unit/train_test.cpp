@@ -316,6 +316,33 @@ TEST(Train, StagesOverfitResumeAndExport) {
   at::Tensor still = at::zeros({16, 16, 3}, at::kByte);
   EXPECT_EQ(pipe->animate(still, g).sizes(), (std::vector<int64_t>{4, 16, 16, 3}));
 
+  // Text-to-video on a UNet that takes a first frame is factorized by default: a first pass, whose
+  // progress is named apart, then the pass that animates its frame 0 (the one the step observer
+  // sees). Same seed, same clip; "joint" is the one-pass clip; an unknown mode is refused.
+  EXPECT_EQ(pipe->t2v_mode(""), "factorized");
+  EXPECT_EQ(pipe->t2v_mode("joint"), "joint");
+  EXPECT_THROW(pipe->t2v_mode("both"), InputError);
+  {
+    pipelines::GenerateOptions f = g;
+    std::vector<std::string> stages;
+    int64_t observed = 0;
+    f.progress = [&](const pipelines::ProgressEvent& e) {
+      if (stages.empty() || stages.back() != e.stage) stages.push_back(e.stage);
+    };
+    f.on_step = [&](int64_t, const at::Tensor&) { ++observed; };
+    at::Tensor factorized = pipe->generate(f);
+    EXPECT_EQ(stages, (std::vector<std::string>{"first-frame", "denoise"}));
+    EXPECT_EQ(observed, f.steps);
+    EXPECT_TRUE(at::equal(pipe->generate(g), factorized));
+    f.t2v_mode = "joint";
+    observed = 0;
+    at::Tensor joint = pipe->generate(f);
+    EXPECT_EQ(observed, f.steps);
+    EXPECT_FALSE(at::equal(joint, factorized));
+    f.t2v_mode = "bad";
+    EXPECT_THROW(pipe->generate(f), InputError);
+  }
+
   // Growing the UNet's input by the frame-position channel: refused without --grow-unet-input;
   // with it the run resumes from the same weights (new conv_in column zero) and trains on.
   nlohmann::json grown_json = tiny_recipe_json();
@@ -389,19 +416,19 @@ TEST(Train, HighNoiseShareBiasesTimesteps) {
   at::Generator gen = make_generator(5);
   const int64_t n = 20000;
   auto share_above = [&](const at::Tensor& t, int64_t from) { return (t >= from).to(at::kDouble).mean().item<double>(); };
-  at::Tensor plain = sample_timesteps(unet, 1000, n, gen);
+  at::Tensor plain = sample_timesteps(unet.high_noise_share, unet.high_noise_from, 1000, n, gen);
   EXPECT_GE(plain.min().item<int64_t>(), 0);
   EXPECT_LT(plain.max().item<int64_t>(), 1000);
   EXPECT_NEAR(share_above(plain, 700), 0.3, 0.02);
   unet.high_noise_share = 0.4;
   unet.high_noise_from = 700;
-  at::Tensor biased = sample_timesteps(unet, 1000, n, gen);
+  at::Tensor biased = sample_timesteps(unet.high_noise_share, unet.high_noise_from, 1000, n, gen);
   EXPECT_NEAR(share_above(biased, 700), 0.4 + 0.6 * 0.3, 0.02);
   EXPECT_NEAR(share_above(biased, 0) - share_above(biased, 350), 0.6 * 0.35, 0.02);  // the rest uniform
   EXPECT_LT(biased.max().item<int64_t>(), 1000);
   unet.high_noise_share = 1.0;
   unet.high_noise_from = 990;
-  EXPECT_GE(sample_timesteps(unet, 1000, 100, gen).min().item<int64_t>(), 990);
+  EXPECT_GE(sample_timesteps(unet.high_noise_share, unet.high_noise_from, 1000, 100, gen).min().item<int64_t>(), 990);
   // The recipe keys round-trip and are checked.
   nlohmann::json j = tiny_recipe_json();
   j["unet"]["high_noise_share"] = 0.25;
@@ -414,6 +441,18 @@ TEST(Train, HighNoiseShareBiasesTimesteps) {
   j["unet"]["high_noise_share"] = 0.25;
   j["unet"]["high_noise_from"] = -1;
   EXPECT_THROW(TrainRecipe::from_json(j, "bad"), ConfigError);
+  // A curriculum phase may set its own; the others, and the steps after the last, take the stage's.
+  j["unet"]["high_noise_from"] = 600;
+  j["unet"]["curriculum"] = {{{"until_step", 10}}, {{"until_step", 20}, {"high_noise_share", 0.6}, {"high_noise_from", 900}}};
+  r = TrainRecipe::from_json(TrainRecipe::from_json(j, "phases").to_json(), "again");
+  EXPECT_EQ(r.phase_at(5).high_noise_share, 0.25);
+  EXPECT_EQ(r.phase_at(5).high_noise_from, 600);
+  EXPECT_EQ(r.phase_at(15).high_noise_share, 0.6);
+  EXPECT_EQ(r.phase_at(15).high_noise_from, 900);
+  EXPECT_EQ(r.phase_at(25).high_noise_share, 0.25);
+  EXPECT_EQ(r.phase_at(25).high_noise_from, 600);
+  j["unet"]["curriculum"][1]["high_noise_share"] = -0.1;
+  EXPECT_THROW(TrainRecipe::from_json(j, "bad phase"), ConfigError);
 }
 
 // Net surgery on a checkpoint: the added input channels compute nothing until trained, and the

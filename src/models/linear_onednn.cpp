@@ -1,0 +1,115 @@
+#include "models/linear_onednn.h"
+
+#include <ATen/record_function.h>
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
+
+#include "core/error.h"
+
+#ifdef VDM_WITH_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace vdm::models {
+
+#ifdef VDM_WITH_DNNL
+
+namespace {
+
+dnnl::memory::data_type dnnl_type(c10::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return dnnl::memory::data_type::f32;
+    case at::kBFloat16: return dnnl::memory::data_type::bf16;
+    default:
+      throw Error(fmt::format("onednn_linear: dtype {} is not supported (float32 or bfloat16)", c10::toString(t)));
+  }
+}
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Primitives by shape: creating one costs tens of microseconds, a UNet step calls a few dozen
+// shapes hundreds of times.
+struct Key {
+  int64_t m, k, n, x_stride;
+  bool bias;
+  int dtype;
+  bool operator<(const Key& o) const {
+    return std::tie(m, k, n, x_stride, bias, dtype) < std::tie(o.m, o.k, o.n, o.x_stride, o.bias, o.dtype);
+  }
+};
+
+struct Primitive {
+  dnnl::memory::desc x, w, b, y;
+  dnnl::matmul matmul;
+};
+
+const Primitive& primitive_for(const Key& key, dnnl::memory::data_type dt) {
+  static std::mutex mutex;
+  static std::map<Key, Primitive> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  using dims = dnnl::memory::dims;
+  Primitive p;
+  p.x = dnnl::memory::desc(dims{key.m, key.k}, dt, dims{key.x_stride, 1});
+  p.w = dnnl::memory::desc(dims{key.k, key.n}, dt, dims{1, key.k});  // weight [N, K] read as its transpose
+  p.y = dnnl::memory::desc(dims{key.m, key.n}, dt, dims{key.n, 1});
+  if (key.bias) p.b = dnnl::memory::desc(dims{1, key.n}, dt, dims{key.n, 1});
+  dnnl::matmul::desc desc = key.bias ? dnnl::matmul::desc(p.x, p.w, p.b, p.y) : dnnl::matmul::desc(p.x, p.w, p.y);
+  p.matmul = dnnl::matmul(dnnl::matmul::primitive_desc(desc, cpu_engine()));
+  return cache.emplace(key, std::move(p)).first->second;
+}
+
+}  // namespace
+
+bool onednn_linear_available() { return true; }
+
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  RECORD_FUNCTION("vdm::onednn_linear", std::vector<c10::IValue>());
+  // x: [M, K], weight: [N, K], bias: [N] -> [M, N]
+  if (x.dim() != 2 || weight.dim() != 2 || x.size(1) != weight.size(1) || !x.device().is_cpu() ||
+      x.scalar_type() != weight.scalar_type() || x.stride(1) != 1 || (x.size(0) > 1 && x.stride(0) < x.size(1)) || !weight.is_contiguous() ||
+      (bias.defined() && (bias.numel() != weight.size(0) || !bias.is_contiguous() ||
+                          bias.scalar_type() != x.scalar_type())))
+    throw Error(fmt::format("onednn_linear: expected x [M, K] (unit stride along K), weight [N, K] contiguous and "
+                            "bias [N] of one CPU dtype; got x {} {} strides {}, weight {} {}, bias {}",
+                            c10::toString(x.scalar_type()), c10::str(x.sizes()), c10::str(x.strides()),
+                            c10::toString(weight.scalar_type()), c10::str(weight.sizes()),
+                            bias.defined() ? c10::str(bias.sizes()) : std::string("none")));
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+  const dnnl::memory::data_type dt = dnnl_type(x.scalar_type());
+  const Key key{M, K, N, std::max<int64_t>(x.stride(0), K), bias.defined(), static_cast<int>(x.scalar_type())};
+  const Primitive& p = primitive_for(key, dt);
+  dnnl::engine& engine = cpu_engine();
+  dnnl::stream stream(engine);
+  std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, dnnl::memory(p.x, engine, x.data_ptr())},
+      {DNNL_ARG_WEIGHTS, dnnl::memory(p.w, engine, weight.data_ptr())},
+      {DNNL_ARG_DST, dnnl::memory(p.y, engine, y.data_ptr())}};
+  if (bias.defined()) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p.b, engine, bias.data_ptr()));
+  p.matmul.execute(stream, args);
+  stream.wait();
+  return y;
+}
+
+#else
+
+bool onednn_linear_available() { return false; }
+
+at::Tensor onednn_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  throw Error("onednn_linear: this build of vdm has no oneDNN headers (install libdnnl-dev and reconfigure)");
+}
+
+#endif
+
+}  // namespace vdm::models
