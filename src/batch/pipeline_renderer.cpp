@@ -160,6 +160,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
                  {"mode", mode_name(shot.mode())},
                  {"shot", shot.id},
                  {"software", "vdm 0.1.0"}};
+  if (shot.mode() == Shot::Mode::kGenerate) wo.metadata["t2v_mode"] = pipeline_->t2v_mode(o.t2v_mode);
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

@@ -142,6 +142,7 @@ void run(Mode mode, GenerateArgs& a) {
                : mode == Mode::kAnimate ? "image-to-video"
                                         : "video-to-video"},
       {"software", "vdm 0.1.0"}};
+  if (mode == Mode::kGenerate) meta["t2v_mode"] = pipe->t2v_mode(o.t2v_mode);
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

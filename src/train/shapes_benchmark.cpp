@@ -300,6 +300,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"steps", o.steps},
           {"guidance", o.guidance},
           {"sampler", o.sampler},
+          {"t2v_mode", o.t2v_mode.empty() ? "default" : o.t2v_mode},
           {"frames", o.frames},
           {"device", o.device},
           {"dtype", o.dtype},

@@ -56,8 +56,37 @@ TEST(GenerateCli, WritesMp4WithRequestedFramesSizeFps) {
   EXPECT_EQ(s.at("r_frame_rate").get<std::string>(), "12/1");
   EXPECT_EQ(j.at("format").at("tags").at("prompt").get<std::string>(), "a panda eating bamboo");
   EXPECT_EQ(j.at("format").at("tags").at("seed").get<std::string>(), "7");
+  EXPECT_EQ(j.at("format").at("tags").at("t2v_mode").get<std::string>(), "joint");  // a plain UNet
   for (const auto& e : fs::directory_iterator(dir))
     EXPECT_EQ(e.path().filename().string(), "clip.mp4") << "stray file left behind";
+}
+
+// Text-to-video mode: the embedded model (a UNet that takes a first frame) is factorized unless
+// told otherwise, and the clip says which mode made it; a plain UNet refuses factorized before any
+// work, naming the way out, and leaves no output.
+TEST(GenerateCli, TextToVideoModeIsRecordedAndChecked) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("t2v_mode"), log;
+  auto cmd = [&](const std::string& model, const std::string& out, const std::string& extra) {
+    return fmt::format("{} --threads 2 generate --model {} --prompt 'a red circle moving right on a black "
+                       "background' --frames 4 --steps 2 --guidance 4 --seed 3 --progress text {} --output {} 2>&1",
+                       vdm::test::vdm_binary(), model, extra, out);
+  };
+  ASSERT_EQ(run_command(cmd(shapes, dir + "/f.mp4", ""), &log), 0) << log;
+  EXPECT_NE(log.find("first-frame"), std::string::npos) << log;  // the first pass's progress
+  EXPECT_EQ(ffprobe(dir + "/f.mp4").at("format").at("tags").at("t2v_mode").get<std::string>(), "factorized");
+  ASSERT_EQ(run_command(cmd(shapes, dir + "/j.mp4", "--t2v-mode joint"), &log), 0) << log;
+  EXPECT_EQ(log.find("first-frame"), std::string::npos) << log;
+  EXPECT_EQ(ffprobe(dir + "/j.mp4").at("format").at("tags").at("t2v_mode").get<std::string>(), "joint");
+  EXPECT_NE(read_bytes(dir + "/f.mp4"), read_bytes(dir + "/j.mp4"));
+  EXPECT_NE(run_command(cmd(shapes, dir + "/x.mp4", "--t2v-mode both"), &log), 0);
+  EXPECT_NE(log.find("expected joint or factorized"), std::string::npos) << log;
+  std::string model = model_dir();
+  if (model.empty()) GTEST_SKIP() << "reference fixtures not found (VDM_FIXTURES)";
+  EXPECT_NE(run_command(cmd(model, dir + "/p.mp4", "--t2v-mode factorized"), &log), 0);
+  EXPECT_NE(log.find("use --t2v-mode joint"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir + "/p.mp4"));
+  EXPECT_FALSE(fs::exists(dir + "/x.mp4"));
 }
 
 TEST(GenerateCli, SameSeedSameFramesDifferentSeedDifferentFrames) {
