@@ -15,8 +15,8 @@
 namespace vdm::models {
 
 // True when `x` qualifies for the oneDNN path: a float32 (or, with oneDNN's headers, bfloat16) CPU
-// tensor of 2 or more dimensions that needs no gradient (oneDNN built into LibTorch). Under grad mode with weights that need a gradient
-// (training) forward still takes torch::nn's path.
+// tensor of 2 or more dimensions that needs no gradient (oneDNN built into LibTorch). Under grad
+// mode with weights that need a gradient (training) forward still takes torch::nn's path.
 bool linear_uses_onednn(const at::Tensor& x);
 
 class LinearImpl : public torch::nn::LinearImpl {

@@ -51,13 +51,14 @@ struct Primitive {
   dnnl::matmul matmul;
 };
 
-const Primitive& primitive_for(const Key& key, dnnl::memory::data_type dt) {
+const Primitive& primitive_for(const Key& key) {
   static std::mutex mutex;
   static std::map<Key, Primitive> cache;
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   using dims = dnnl::memory::dims;
+  const dnnl::memory::data_type dt = dnnl_type(static_cast<c10::ScalarType>(key.dtype));
   Primitive p;
   p.x = dnnl::memory::desc(dims{key.m, key.k}, dt, dims{key.x_stride, 1});
   p.w = dnnl::memory::desc(dims{key.k, key.n}, dt, dims{1, key.k});  // weight [N, K] read as its transpose
@@ -75,8 +76,9 @@ bool onednn_linear_available() { return true; }
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   RECORD_FUNCTION("vdm::onednn_linear", std::vector<c10::IValue>());
   // x: [M, K], weight: [N, K], bias: [N] -> [M, N]
-  if (x.dim() != 2 || weight.dim() != 2 || x.size(1) != weight.size(1) || !x.device().is_cpu() ||
-      x.scalar_type() != weight.scalar_type() || x.stride(1) != 1 || (x.size(0) > 1 && x.stride(0) < x.size(1)) || !weight.is_contiguous() ||
+  const bool rows_ok = x.dim() == 2 && x.stride(1) == 1 && (x.size(0) <= 1 || x.stride(0) >= x.size(1));
+  if (!rows_ok || weight.dim() != 2 || x.size(1) != weight.size(1) || !x.device().is_cpu() ||
+      x.scalar_type() != weight.scalar_type() || !weight.is_contiguous() ||
       (bias.defined() && (bias.numel() != weight.size(0) || !bias.is_contiguous() ||
                           bias.scalar_type() != x.scalar_type())))
     throw Error(fmt::format("onednn_linear: expected x [M, K] (unit stride along K), weight [N, K] contiguous and "
@@ -84,12 +86,12 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at
                             c10::toString(x.scalar_type()), c10::str(x.sizes()), c10::str(x.strides()),
                             c10::toString(weight.scalar_type()), c10::str(weight.sizes()),
                             bias.defined() ? c10::str(bias.sizes()) : std::string("none")));
+  dnnl_type(x.scalar_type());  // an unsupported dtype is refused even with no rows
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0) return y;
-  const dnnl::memory::data_type dt = dnnl_type(x.scalar_type());
   const Key key{M, K, N, std::max<int64_t>(x.stride(0), K), bias.defined(), static_cast<int>(x.scalar_type())};
-  const Primitive& p = primitive_for(key, dt);
+  const Primitive& p = primitive_for(key);
   dnnl::engine& engine = cpu_engine();
   dnnl::stream stream(engine);
   std::unordered_map<int, dnnl::memory> args{

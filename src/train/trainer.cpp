@@ -466,16 +466,15 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   const at::Tensor alphas = scheduler->alphas_cumprod().to(at::kFloat);
   const int64_t T = alphas.size(0);
   const bool image_cond = pipelines::takes_first_frame_condition(ucfg.in_channels, C);
-  if (recipe.unet.high_noise_share > 0 && recipe.unet.high_noise_from >= T)
-    throw ConfigError(fmt::format("{} [unet]: high_noise_from {} must be below the scheduler's {} training timesteps",
-                                  recipe.source, recipe.unet.high_noise_from, T));
-  for (size_t i = 0; i < recipe.unet.curriculum.size(); ++i) {
-    const CurriculumPhase& p = recipe.unet.curriculum[i];
-    if (p.high_noise_share > 0 && p.high_noise_from >= T)
-      throw ConfigError(fmt::format(
-          "{} [unet.curriculum[{}]]: high_noise_from {} must be below the scheduler's {} training timesteps",
-          recipe.source, i, p.high_noise_from, T));
-  }
+  auto check_high_noise = [&](double share, int64_t from, const std::string& where) {
+    if (share > 0 && from >= T)
+      throw ConfigError(fmt::format("{} [{}]: high_noise_from {} must be below the scheduler's {} training timesteps",
+                                    recipe.source, where, from, T));
+  };
+  check_high_noise(recipe.unet.high_noise_share, recipe.unet.high_noise_from, "unet");
+  for (size_t i = 0; i < recipe.unet.curriculum.size(); ++i)
+    check_high_noise(recipe.unet.curriculum[i].high_noise_share, recipe.unet.curriculum[i].high_noise_from,
+                     fmt::format("unet.curriculum[{}]", i));
   at::Generator gen = make_generator(recipe.seed + 202);
 
   StageSpec spec;

@@ -378,6 +378,10 @@ TEST(Train, StagesOverfitResumeAndExport) {
   o.resume = false;
   EXPECT_THROW(train_unet(TrainRecipe::from_json(late_json, "late"), shapes, o), ConfigError);
   EXPECT_FALSE(has_checkpoint(checkpoint_dir(late, "unet")));
+  late_json["unet"]["high_noise_from"] = 700;  // the stage's is fine, one phase's is not
+  late_json["unet"]["curriculum"] = {{{"until_step", 2}}, {{"until_step", 4}, {"high_noise_from", 1000}}};
+  EXPECT_THROW(train_unet(TrainRecipe::from_json(late_json, "late phase"), shapes, o), ConfigError);
+  EXPECT_FALSE(has_checkpoint(checkpoint_dir(late, "unet")));
 
   // text_word_loss: the probe's loss falls on a fixed batch; the probe is checkpointed but not
   // exported; a run that turns it on part-way starts the probe fresh and keeps its loss log.
@@ -445,12 +449,13 @@ TEST(Train, HighNoiseShareBiasesTimesteps) {
   j["unet"]["high_noise_from"] = 600;
   j["unet"]["curriculum"] = {{{"until_step", 10}}, {{"until_step", 20}, {"high_noise_share", 0.6}, {"high_noise_from", 900}}};
   r = TrainRecipe::from_json(TrainRecipe::from_json(j, "phases").to_json(), "again");
-  EXPECT_EQ(r.phase_at(5).high_noise_share, 0.25);
-  EXPECT_EQ(r.phase_at(5).high_noise_from, 600);
-  EXPECT_EQ(r.phase_at(15).high_noise_share, 0.6);
-  EXPECT_EQ(r.phase_at(15).high_noise_from, 900);
-  EXPECT_EQ(r.phase_at(25).high_noise_share, 0.25);
-  EXPECT_EQ(r.phase_at(25).high_noise_from, 600);
+  auto noise_at = [&](int64_t step) {
+    const CurriculumPhase p = r.phase_at(step);
+    return std::make_pair(p.high_noise_share, p.high_noise_from);
+  };
+  EXPECT_EQ(noise_at(5), std::make_pair(0.25, int64_t{600}));
+  EXPECT_EQ(noise_at(15), std::make_pair(0.6, int64_t{900}));
+  EXPECT_EQ(noise_at(25), std::make_pair(0.25, int64_t{600}));
   j["unet"]["curriculum"][1]["high_noise_share"] = -0.1;
   EXPECT_THROW(TrainRecipe::from_json(j, "bad phase"), ConfigError);
 }
