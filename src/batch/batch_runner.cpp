@@ -105,6 +105,8 @@ json shot_settings(const Shot& shot) {
             {"height", shot.height},   {"steps", shot.steps},
             {"guidance", shot.guidance}, {"sampler", shot.sampler},
             {"output", shot.output}};
+  // Only when set, so that manifests written before the key existed still match their shots.
+  if (!shot.t2v_mode.empty()) j["t2v_mode"] = shot.t2v_mode;
   if (!shot.image.empty()) {
     j["image"] = shot.image;
     j["image_sha256"] = sha256_file(shot.image);

@@ -55,6 +55,7 @@ pipelines::GenerateOptions PipelineRenderer::options_for(const Shot& shot) {
   o.guidance = shot.guidance;
   o.seed = shot.seed;
   o.sampler = shot.sampler;
+  o.t2v_mode = shot.t2v_mode;
   o.strength = shot.strength;
   return o;
 }
@@ -80,6 +81,7 @@ std::vector<std::string> PipelineRenderer::prepare(const ShotList& list,
       pipelines::GenerateOptions o = options_for(*shot);
       pipeline_->validate(o);
       pipeline_->scheduler_name(o.sampler);  // an unknown sampler throws here
+      if (shot->mode() == Shot::Mode::kGenerate) pipeline_->t2v_mode(o.t2v_mode);  // factorized on a plain UNet
       pipeline_->check_memory(o);
       codecs::VideoFormat format = codecs::resolve_video_format(shot->output);
       if (format == codecs::VideoFormat::kMp4 && (o.width % 2 != 0 || o.height % 2 != 0))

@@ -100,7 +100,7 @@ std::optional<double> parse_double(const std::string& s) {
 
 // Keys of one mapping (defaults or a shot), each optional, with the line it came from.
 struct Fields {
-  std::optional<std::string> id, prompt, negative_prompt, sampler, image, video, output;
+  std::optional<std::string> id, prompt, negative_prompt, sampler, t2v_mode, image, video, output;
   std::optional<uint64_t> seed;
   std::optional<int64_t> frames, fps, width, height, steps;
   std::optional<double> guidance, strength;
@@ -124,7 +124,7 @@ const std::vector<KeySpec>& key_specs() {
       {"steps", Kind::kInt, true},          {"guidance", Kind::kNumber, true},
       {"sampler", Kind::kString, true},     {"image", Kind::kString, true},
       {"video", Kind::kString, true},       {"strength", Kind::kNumber, true},
-      {"output", Kind::kString, false},
+      {"output", Kind::kString, false},     {"t2v_mode", Kind::kString, true},
   };
   return specs;
 }
@@ -415,6 +415,13 @@ class Parser {
           f->negative_prompt = s;
         } else if (name == "sampler") {
           f->sampler = s;
+        } else if (name == "t2v_mode") {
+          if (s != "joint" && s != "factorized") {
+            problems_.add(line, where,
+                          fmt::format("key 't2v_mode': '{}' is not a mode; expected joint or factorized", s));
+            return;
+          }
+          f->t2v_mode = s;
         } else if (name == "image" || name == "video") {
           fs::path p = fs::path(s);
           if (p.is_relative()) p = fs::path(base_dir_) / p;
@@ -556,6 +563,11 @@ class Parser {
                     "key 'strength' applies only to shots with 'image' or 'video'");
       ok = false;
     }
+    if (f.t2v_mode && (has_image || has_video || f.lines.count("image") || f.lines.count("video"))) {
+      problems_.add(f.lines["t2v_mode"], label,
+                    "key 't2v_mode' applies only to text-to-video shots (without 'image' or 'video')");
+      ok = false;
+    }
     if (!ok) return false;
     shot->id = *f.id;
     shot->prompt = *prompt;
@@ -573,6 +585,7 @@ class Parser {
     shot->steps = f.steps.value_or(d.steps.value_or(ShotDefaults::kSteps));
     shot->guidance = f.guidance.value_or(d.guidance.value_or(ShotDefaults::kGuidance));
     shot->sampler = f.sampler.value_or(d.sampler.value_or(""));
+    shot->t2v_mode = f.t2v_mode.value_or(d.t2v_mode.value_or(""));
     if (has_image) shot->image = f.image ? *f.image : *d.image;
     if (has_video) shot->video = f.video ? *f.video : *d.video;
     shot->strength = f.strength.value_or(d.strength.value_or(ShotDefaults::kStrength));

@@ -59,6 +59,7 @@ struct Shot {
   int64_t steps = ShotDefaults::kSteps;
   double guidance = ShotDefaults::kGuidance;
   std::string sampler;  // "" = the model folder's scheduler
+  std::string t2v_mode; // "" | joint | factorized (text-to-video shots; GenerateOptions::t2v_mode)
   std::string image;    // absolute path of the still to animate, or ""
   std::string video;    // absolute path of the video to restyle, or ""
   double strength = ShotDefaults::kStrength;  // meaningful with image or video

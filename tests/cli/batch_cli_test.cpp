@@ -319,6 +319,19 @@ TEST_F(BatchCli, FailingShotDoesNotStopTheOthersAndExitsNonZero) {
   EXPECT_FALSE(fs::exists(out_ + "/broken.mp4"));
 }
 
+// A shot the model cannot render as asked (factorized text-to-video on a plain UNet) is found
+// before the first shot renders, with its line, and nothing is written.
+TEST_F(BatchCli, FactorizedShotOnAPlainUNetIsRefusedBeforeRendering) {
+  REQUIRE_MODEL(model);
+  write_text(list_, shot_list(1, 2, 1) + "  - id: fact\n    prompt: x\n    steps: 1\n    t2v_mode: factorized\n");
+  std::string log;
+  EXPECT_EQ(run_command(batch_cmd(model, list_, out_), &log), 2) << log;
+  EXPECT_NE(log.find("shot 'fact'"), std::string::npos) << log;
+  EXPECT_NE(log.find("use --t2v-mode joint"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out_ + "/fact.mp4"));
+  EXPECT_FALSE(fs::exists(out_ + "/s0.mp4"));
+}
+
 // ---- errors that need no model ------------------------------------------------------------------
 
 TEST_F(BatchCli, ShotListErrorsAreReportedTogetherWithLineNumbersAndNothingRenders) {

@@ -80,6 +80,7 @@ TEST(ShotList, ParsesShotsWithDefaultsAndDerivedSeeds) {
       "    height: 48\n"
       "    steps: 10\n"
       "    sampler: ddim\n"
+      "    t2v_mode: joint\n"
       "    output: last.webm\n";
   ShotList list = parse_shot_list(text, "shots.yaml", "/tmp");
   ASSERT_EQ(list.shots.size(), 2u);
@@ -104,6 +105,8 @@ TEST(ShotList, ParsesShotsWithDefaultsAndDerivedSeeds) {
   EXPECT_EQ(b.height, 48);
   EXPECT_EQ(b.steps, 10);
   EXPECT_EQ(b.sampler, "ddim");
+  EXPECT_EQ(b.t2v_mode, "joint");
+  EXPECT_EQ(a.t2v_mode, "");  // the model's default
   EXPECT_EQ(b.output, "last.webm");
   EXPECT_EQ(b.index, 1u);
   // Derived seeds depend only on the id: stable across runs, different across ids.
@@ -219,7 +222,14 @@ TEST(ShotList, OutOfRangeValues) {
       "  - id: b\n"
       "    prompt: y\n"
       "    frames: 5000\n"
-      "    strength: 0.5\n");
+      "    strength: 0.5\n"
+      "  - id: c\n"
+      "    prompt: z\n"
+      "    t2v_mode: both\n"
+      "  - id: d\n"
+      "    prompt: w\n"
+      "    image: still.png\n"
+      "    t2v_mode: joint\n");
   for (const char* expected : {
            "shots.yaml:2: defaults: key 'steps': 0 is out of range; expected 1 to 1000",
            "shots.yaml:6: shot 'a': key 'frames': 0 is out of range; expected 1 to 1024",
@@ -230,6 +240,8 @@ TEST(ShotList, OutOfRangeValues) {
            "shots.yaml:11: shot 'a': key 'seed': -1 is out of range",
            "shots.yaml:14: shot 'b': key 'frames': 5000 is out of range",
            "shots.yaml:15: shot 'b': key 'strength' applies only to shots with 'image' or 'video'",
+           "shots.yaml:18: shot 'c': key 't2v_mode': 'both' is not a mode; expected joint or factorized",
+           "shots.yaml:22: shot 'd': key 't2v_mode' applies only to text-to-video shots (without 'image' or 'video')",
        }) {
     EXPECT_NE(msg.find(expected), std::string::npos) << "missing: " << expected << "\nin:\n" << msg;
   }
