@@ -6,7 +6,9 @@
 #include <c10/core/InferenceMode.h>
 
 #include "core/runtime.h"
+#include "models/activations_cpu.h"
 #include "models/attention.h"
+#include "models/linear_onednn.h"
 #include "models/resnet.h"
 #include "temporal/temporal_conv.h"
 #include "temporal/transformer_temporal.h"
@@ -87,6 +89,39 @@ void BM_TokenLinear(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * state.range(0) * state.range(1) * state.range(2));
 }
 BENCHMARK(BM_TokenLinear)->Args({32768, 32, 256})->Args({32768, 32, 32})->Args({32768, 128, 32})->Unit(benchmark::kMillisecond);
+
+// The same products through oneDNN's matmul on the tensors' own memory (vdm's Linear on CPU).
+void BM_TokenLinearOneDnn(benchmark::State& state) {
+  if (!vdm::models::onednn_linear_available()) {
+    state.SkipWithError("built without oneDNN's headers");
+    return;
+  }
+  c10::InferenceMode guard;
+  at::Tensor x = at::randn({state.range(0), state.range(1)});
+  at::Tensor w = at::randn({state.range(2), state.range(1)});
+  at::Tensor b = at::randn({state.range(2)});
+  for (auto _ : state) benchmark::DoNotOptimize(vdm::models::onednn_linear(x, w, b));
+  state.SetItemsProcessed(state.iterations() * state.range(0) * state.range(1) * state.range(2));
+}
+BENCHMARK(BM_TokenLinearOneDnn)->Args({32768, 32, 256})->Args({32768, 32, 32})->Args({32768, 128, 32})->Unit(benchmark::kMillisecond);
+
+// The feed-forward's GEGLU, h[:, :W] * gelu(h[:, W:]) over [tokens, 2W]: vdm's fused kernel
+// (arg 2 = 1) against LibTorch's chunk, GELU and multiply (arg 2 = 0); args: tokens, W, fused.
+void BM_GeGLU(benchmark::State& state) {
+  c10::InferenceMode guard;
+  at::Tensor h = at::randn({state.range(0), 2 * state.range(1)});
+  const bool fused = state.range(2) != 0;
+  for (auto _ : state) {
+    if (fused) {
+      benchmark::DoNotOptimize(vdm::models::fused_geglu_cpu(h));
+    } else {
+      auto parts = h.chunk(2, -1);
+      benchmark::DoNotOptimize(parts[0] * at::gelu(parts[1]));
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0) * state.range(1));
+}
+BENCHMARK(BM_GeGLU)->Args({32768, 128, 1})->Args({32768, 128, 0})->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
