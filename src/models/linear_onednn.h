@@ -4,8 +4,9 @@
 // input to that layout and its result back to a plain tensor: on the UNet's thin layers (32 to 512
 // channels over tens of thousands of tokens) the two copies cost as much as the product itself.
 // Here the matmul primitive reads the row-major input and weight and writes the row-major result
-// directly. Built when oneDNN's headers are found (Debian's libdnnl-dev, the library LibTorch
-// itself links); otherwise onednn_linear_available() is false and vdm's Linear keeps LibTorch's path.
+// directly. Built when oneDNN's headers are found (Debian's libdnnl-dev) and LibTorch itself links
+// that shared library (Debian's LibTorch; not the LibTorch 2.x builds, which carry a static copy);
+// otherwise onednn_linear_available() is false and vdm's Linear keeps LibTorch's path.
 #pragma once
 #include <ATen/ATen.h>
 
