@@ -25,7 +25,9 @@ namespace {
 
 nlohmann::json rates_json(const ShapeRates& r) {
   return {{"n", r.n},           {"colour", r.colour},       {"direction", r.direction}, {"shape", r.shape},
-          {"persistence", r.persistence}, {"background", r.background}, {"all", r.all}};
+          {"persistence", r.persistence}, {"background", r.background}, {"all", r.all},
+          {"direction_misses",
+           {{"reversed", r.reversed}, {"axis", r.wrong_axis}, {"unsteady", r.unsteady}, {"unmeasured", r.unmeasured}}}};
 }
 
 bool write_sheet(const std::string& path, const at::Tensor& sheet) {
@@ -275,6 +277,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
                         {"seed", c.seed},
                         {"colour_ok", s.colour_ok},
                         {"direction_ok", s.direction_ok},
+                        {"direction_miss", s.direction_miss},
                         {"shape_ok", s.shape_ok},
                         {"persistence_ok", s.persistence_ok},
                         {"background_ok", s.background_ok},
@@ -327,6 +330,14 @@ std::string ShapesBenchmarkReport::to_table() const {
   row("data", data);
   row("vae", vae);
   row("words", words);
+  auto misses = [&](const char* name, const ShapeRates& r) {
+    if (r.reversed + r.wrong_axis + r.unsteady + r.unmeasured == 0) return;
+    out += fmt::format("{} direction misses: {} reversed, {} on the other axis, {} too short or unsteady, {} not "
+                       "measured\n",
+                       name, r.reversed, r.wrong_axis, r.unsteady, r.unmeasured);
+  };
+  misses("t2v", t2v);
+  misses("i2v", i2v);
   if (words.n > 0)
     out += fmt::format("words: motion follows the prompt's direction in {:.0f}%, the rendered one in {:.0f}%\n",
                        100 * words.direction, 100 * words_follow_rendered);

@@ -319,12 +319,15 @@ ShapeClipScore score_clip(const at::Tensor& frames, const ShapeAttributes& expec
     const bool straight = std::abs(main) >= config.min_axis_ratio * std::abs(cross);
     const bool steady = s.r2 >= config.min_r2;
     s.direction_ok = d == expected.direction && moving && straight && steady;
+    const bool same_axis = horizontal == (expected.direction == Direction::kLeft || expected.direction == Direction::kRight);
+    if (!s.direction_ok) s.direction_miss = d == expected.direction ? "unsteady" : same_axis ? "reversed" : "axis";
     if (!s.direction_ok) {
       append_reason(s.failure, fmt::format("motion {} (travel x {:+.2f}, y {:+.2f}, R2 {:.2f}), expected {}", s.direction,
                                            s.travel_x, s.travel_y, s.r2, to_string(expected.direction)));
     }
   } else {
     append_reason(s.failure, "too few frames with a sane object to judge shape and motion");
+    s.direction_miss = "unmeasured";
   }
   return s;
 }
@@ -336,6 +339,8 @@ ShapeRates summarize(const std::vector<ShapeClipScore>& scores) {
   for (const ShapeClipScore& s : scores) {
     r.colour += s.colour_ok, r.direction += s.direction_ok, r.shape += s.shape_ok;
     r.persistence += s.persistence_ok, r.background += s.background_ok, r.all += s.all_ok();
+    r.reversed += s.direction_miss == "reversed", r.wrong_axis += s.direction_miss == "axis";
+    r.unsteady += s.direction_miss == "unsteady", r.unmeasured += s.direction_miss == "unmeasured";
   }
   const double n = static_cast<double>(r.n);
   r.colour /= n, r.direction /= n, r.shape /= n, r.persistence /= n, r.background /= n, r.all /= n;

@@ -67,6 +67,10 @@ struct ShapeClipScore {
   double fill = 0, skew = 0, corner = 0;  // medians over frames (fill: area / bounding box)
   int64_t frames_ok = 0, frames = 0;
   std::string failure;                // human-readable reasons of failed measures ("" when all pass)
+  // Why the direction missed: "" (it did not), "reversed" (the caption's axis, the other way),
+  // "axis" (the other axis), "unsteady" (the caption's way but too short, slanted or not linear),
+  // "unmeasured" (too few frames with an object).
+  std::string direction_miss;
 };
 
 // Scores a clip: frames uint8 [F, H, W, 3] against the attributes it should show.
@@ -76,6 +80,8 @@ ShapeClipScore score_clip(const at::Tensor& frames, const ShapeAttributes& expec
 struct ShapeRates {
   int64_t n = 0;
   double colour = 0, direction = 0, shape = 0, persistence = 0, background = 0, all = 0;
+  // Clips whose direction missed, by ShapeClipScore::direction_miss.
+  int64_t reversed = 0, wrong_axis = 0, unsteady = 0, unmeasured = 0;
 };
 ShapeRates summarize(const std::vector<ShapeClipScore>& scores);
 

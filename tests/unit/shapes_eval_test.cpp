@@ -105,6 +105,7 @@ TEST(ShapesEval, ReversedAndShuffledMotionFailDirection) {
   ShapeClipScore reversed = score_clip(clip.flip({0}), spec.attributes);
   EXPECT_FALSE(reversed.direction_ok);
   EXPECT_EQ(reversed.direction, "left");
+  EXPECT_EQ(reversed.direction_miss, "reversed");
   EXPECT_TRUE(reversed.colour_ok && reversed.shape_ok && reversed.persistence_ok);
 
   // Several fixed shuffles: a permuted trajectory is not a steady line.
@@ -123,10 +124,24 @@ TEST(ShapesEval, ReversedAndShuffledMotionFailDirection) {
   ShapeClipScore v = score_clip(render_clip(vertical, kFrames, kSize), spec.attributes);
   EXPECT_FALSE(v.direction_ok);
   EXPECT_EQ(v.direction, "up");
-  EXPECT_TRUE(score_clip(render_clip(vertical, kFrames, kSize), vertical.attributes).direction_ok);
+  EXPECT_EQ(v.direction_miss, "axis");
+  ShapeClipScore right = score_clip(render_clip(vertical, kFrames, kSize), vertical.attributes);
+  EXPECT_TRUE(right.direction_ok);
+  EXPECT_EQ(right.direction_miss, "");
   ShapeClipSpec still = spec;
   still.x1 = still.x0;
-  EXPECT_FALSE(score_clip(render_clip(still, kFrames, kSize), spec.attributes).direction_ok);
+  ShapeClipScore st = score_clip(render_clip(still, kFrames, kSize), spec.attributes);
+  EXPECT_FALSE(st.direction_ok);
+  EXPECT_EQ(st.direction_miss, "unsteady");
+  ShapeClipScore blank = score_clip(at::zeros({kFrames, kSize, kSize, 3}, at::kByte), spec.attributes);
+  EXPECT_EQ(blank.direction_miss, "unmeasured");
+  // The rates count each kind of miss.
+  ShapeRates r = summarize({reversed, v, right, st, blank, reversed});
+  EXPECT_EQ(r.reversed, 2);
+  EXPECT_EQ(r.wrong_axis, 1);
+  EXPECT_EQ(r.unsteady, 1);
+  EXPECT_EQ(r.unmeasured, 1);
+  EXPECT_NEAR(r.direction, 1.0 / 6.0, 1e-12);
 }
 
 TEST(ShapesEval, MissingOrSplitObjectFailsPersistence) {
