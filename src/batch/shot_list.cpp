@@ -20,6 +20,7 @@
 
 #include "batch/sha256.h"
 #include "core/error.h"
+#include "pipelines/t2v_mode.h"
 
 namespace vdm::batch {
 
@@ -416,7 +417,7 @@ class Parser {
         } else if (name == "sampler") {
           f->sampler = s;
         } else if (name == "t2v_mode") {
-          if (s != "joint" && s != "factorized") {
+          if (!pipelines::is_t2v_mode(s)) {
             problems_.add(line, where,
                           fmt::format("key 't2v_mode': '{}' is not a mode; expected joint or factorized", s));
             return;

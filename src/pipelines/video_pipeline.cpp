@@ -390,7 +390,7 @@ at::Tensor VideoPipeline::sample(const GenerateOptions& o_in, const at::Tensor& 
 
 std::string VideoPipeline::t2v_mode(const std::string& requested) const {
   if (requested.empty()) return has_first_frame_conditioning() ? "factorized" : "joint";
-  if (requested != "joint" && requested != "factorized")
+  if (!is_t2v_mode(requested))
     throw InputError(fmt::format("--t2v-mode {}: expected joint or factorized", requested));
   if (requested == "factorized" && !has_first_frame_conditioning())
     throw InputError(fmt::format(

@@ -14,6 +14,7 @@
 
 #include "pipelines/memory_guard.h"
 #include "pipelines/progress.h"
+#include "pipelines/t2v_mode.h"
 
 namespace vdm::pipelines {
 

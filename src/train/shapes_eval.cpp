@@ -320,8 +320,8 @@ ShapeClipScore score_clip(const at::Tensor& frames, const ShapeAttributes& expec
     const bool steady = s.r2 >= config.min_r2;
     s.direction_ok = d == expected.direction && moving && straight && steady;
     const bool same_axis = horizontal == (expected.direction == Direction::kLeft || expected.direction == Direction::kRight);
-    if (!s.direction_ok) s.direction_miss = d == expected.direction ? "unsteady" : same_axis ? "reversed" : "axis";
     if (!s.direction_ok) {
+      s.direction_miss = d == expected.direction ? "unsteady" : same_axis ? "reversed" : "axis";
       append_reason(s.failure, fmt::format("motion {} (travel x {:+.2f}, y {:+.2f}, R2 {:.2f}), expected {}", s.direction,
                                            s.travel_x, s.travel_y, s.r2, to_string(expected.direction)));
     }
