@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/core/grad_mode.h>
 
 #include <vector>
@@ -19,7 +20,10 @@ bool linear_uses_onednn(const at::Tensor& x) {
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
-  if (!linear_uses_onednn(x) || (at::GradMode::is_enabled() && weight.requires_grad()))
+  // Autocast (bf16 training) and mixed dtypes keep LibTorch's linear, which casts to one dtype.
+  if (!linear_uses_onednn(x) || (at::GradMode::is_enabled() && weight.requires_grad()) ||
+      x.scalar_type() != weight.scalar_type() ||
+      !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU))
     return torch::nn::LinearImpl::forward(x);
   const int64_t in = x.size(-1);
   const at::Tensor x2 = x.reshape({-1, in}).contiguous();

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/runtime.h"
+#include "train/precision.h"
 #include "io/atomic_file.h"
 #include "io/tensor_io.h"
 #include "models/activations_cpu.h"
@@ -213,6 +214,21 @@ TEST(Linear, OneDnnInferenceMatchesTorchLinear) {
   at::Tensor got = lb->forward(xb);
   EXPECT_EQ(got.scalar_type(), at::kBFloat16);
   EXPECT_LT(max_abs_diff(got.to(at::kFloat), want), want.abs().max().item<double>() / 64);
+  // Mixed dtypes (a bfloat16 input to float32 weights, as under autocast) and CPU autocast itself
+  // take LibTorch's linear, which casts: the result is what at::linear gives there (bfloat16,
+  // within a bfloat16 step).
+  Linear lf(torch::nn::LinearOptions(32, 48));
+  EXPECT_THROW(at::linear(xb, lf->weight, lf->bias), c10::Error);
+  {
+    vdm::train::AutocastScope autocast(c10::Device(c10::kCPU), vdm::train::Precision::kBF16);
+    at::Tensor cast_want = at::linear(xb, lf->weight, lf->bias);
+    at::Tensor cast_got = lf->forward(xb);
+    EXPECT_EQ(cast_got.scalar_type(), cast_want.scalar_type());
+    EXPECT_LT(max_abs_diff(cast_got.to(at::kFloat), cast_want.to(at::kFloat)),
+              cast_want.abs().max().item<double>() / 64);
+    at::Tensor f32_got = lf->forward(xb.to(at::kFloat));
+    EXPECT_EQ(f32_got.scalar_type(), at::kBFloat16);  // autocast's bf16 linear, as at::linear
+  }
 }
 
 // oneDNN's matmul on the tensors' own memory: rows further apart than K (a column slice), no bias,
