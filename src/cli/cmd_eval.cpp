@@ -26,6 +26,10 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--guidance", o->guidance, "Classifier-free guidance (0: the pipeline default)");
   cmd->add_option("--sampler", o->sampler, "Sampler (default: the model's scheduler)");
   cmd->add_option("--t2v-mode", o->t2v_mode, "Text-to-video: joint or factorized (default: the pipeline's; see vdm generate --help)");
+  cmd->add_option("--start", o->start,
+                  "Where the first frames' objects start: feasible (anywhere their travel stays in the frame, so "
+                  "the start hints at the direction) or neutral (where every direction fits); default: the world "
+                  "the model was trained on (its training.json), else feasible");
   cmd->add_option("--frames", o->frames, "Frames per clip")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();

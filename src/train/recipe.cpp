@@ -79,6 +79,31 @@ StageTraining parse_training(const Section& s, StageTraining d) {
   return d;
 }
 
+}  // namespace
+
+ShapeWorldConfig parse_world(const nlohmann::json& parent, const std::string& source, const std::string& parent_name,
+                             const ShapeWorldConfig& base) {
+  ShapeWorldConfig w = base;
+  Section world(parent, "world", source, parent_name);
+  world.allow({"min_radius", "max_radius", "min_travel", "max_travel", "margin", "start"});
+  w.min_radius = world.cfg().get_double("min_radius", w.min_radius);
+  w.max_radius = world.cfg().get_double("max_radius", w.max_radius);
+  w.min_travel = world.cfg().get_double("min_travel", w.min_travel);
+  w.max_travel = world.cfg().get_double("max_travel", w.max_travel);
+  w.margin = world.cfg().get_double("margin", w.margin);
+  const auto start = parse_start_position(world.cfg().get_string("start", to_string(w.start)));
+  if (!start) world.cfg().fail("start", "\"feasible\" or \"neutral\"");
+  w.start = *start;
+  return w;
+}
+
+nlohmann::json world_json(const ShapeWorldConfig& world) {
+  return {{"min_radius", world.min_radius}, {"max_radius", world.max_radius}, {"min_travel", world.min_travel},
+          {"max_travel", world.max_travel},  {"margin", world.margin},         {"start", to_string(world.start)}};
+}
+
+namespace {
+
 nlohmann::json training_json(const StageTraining& t) {
   return {{"steps", t.steps},          {"batch", t.batch},
           {"lr", t.lr},                {"warmup", t.warmup},
@@ -110,13 +135,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   if (r.dataset != "shapes" && r.dataset != "folder") data.cfg().fail("dataset", "\"shapes\" or \"folder\"");
   if (r.size < 8 || r.frames < 1 || !(r.fps > 0))
     throw ConfigError(fmt::format("{} [data]: need size >= 8, frames >= 1 and fps > 0", source));
-  Section world(data.json(), "world", source, "data");
-  world.allow({"min_radius", "max_radius", "min_travel", "max_travel", "margin"});
-  r.world.min_radius = world.cfg().get_double("min_radius", r.world.min_radius);
-  r.world.max_radius = world.cfg().get_double("max_radius", r.world.max_radius);
-  r.world.min_travel = world.cfg().get_double("min_travel", r.world.min_travel);
-  r.world.max_travel = world.cfg().get_double("max_travel", r.world.max_travel);
-  r.world.margin = world.cfg().get_double("margin", r.world.margin);
+  r.world = parse_world(data.json(), source, "data");
 
   Section tok(json, "tokenizer", source, "");
   tok.allow({"num_merges"});
@@ -169,7 +188,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
     for (size_t i = 0; i < list.size(); ++i) {
       Section p(nlohmann::json{{"p", list[i]}}, "p", source, fmt::format("unet.curriculum[{}]", i));
       p.allow({"until_step", "frames", "batch", "image_condition_prob", "lr", "lr_schedule", "high_noise_share",
-               "high_noise_from"});
+               "high_noise_from", "world"});
       CurriculumPhase ph;
       ph.start_step = std::max<int64_t>(0, last);
       ph.lr_schedule = p.cfg().get_string("lr_schedule", "");
@@ -182,6 +201,12 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
       ph.lr = p.cfg().get_double("lr", 0.0);
       ph.high_noise_share = p.cfg().get_double("high_noise_share", r.unet.high_noise_share);
       ph.high_noise_from = p.cfg().get_int("high_noise_from", r.unet.high_noise_from);
+      if (p.json().contains("world")) {
+        if (r.dataset != "shapes")
+          throw ConfigError(fmt::format("{} [unet.curriculum[{}]]: 'world' applies to the shapes dataset, not to "
+                                        "dataset \"{}\"; remove it", source, i, r.dataset));
+        ph.world = parse_world(p.json(), source, fmt::format("unet.curriculum[{}]", i), r.world);
+      }
       if (ph.until_step <= last || ph.frames < 1 || ph.batch < 1 || ph.image_condition_prob < 0 ||
           ph.image_condition_prob > 1 || ph.lr < 0 || ph.high_noise_share < 0 || ph.high_noise_share > 1 ||
           ph.high_noise_from < 0) {
@@ -261,12 +286,7 @@ nlohmann::json TrainRecipe::to_json() const {
                {"fps", fps},
                {"clips_dir", clips_dir},
                {"captions", captions},
-               {"world",
-                {{"min_radius", world.min_radius},
-                 {"max_radius", world.max_radius},
-                 {"min_travel", world.min_travel},
-                 {"max_travel", world.max_travel},
-                 {"margin", world.margin}}}};
+               {"world", world_json(world)}};
   j["tokenizer"] = {{"num_merges", tokenizer.num_merges}};
   j["vae"] = {{"config", vae.config},
               {"train", training_json(vae.train)},
@@ -282,6 +302,7 @@ nlohmann::json TrainRecipe::to_json() const {
     if (!p.lr_schedule.empty()) phase["lr_schedule"] = p.lr_schedule;
     if (p.high_noise_share != unet.high_noise_share) phase["high_noise_share"] = p.high_noise_share;
     if (p.high_noise_from != unet.high_noise_from) phase["high_noise_from"] = p.high_noise_from;
+    if (p.world) phase["world"] = world_json(*p.world);
     curriculum.push_back(phase);
   }
   j["unet"] = {{"config", unet.config},
@@ -303,6 +324,11 @@ nlohmann::json TrainRecipe::to_json() const {
 }
 
 std::string TrainRecipe::prediction_type() const { return scheduler.value("prediction_type", std::string("epsilon")); }
+
+ShapeWorldConfig TrainRecipe::world_at(int64_t step) const {
+  const CurriculumPhase p = phase_at(step);
+  return p.world ? *p.world : world;
+}
 
 CurriculumPhase TrainRecipe::phase_at(int64_t step) const {
   for (const auto& p : unet.curriculum) {

@@ -6,7 +6,7 @@
 //   "name": "shapes", "seed": 1234,
 //   "data": {"dataset": "shapes", "size": 64, "frames": 16, "fps": 8,
 //            "clips_dir": "", "captions": "",                 // dataset "folder": real clips
-//            "world": {"min_radius": 0.10, ...}},               // ShapeWorldConfig
+//            "world": {"min_radius": 0.10, ..., "start": "feasible"}},  // ShapeWorldConfig
 //   "tokenizer": {"num_merges": 400},
 //   "vae": {"config": {<AutoencoderKL config.json>}, "train": {<StageTraining>},
 //           "object_weight": 10, "kl_weight": 1e-6},
@@ -15,7 +15,7 @@
 //            "object_weight": 1, "min_snr_gamma": 0, "frame_noise_correlation": 0,
 //            "high_noise_share": 0, "high_noise_from": 700, "text_word_loss": 0,
 //            "curriculum": [{"until_step": 2000, "frames": 8, "batch": 16}]},  // + lr, lr_schedule,
-//                                                    // image_condition_prob, high_noise_share/_from
+//                                                    // image_condition_prob, high_noise_share/_from, world
 //   "scheduler": {<DDIMScheduler scheduler_config.json>},
 //   "export": {"dtype": "float16"}
 // }
@@ -23,12 +23,19 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "train/shapes_dataset.h"
 
 namespace vdm::train {
+
+// The "world" object under `parent` (ShapeWorldConfig; absent keys keep `base`'s values, unknown keys
+// and an unknown "start" are ConfigErrors naming `source`), and its JSON form.
+ShapeWorldConfig parse_world(const nlohmann::json& parent, const std::string& source, const std::string& parent_name,
+                             const ShapeWorldConfig& base = {});
+nlohmann::json world_json(const ShapeWorldConfig& world);
 
 // The optimisation schedule of one stage.
 struct StageTraining {
@@ -64,6 +71,8 @@ struct CurriculumPhase {
   // that does not set them takes the stage's.
   double high_noise_share = 0.0;
   int64_t high_noise_from = 700;
+  // The shapes world of the phase's clips (its keys override the data's "world"); none: the data's.
+  std::optional<ShapeWorldConfig> world;
 };
 
 struct TokenizerRecipe {
@@ -132,6 +141,8 @@ struct TrainRecipe {
   std::string prediction_type() const;
   // The curriculum phase for `step` (the recipe's frames and unet batch after the last phase).
   CurriculumPhase phase_at(int64_t step) const;
+  // The shapes world of the clips trained at `step`: its phase's world, else the data's.
+  ShapeWorldConfig world_at(int64_t step) const;
   // The UNet stage's learning rate at `step` of a run of `total` steps: the stage's schedule, or
   // its curriculum phase's where the phase sets one.
   double unet_lr_at(int64_t step, int64_t total) const;

@@ -11,7 +11,9 @@
 #include "core/runtime.h"
 #include "io/atomic_file.h"
 #include "models/autoencoder_kl.h"
+#include "io/json_config.h"
 #include "pipelines/video_pipeline.h"
+#include "train/recipe.h"
 #include "train/shapes_dataset.h"
 #ifdef VDM_WITH_FFMPEG
 #include "codecs/image_codec.h"
@@ -125,6 +127,21 @@ at::Tensor first_frame(pipelines::VideoPipeline& pipe, const pipelines::Generate
 
 }  // namespace
 
+ShapeWorldConfig benchmark_world(const ShapesBenchmarkOptions& o) {
+  ShapeWorldConfig world;
+  const fs::path record = fs::path(o.model_dir) / "training.json";
+  if (fs::exists(record)) {
+    const io::JsonConfig j = io::JsonConfig::load(record.string());
+    world = parse_world(j.json(), record.string(), "");
+  }
+  if (!o.start.empty()) {
+    const auto start = parse_start_position(o.start);
+    if (!start) throw InputError(fmt::format("--start '{}' is not known; use feasible or neutral", o.start));
+    world.start = *start;
+  }
+  return world;
+}
+
 Direction perpendicular_direction(Direction d, bool first) {
   if (d == Direction::kLeft || d == Direction::kRight) return first ? Direction::kUp : Direction::kDown;
   return first ? Direction::kLeft : Direction::kRight;
@@ -140,6 +157,8 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
               o.model_dir);
   }
   ShapesBenchmarkReport report;
+  const ShapeWorldConfig world = benchmark_world(o);
+  report.world_start = to_string(world.start);
   at::Generator gen = make_generator(o.seed);
   std::vector<at::Tensor> sheet_clips[2];
   std::vector<bool> sheet_ok[2];
@@ -148,7 +167,7 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
     if ((i2v && !o.image_to_video) || (!i2v && !o.text_to_video)) continue;
     std::vector<ShapeClipScore> scores;
     for (int64_t i = 0; i < o.n; ++i) {
-      ShapeClipSpec spec = sample_spec(gen);
+      ShapeClipSpec spec = sample_spec(gen, world);
       pipelines::GenerateOptions g = clip_options(o, caption(spec), mode, i);
       at::Tensor frames;
       if (i2v) {
@@ -192,13 +211,15 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
                                  "trained with first-frame conditioning (vdm train), or --mode t2v for this one",
                                  o.model_dir));
   ShapesBenchmarkReport report;
+  const ShapeWorldConfig world = benchmark_world(o);
+  report.world_start = to_string(world.start);
   at::Generator gen = make_generator(o.seed);
   std::vector<ShapeClipScore> scores;
   std::vector<at::Tensor> clips;
   std::vector<bool> ok;
   int64_t follow_rendered = 0;
   for (int64_t i = 0; i < o.n; ++i) {
-    const ShapeClipSpec spec = sample_spec(gen);
+    const ShapeClipSpec spec = sample_spec(gen, world);
     ShapeAttributes asked = spec.attributes;
     asked.direction = perpendicular_direction(spec.attributes.direction, i % 2 == 0);
     pipelines::GenerateOptions g = clip_options(o, caption(asked), 2, i);
@@ -237,13 +258,15 @@ ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
   log::info("eval shapes ceiling: {} dataset clips of {} frames at {}x{}, VAE of {}", o.n, o.frames, size, size,
             o.model_dir);
   ShapesBenchmarkReport report;
+  const ShapeWorldConfig world = benchmark_world(o);
+  report.world_start = to_string(world.start);
   at::Generator gen = make_generator(o.seed);
   std::vector<at::Tensor> clips;
   std::vector<bool> ok;
   std::vector<ShapeClipScore> data_scores, vae_scores;
   at::NoGradGuard no_grad;
   for (int64_t i = 0; i < o.n; ++i) {
-    const ShapeClipSpec spec = sample_spec(gen);
+    const ShapeClipSpec spec = sample_spec(gen, world);
     at::Tensor frames = render_clip(spec, o.frames, size);  // [F, S, S, 3] uint8
     at::Tensor x = frames.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1.0);  // [F, 3, S, S]
     at::Tensor z = vae->encode(x.to(device, dtype)).mean;
@@ -304,6 +327,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"guidance", o.guidance},
           {"sampler", o.sampler},
           {"t2v_mode", o.t2v_mode.empty() ? "default" : o.t2v_mode},
+          {"world", world_json(benchmark_world(o))},
           {"frames", o.frames},
           {"device", o.device},
           {"dtype", o.dtype},
@@ -338,6 +362,8 @@ std::string ShapesBenchmarkReport::to_table() const {
   };
   misses("t2v", t2v);
   misses("i2v", i2v);
+  if (i2v.n + data.n + words.n > 0 && !world_start.empty())
+    out += fmt::format("dataset clips and first frames: {} start positions\n", world_start);
   if (words.n > 0)
     out += fmt::format("words: motion follows the prompt's direction in {:.0f}%, the rendered one in {:.0f}%\n",
                        100 * words.direction, 100 * words_follow_rendered);

@@ -23,6 +23,9 @@ struct ShapesBenchmarkOptions {
   int64_t frames = 16;
   std::string sampler;         // "" = the model's scheduler
   std::string t2v_mode;        // "" | joint | factorized (GenerateOptions::t2v_mode)
+  // Where the first frames' objects start (ShapeWorldConfig::start): "" = the world the model was
+  // trained on (its training.json), "feasible" or "neutral".
+  std::string start;
   std::string device = "cpu";
   std::string dtype = "float32";
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)
@@ -56,6 +59,7 @@ struct ShapesBenchmarkReport {
   ShapeRates data, vae;  // the ceiling mode's rates
   ShapeRates words;      // the words mode's rates, against the prompt
   double words_follow_rendered = 0;  // words: share of clips moving the rendered direction
+  std::string world_start;           // the start positions of the dataset clips drawn ("feasible" | "neutral")
   double seconds = 0;
   std::vector<std::string> files;  // written outputs
   nlohmann::json to_json(const ShapesBenchmarkOptions& options) const;
@@ -63,6 +67,9 @@ struct ShapesBenchmarkReport {
 };
 
 ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& options);
+// The world the clips are drawn from: the "world" of `options.model_dir`/training.json (written by
+// vdm train) when there is one, else the default world; `options.start` overrides its start positions.
+ShapeWorldConfig benchmark_world(const ShapesBenchmarkOptions& options);
 // The ceiling mode (options.ceiling): data and VAE round-trip rates, contact_vae.png.
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& options);
 // The words mode (options.conflicting_direction): contact_words.png.

@@ -31,6 +31,13 @@ const char* to_string(Shape shape) { return kShapeNames[static_cast<int>(shape)]
 const char* to_string(Colour colour) { return kColourNames[static_cast<int>(colour)]; }
 const char* to_string(Direction direction) { return kDirectionNames[static_cast<int>(direction)]; }
 const char* to_string(Background background) { return kBackgroundNames[static_cast<int>(background)]; }
+const char* to_string(StartPosition start) { return start == StartPosition::kNeutral ? "neutral" : "feasible"; }
+
+std::optional<StartPosition> parse_start_position(const std::string& name) {
+  if (name == "feasible") return StartPosition::kFeasible;
+  if (name == "neutral") return StartPosition::kNeutral;
+  return std::nullopt;
+}
 
 std::array<uint8_t, 3> colour_rgb(Colour colour) {
   switch (colour) {
@@ -72,18 +79,23 @@ ShapeClipSpec sample_spec(at::Generator& generator, const ShapeWorldConfig& conf
     throw InputError("shapes world: objects of half extent " + std::to_string(spec.radius) +
                      " with margin " + std::to_string(config.margin) + " do not fit in the frame");
   }
-  const double travel = std::min(span, config.min_travel + u[5] * (config.max_travel - config.min_travel));
   const Direction d = spec.attributes.direction;
   const bool positive = d == Direction::kRight || d == Direction::kDown;
-  double start, end;
-  if (positive) {
-    start = lo + u[6] * (span - travel);
-    end = start + travel;
+  const double drawn_travel = config.min_travel + u[5] * (config.max_travel - config.min_travel);
+  double start, end, across;
+  if (config.start == StartPosition::kNeutral) {
+    // Both coordinates from the box every direction can leave by `travel` and stay inside.
+    const double travel = std::min(0.5 * span, drawn_travel);
+    const double box = span - 2 * travel;
+    start = lo + travel + u[6] * box;
+    across = lo + travel + u[7] * box;
+    end = positive ? start + travel : start - travel;
   } else {
-    start = hi - u[6] * (span - travel);
-    end = start - travel;
+    const double travel = std::min(span, drawn_travel);
+    start = positive ? lo + u[6] * (span - travel) : hi - u[6] * (span - travel);
+    end = positive ? start + travel : start - travel;
+    across = lo + u[7] * span;
   }
-  const double across = lo + u[7] * span;
   if (d == Direction::kLeft || d == Direction::kRight) {
     spec.x0 = start, spec.x1 = end, spec.y0 = across, spec.y1 = across;
   } else {

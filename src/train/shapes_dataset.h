@@ -52,6 +52,17 @@ struct ShapeClipSpec {
   double x1 = 0.7, y1 = 0.5;  // centre in the last frame
 };
 
+// Where an object starts.
+//   kFeasible  anywhere its travel keeps it inside the frame. An object then starts on the side away
+//              from where it goes, so the first frame alone tells the likely direction.
+//   kNeutral   at a point from which it could travel the same distance left, right, up or down
+//              (both coordinates within [lo + travel, hi - travel]): the first frame says nothing
+//              about the direction, which only the caption gives. The travel is capped at half the
+//              free span so that such a point exists.
+enum class StartPosition { kFeasible, kNeutral };
+const char* to_string(StartPosition start);  // "feasible" | "neutral"
+std::optional<StartPosition> parse_start_position(const std::string& name);
+
 // Ranges the specs are drawn from.
 struct ShapeWorldConfig {
   double min_radius = 0.10;  // object half extent, fraction of the frame side
@@ -59,6 +70,7 @@ struct ShapeWorldConfig {
   double min_travel = 0.25;  // distance covered from first to last frame, fraction of the side
   double max_travel = 0.45;
   double margin = 0.03;      // the object stays this far from the frame border
+  StartPosition start = StartPosition::kFeasible;
 };
 
 // Draws a spec: attributes uniformly, size/start/travel uniformly within `config` (CPU generator).

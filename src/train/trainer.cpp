@@ -528,10 +528,12 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     out.captions = b.captions;
     return out;
   };
-  LatentBatch pool;
-  // The pool is cached next to the checkpoints, so a resumed run does not encode it again; the
-  // cache is used only when it was made by this VAE (weight fingerprint) with these settings.
-  const fs::path pool_path = fs::path(options.out_dir) / "checkpoints" / "unet-latent-pool.safetensors";
+  // The clips of a step come from the world of its curriculum phase (the data's, or the phase's
+  // own "world"). With latent_pool > 0 they are drawn from `latent_pool` clips of that world encoded
+  // once and cached next to the checkpoints (the data's world in unet-latent-pool.safetensors, a
+  // phase's own world in unet-latent-pool-<hash of its settings>.safetensors), so a resumed run does
+  // not encode them again; a cache is used only when it was made by this VAE (weight fingerprint)
+  // from the same data settings (the recipe's "data" section with the phase's world).
   at::Tensor vae_fingerprint;
   {
     at::NoGradGuard no_grad;
@@ -539,37 +541,48 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     for (const auto& p : vae->parameters()) sums.push_back(p.detach().to(at::kDouble).abs().sum().view({1}));
     vae_fingerprint = at::cat(sums).cpu();
   }
-  if (recipe.unet.latent_pool > 0 && fs::exists(pool_path)) {
-    io::TensorMap cached = io::load_safetensors(pool_path.string());
-    const bool usable = cached.count("latents") && cached.count("mask") && cached.count("captions") &&
-                        cached.count("vae_fingerprint") &&
-                        cached["vae_fingerprint"].sizes() == vae_fingerprint.sizes() &&
-                        at::allclose(cached["vae_fingerprint"], vae_fingerprint, 1e-6, 1e-9) &&
-                        cached["latents"].sizes() == at::IntArrayRef({recipe.unet.latent_pool, C, recipe.frames, h, h});
-    if (usable) {
-      pool.latents = cached["latents"].to(device);
-      pool.mask = cached["mask"].to(device);
-      const at::Tensor bytes = cached["captions"].contiguous();
-      std::string text(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), static_cast<size_t>(bytes.numel()));
-      for (size_t a = 0, b; a <= text.size(); a = b + 1) {
-        b = text.find('\n', a);
-        if (b == std::string::npos) b = text.size();
-        pool.captions.push_back(text.substr(a, b - a));
+  auto as_bytes = [](const std::string& text) {
+    at::Tensor bytes = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
+    std::memcpy(bytes.data_ptr<uint8_t>(), text.data(), text.size());
+    return bytes;
+  };
+  auto as_text = [](const at::Tensor& bytes) {
+    const at::Tensor b = bytes.contiguous();
+    return std::string(reinterpret_cast<const char*>(b.data_ptr<uint8_t>()), static_cast<size_t>(b.numel()));
+  };
+  auto load_or_encode_pool = [&](ClipDataset& clips, const std::string& settings, const fs::path& pool_path) {
+    LatentBatch pool;
+    if (fs::exists(pool_path)) {
+      io::TensorMap cached = io::load_safetensors(pool_path.string());
+      const bool usable = cached.count("latents") && cached.count("mask") && cached.count("captions") &&
+                          cached.count("vae_fingerprint") && cached.count("data_settings") &&
+                          as_text(cached["data_settings"]) == settings &&
+                          cached["vae_fingerprint"].sizes() == vae_fingerprint.sizes() &&
+                          at::allclose(cached["vae_fingerprint"], vae_fingerprint, 1e-6, 1e-9) &&
+                          cached["latents"].sizes() == at::IntArrayRef({recipe.unet.latent_pool, C, recipe.frames, h, h});
+      if (usable) {
+        pool.latents = cached["latents"].to(device);
+        pool.mask = cached["mask"].to(device);
+        const std::string text = as_text(cached["captions"]);
+        for (size_t a = 0, b; a <= text.size(); a = b + 1) {
+          b = text.find('\n', a);
+          if (b == std::string::npos) b = text.size();
+          pool.captions.push_back(text.substr(a, b - a));
+        }
+        log::info("unet: latent pool of {} clips loaded from {}", pool.captions.size(), pool_path.string());
+        return pool;
       }
-      log::info("unet: latent pool of {} clips loaded from {}", pool.captions.size(), pool_path.string());
-    } else {
-      log::info("unet: {} was made with another VAE or other settings; encoding the pool again", pool_path.string());
+      log::info("unet: {} was made with another VAE or other data settings; encoding the pool again",
+                pool_path.string());
     }
-  }
-  if (recipe.unet.latent_pool > 0 && !pool.latents.defined()) {
     // Encoded once, from its own seeded generator, so a resumed run trains on the same pool.
     const int64_t P = recipe.unet.latent_pool, chunk = 8;
     at::Generator pool_gen = make_generator(recipe.seed + 303);
     std::vector<at::Tensor> lat, msk;
     pipelines::ProgressMeter meter("encode-pool", (P + chunk - 1) / chunk, options.progress);
     for (int64_t i = 0; i < P; i += chunk) {
-      LatentBatch part = encode_clips(data.sample_clips(pool_gen, std::min(chunk, P - i), recipe.frames, recipe.size,
-                                                        device));
+      LatentBatch part = encode_clips(clips.sample_clips(pool_gen, std::min(chunk, P - i), recipe.frames, recipe.size,
+                                                         device));
       lat.push_back(part.latents);
       msk.push_back(part.mask);
       pool.captions.insert(pool.captions.end(), part.captions.begin(), part.captions.end());
@@ -581,16 +594,46 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
               pool.latents.numel() * 4 / 1e6);
     std::string text;
     for (const auto& c : pool.captions) text += (text.empty() ? "" : "\n") + c;
-    at::Tensor bytes = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
-    std::memcpy(bytes.data_ptr<uint8_t>(), text.data(), text.size());
     fs::create_directories(pool_path.parent_path());
     io::save_safetensors(pool_path.string(), {{"latents", pool.latents},
                                               {"mask", pool.mask},
-                                              {"captions", bytes},
-                                              {"vae_fingerprint", vae_fingerprint}});
-  }
+                                              {"captions", as_bytes(text)},
+                                              {"vae_fingerprint", vae_fingerprint},
+                                              {"data_settings", as_bytes(settings)}});
+    return pool;
+  };
+  LatentBatch pool;
+  std::unique_ptr<ClipDataset> phase_data;  // the clips of a phase with its own world
+  ClipDataset* clips = &data;
+  int64_t clips_phase_start = -1;            // start_step of the phase `clips` and `pool` belong to
+  std::string clips_settings;
+  auto use_phase_clips = [&](const CurriculumPhase& phase) {
+    if (phase.start_step == clips_phase_start) return;
+    clips_phase_start = phase.start_step;
+    TrainRecipe r = recipe;
+    if (phase.world) r.world = *phase.world;
+    const std::string settings = r.to_json()["data"].dump();
+    if (settings == clips_settings) return;
+    clips_settings = settings;
+    if (phase.world) {
+      phase_data = make_dataset(r);
+      clips = phase_data.get();
+      log::info("unet: from step {} the clips come from the phase's world ({})", phase.start_step,
+                world_json(*phase.world).dump());
+    } else {
+      phase_data.reset();
+      clips = &data;
+    }
+    pool = LatentBatch{};
+    if (recipe.unet.latent_pool <= 0) return;
+    const fs::path dir = fs::path(options.out_dir) / "checkpoints";
+    pool = load_or_encode_pool(*clips, settings,
+                               phase.world ? dir / fmt::format("unet-latent-pool-{:016x}.safetensors",
+                                                               std::hash<std::string>{}(settings))
+                                           : dir / "unet-latent-pool.safetensors");
+  };
   auto sample_latents = [&](int64_t B, int64_t F) {
-    if (!pool.latents.defined()) return encode_clips(data.sample_clips(gen, B, F, recipe.size, device));
+    if (!pool.latents.defined()) return encode_clips(clips->sample_clips(gen, B, F, recipe.size, device));
     at::Tensor idx = at::randint(pool.latents.size(0), {B}, gen, at::TensorOptions().dtype(at::kLong));
     const int64_t span = pool.latents.size(2) - F;
     const int64_t start = span > 0 ? at::randint(span + 1, {1}, gen, at::TensorOptions().dtype(at::kLong)).item<int64_t>()
@@ -606,6 +649,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     const CurriculumPhase phase = recipe.phase_at(step);
     const int64_t F = phase.frames;
     const int64_t B = scaled_batch(phase.batch, options.batch_scale);
+    use_phase_clips(phase);
     LatentBatch b = sample_latents(B, F);
     const at::Tensor& latents = b.latents;  // [B, C, F, h, w]
     // Caption dropout (guidance) and first-frame conditioning dropout.
@@ -713,6 +757,13 @@ std::vector<StageReport> run_training(const TrainRecipe& recipe, const std::stri
     }
   }
   j["recipe"] = recipe.name;
+  // The world of the model's last training clips, so `vdm eval shapes` draws its first frames from it.
+  if (recipe.dataset == "shapes") {
+    ShapeWorldConfig world = recipe.world;
+    for (const auto& r : reports)
+      if (r.stage == "unet" && r.end_step > 0) world = recipe.world_at(r.end_step - 1);
+    j["world"] = world_json(world);
+  }
   for (const auto& r : reports) {
     nlohmann::json& s = j["stages"][r.stage];
     s["steps"] = r.end_step;

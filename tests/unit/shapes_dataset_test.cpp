@@ -1,6 +1,8 @@
 // The moving-shapes world: captions, sampling, rendering geometry and determinism.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "core/runtime.h"
@@ -59,6 +61,52 @@ TEST(ShapesDataset, SamplingIsSeededAndCoversTheGrammar) {
   EXPECT_EQ(colours.size(), 7u);
   EXPECT_EQ(directions.size(), 4u);
   EXPECT_EQ(backgrounds.size(), 2u);
+}
+
+// Neutral start positions: the object starts where it could travel its distance any of the four
+// ways, so where it starts says nothing about where it goes; with feasible starts the start tells
+// left from right (an object moving right starts in the left part of the frame).
+TEST(ShapesDataset, NeutralStartsDoNotGiveTheDirectionAway) {
+  EXPECT_EQ(parse_start_position("neutral"), StartPosition::kNeutral);
+  EXPECT_EQ(parse_start_position("feasible"), StartPosition::kFeasible);
+  EXPECT_FALSE(parse_start_position("centre").has_value());
+  EXPECT_STREQ(to_string(StartPosition::kNeutral), "neutral");
+  ShapeWorldConfig neutral;
+  neutral.start = StartPosition::kNeutral;
+  neutral.min_travel = 0.16;
+  neutral.max_travel = 0.26;
+  auto start_gap = [](const ShapeWorldConfig& cfg, bool check_box) {
+    at::Generator g = make_generator(11);
+    double sum[4] = {0, 0, 0, 0};
+    int count[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 2000; ++i) {
+      const ShapeClipSpec s = sample_spec(g, cfg);
+      const int d = static_cast<int>(s.attributes.direction);
+      const bool horizontal = s.attributes.direction == Direction::kLeft || s.attributes.direction == Direction::kRight;
+      sum[d] += horizontal ? s.x0 : s.y0;
+      ++count[d];
+      if (!check_box) continue;
+      const double lo = s.radius + cfg.margin, hi = 1.0 - s.radius - cfg.margin;
+      const double travel = std::abs(horizontal ? s.x1 - s.x0 : s.y1 - s.y0);
+      EXPECT_GE(travel, std::min(cfg.min_travel, 0.5 * (hi - lo)) - 1e-9);
+      EXPECT_LE(travel, std::min(cfg.max_travel, 0.5 * (hi - lo)) + 1e-9);
+      // Both start coordinates leave room for that travel in every direction.
+      for (double c : {s.x0, s.y0}) {
+        EXPECT_GE(c - travel, lo - 1e-9);
+        EXPECT_LE(c + travel, hi + 1e-9);
+      }
+      for (double c : {s.x1, s.y1}) {
+        EXPECT_GE(c, lo - 1e-9);
+        EXPECT_LE(c, hi + 1e-9);
+      }
+    }
+    // Mean start along the motion axis: right minus left and down minus up.
+    const auto mean = [&](Direction d) { return sum[int(d)] / count[int(d)]; };
+    return std::max(std::abs(mean(Direction::kRight) - mean(Direction::kLeft)),
+                    std::abs(mean(Direction::kDown) - mean(Direction::kUp)));
+  };
+  EXPECT_LT(start_gap(neutral, true), 0.02);
+  EXPECT_GT(start_gap(ShapeWorldConfig{}, false), 0.2);
 }
 
 TEST(ShapesDataset, RenderedGeometry) {

@@ -160,6 +160,42 @@ TEST(Train, RecipeValidation) {
   phased["unet"]["curriculum"][1].erase("lr_schedule");
   phased["unet"]["curriculum"][0]["image_condition_prob"] = 1.5;
   EXPECT_THROW(TrainRecipe::from_json(phased, "bad"), ConfigError);
+  // The shapes world: start positions, and a phase's own world (its keys override the data's; after
+  // the curriculum the data's applies again). Unknown start names and keys are refused, and a
+  // phase world on the folder dataset too.
+  nlohmann::json worlds = tiny_recipe_json();
+  worlds["data"]["world"] = {{"start", "neutral"}, {"max_travel", 0.3}};
+  worlds["unet"]["curriculum"] = nlohmann::json::parse(
+      R"([{"until_step": 10}, {"until_step": 20, "world": {"start": "feasible", "margin": 0.05}}])");
+  const TrainRecipe w = TrainRecipe::from_json(worlds, "worlds");
+  EXPECT_EQ(w.world.start, StartPosition::kNeutral);
+  EXPECT_EQ(w.world_at(5).start, StartPosition::kNeutral);
+  EXPECT_EQ(w.world_at(15).start, StartPosition::kFeasible);
+  EXPECT_EQ(w.world_at(15).max_travel, 0.3);
+  EXPECT_EQ(w.world_at(15).margin, 0.05);
+  EXPECT_EQ(w.world_at(25).start, StartPosition::kNeutral);
+  const TrainRecipe w2 = TrainRecipe::from_json(w.to_json(), "again");
+  EXPECT_EQ(w2.world.start, StartPosition::kNeutral);
+  EXPECT_FALSE(w2.phase_at(5).world.has_value());
+  EXPECT_EQ(w2.world_at(15).margin, 0.05);
+  EXPECT_EQ(w2.world_at(15).start, StartPosition::kFeasible);
+  auto config_error = [](const nlohmann::json& j) {
+    try {
+      TrainRecipe::from_json(j, "bad");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  nlohmann::json bad_world = worlds;
+  bad_world["data"]["world"]["start"] = "centre";
+  EXPECT_NE(config_error(bad_world).find("start"), std::string::npos);
+  bad_world = worlds;
+  bad_world["unet"]["curriculum"][1]["world"]["speed"] = 1;
+  EXPECT_NE(config_error(bad_world).find("unknown key 'speed'"), std::string::npos);
+  bad_world = worlds;
+  bad_world["data"]["dataset"] = "folder";
+  EXPECT_NE(config_error(bad_world).find("applies to the shapes dataset"), std::string::npos);
   // The shipped recipe parses.
   EXPECT_NO_THROW(TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe.json"));
   const TrainRecipe next = TrainRecipe::load(std::string(VDM_SOURCE_DIR) + "/configs/shapes/recipe-direction.json");
@@ -579,6 +615,60 @@ TEST(Train, ShapesCeilingSeparatesATrainedVaeFromAnUntrainedOne) {
 // The words mode of `vdm eval shapes`: every first frame is animated with a prompt whose direction
 // lies at right angles to the one the clip was rendered with, and the report scores the motion
 // against the prompt.
+// A curriculum phase with its own world draws its clips from a latent pool of that world, cached
+// apart from the data's; the model's training.json records the world of its last clips, which the
+// shapes benchmark draws its first frames from. A pool made from other data settings is encoded
+// again.
+TEST(Train, PhaseWorldHasItsOwnLatentPool) {
+  nlohmann::json j = tiny_recipe_json();
+  j["vae"]["train"]["steps"] = 2;
+  j["unet"]["train"]["steps"] = 4;
+  j["unet"]["latent_pool"] = 4;
+  j["unet"]["curriculum"] = nlohmann::json::parse(
+      R"([{"until_step": 2}, {"until_step": 4, "world": {"start": "neutral", "min_travel": 0.1, "max_travel": 0.2}}])");
+  const std::string dir = test::make_temp_dir("train_worlds");
+  TrainOptions o;
+  o.out_dir = dir;
+  run_training(TrainRecipe::from_json(j, "worlds"), "all", o);
+  auto settings_of = [](const fs::path& pool) {
+    const at::Tensor b = io::load_safetensors(pool.string()).at("data_settings").contiguous();
+    return std::string(reinterpret_cast<const char*>(b.data_ptr<uint8_t>()), static_cast<size_t>(b.numel()));
+  };
+  const fs::path checkpoints = fs::path(dir) / "checkpoints";
+  std::vector<fs::path> phase_pools;
+  for (const auto& e : fs::directory_iterator(checkpoints)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("unet-latent-pool-", 0) == 0) phase_pools.push_back(e.path());
+  }
+  ASSERT_EQ(phase_pools.size(), 1u);
+  EXPECT_NE(settings_of(phase_pools[0]).find("\"neutral\""), std::string::npos);
+  const fs::path data_pool = checkpoints / "unet-latent-pool.safetensors";
+  EXPECT_NE(settings_of(data_pool).find("\"feasible\""), std::string::npos);
+  const nlohmann::json record = io::JsonConfig::load(dir + "/model/training.json").json();
+  EXPECT_EQ(record.at("world").at("start"), "neutral");
+  EXPECT_EQ(record.at("world").at("max_travel"), 0.2);
+
+  ShapesBenchmarkOptions b;
+  b.model_dir = dir + "/model";
+  EXPECT_EQ(benchmark_world(b).start, StartPosition::kNeutral);
+  EXPECT_EQ(benchmark_world(b).max_travel, 0.2);
+  b.start = "feasible";
+  EXPECT_EQ(benchmark_world(b).start, StartPosition::kFeasible);
+  b.start = "centre";
+  EXPECT_THROW(benchmark_world(b), InputError);
+
+  // Resumed with another data world: steps 4 and 5 follow the curriculum, so they draw from the
+  // data's world, whose cached pool no longer matches and is encoded again.
+  j["data"]["world"] = {{"margin", 0.05}};
+  j["unet"]["train"]["steps"] = 6;
+  o.resume = true;
+  run_training(TrainRecipe::from_json(j, "worlds, resumed"), "unet", o);
+  EXPECT_NE(settings_of(data_pool).find("\"margin\":0.05"), std::string::npos);
+  const nlohmann::json resumed = io::JsonConfig::load(dir + "/model/training.json").json();
+  EXPECT_EQ(resumed.at("world").at("start"), "feasible");
+  EXPECT_EQ(resumed.at("world").at("margin"), 0.05);
+}
+
 TEST(Train, ShapesWordsModePromptsAPerpendicularDirection) {
   EXPECT_EQ(perpendicular_direction(Direction::kLeft, true), Direction::kUp);
   EXPECT_EQ(perpendicular_direction(Direction::kRight, false), Direction::kDown);
