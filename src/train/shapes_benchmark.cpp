@@ -307,6 +307,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
                         {"detected", {{"colour", s.colour}, {"shape", s.shape}, {"direction", s.direction},
                                       {"background", s.background}}},
                         {"travel", {s.travel_x, s.travel_y}},
+                        {"start", {s.start_x, s.start_y}},
                         {"r2", s.r2},
                         {"fill", s.fill},
                         {"skew", s.skew},

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <limits>
 
 #include <fmt/format.h>
@@ -308,6 +309,9 @@ ShapeClipScore score_clip(const at::Tensor& frames, const ShapeAttributes& expec
     fit_line(t, ys, &slope_y, &r2_y);
     s.travel_x = slope_x * static_cast<double>(F - 1);
     s.travel_y = slope_y * static_cast<double>(F - 1);
+    auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
+    s.start_x = mean(xs) - slope_x * mean(t);
+    s.start_y = mean(ys) - slope_y * mean(t);
     const bool horizontal = std::abs(s.travel_x) >= std::abs(s.travel_y);
     const double main = horizontal ? s.travel_x : s.travel_y;
     const double cross = horizontal ? s.travel_y : s.travel_x;

@@ -63,6 +63,7 @@ struct ShapeClipScore {
   // What was detected ("" when nothing could be measured).
   std::string colour, shape, direction, background;
   double travel_x = 0, travel_y = 0;  // first-to-last displacement from the line fit, fraction of side
+  double start_x = 0, start_y = 0;    // the line fit's centre at frame 0, fraction of side
   double r2 = 0;                      // linearity of the motion-axis trajectory
   double fill = 0, skew = 0, corner = 0;  // medians over frames (fill: area / bounding box)
   int64_t frames_ok = 0, frames = 0;
