@@ -158,7 +158,7 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
   }
   ShapesBenchmarkReport report;
   const ShapeWorldConfig world = benchmark_world(o);
-  report.world_start = to_string(world.start);
+  report.world = world;
   at::Generator gen = make_generator(o.seed);
   std::vector<at::Tensor> sheet_clips[2];
   std::vector<bool> sheet_ok[2];
@@ -212,7 +212,7 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
                                  o.model_dir));
   ShapesBenchmarkReport report;
   const ShapeWorldConfig world = benchmark_world(o);
-  report.world_start = to_string(world.start);
+  report.world = world;
   at::Generator gen = make_generator(o.seed);
   std::vector<ShapeClipScore> scores;
   std::vector<at::Tensor> clips;
@@ -259,7 +259,7 @@ ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
             o.model_dir);
   ShapesBenchmarkReport report;
   const ShapeWorldConfig world = benchmark_world(o);
-  report.world_start = to_string(world.start);
+  report.world = world;
   at::Generator gen = make_generator(o.seed);
   std::vector<at::Tensor> clips;
   std::vector<bool> ok;
@@ -328,7 +328,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"guidance", o.guidance},
           {"sampler", o.sampler},
           {"t2v_mode", o.t2v_mode.empty() ? "default" : o.t2v_mode},
-          {"world", world_json(benchmark_world(o))},
+          {"world", world ? world_json(*world) : nlohmann::json()},
           {"frames", o.frames},
           {"device", o.device},
           {"dtype", o.dtype},
@@ -363,8 +363,8 @@ std::string ShapesBenchmarkReport::to_table() const {
   };
   misses("t2v", t2v);
   misses("i2v", i2v);
-  if (i2v.n + data.n + words.n > 0 && !world_start.empty())
-    out += fmt::format("dataset clips and first frames: {} start positions\n", world_start);
+  if (i2v.n + data.n + words.n > 0 && world)
+    out += fmt::format("dataset clips and first frames: {} start positions\n", to_string(world->start));
   if (words.n > 0)
     out += fmt::format("words: motion follows the prompt's direction in {:.0f}%, the rendered one in {:.0f}%\n",
                        100 * words.direction, 100 * words_follow_rendered);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,7 +60,7 @@ struct ShapesBenchmarkReport {
   ShapeRates data, vae;  // the ceiling mode's rates
   ShapeRates words;      // the words mode's rates, against the prompt
   double words_follow_rendered = 0;  // words: share of clips moving the rendered direction
-  std::string world_start;           // the start positions of the dataset clips drawn ("feasible" | "neutral")
+  std::optional<ShapeWorldConfig> world;  // the world the dataset clips were drawn from
   double seconds = 0;
   std::vector<std::string> files;  // written outputs
   nlohmann::json to_json(const ShapesBenchmarkOptions& options) const;

@@ -610,13 +610,13 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   auto use_phase_clips = [&](const CurriculumPhase& phase) {
     if (phase.start_step == clips_phase_start) return;
     clips_phase_start = phase.start_step;
-    TrainRecipe r = recipe;
-    if (phase.world) r.world = *phase.world;
-    const std::string settings = r.to_json()["data"].dump();
+    nlohmann::json data_json = recipe.to_json()["data"];
+    if (phase.world) data_json["world"] = world_json(*phase.world);
+    const std::string settings = data_json.dump();
     if (settings == clips_settings) return;
     clips_settings = settings;
     if (phase.world) {
-      phase_data = make_dataset(r);
+      phase_data = std::make_unique<ShapesClipDataset>(*phase.world);
       clips = phase_data.get();
       log::info("unet: from step {} the clips come from the phase's world ({})", phase.start_step,
                 world_json(*phase.world).dump());
