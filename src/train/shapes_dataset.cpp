@@ -82,20 +82,19 @@ ShapeClipSpec sample_spec(at::Generator& generator, const ShapeWorldConfig& conf
   const Direction d = spec.attributes.direction;
   const bool positive = d == Direction::kRight || d == Direction::kDown;
   const double drawn_travel = config.min_travel + u[5] * (config.max_travel - config.min_travel);
-  double start, end, across;
+  double travel, start, across;
   if (config.start == StartPosition::kNeutral) {
     // Both coordinates from the box every direction can leave by `travel` and stay inside.
-    const double travel = std::min(0.5 * span, drawn_travel);
+    travel = std::min(0.5 * span, drawn_travel);
     const double box = span - 2 * travel;
     start = lo + travel + u[6] * box;
     across = lo + travel + u[7] * box;
-    end = positive ? start + travel : start - travel;
   } else {
-    const double travel = std::min(span, drawn_travel);
+    travel = std::min(span, drawn_travel);
     start = positive ? lo + u[6] * (span - travel) : hi - u[6] * (span - travel);
-    end = positive ? start + travel : start - travel;
     across = lo + u[7] * span;
   }
+  const double end = positive ? start + travel : start - travel;
   if (d == Direction::kLeft || d == Direction::kRight) {
     spec.x0 = start, spec.x1 = end, spec.y0 = across, spec.y1 = across;
   } else {
