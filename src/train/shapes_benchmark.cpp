@@ -150,6 +150,7 @@ Direction perpendicular_direction(Direction d, bool first) {
 ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip per mode", o.n));
   const auto t0 = std::chrono::steady_clock::now();
+  const ShapeWorldConfig world = benchmark_world(o);  // checks --start before loading anything
   auto pipe = load_pipeline(o);
   if (o.image_to_video && !pipe->has_first_frame_conditioning()) {
     log::warn("{}: the UNet takes no first-frame condition; image-to-video falls back to animating from a noised "
@@ -157,7 +158,6 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
               o.model_dir);
   }
   ShapesBenchmarkReport report;
-  const ShapeWorldConfig world = benchmark_world(o);
   report.world = world;
   at::Generator gen = make_generator(o.seed);
   std::vector<at::Tensor> sheet_clips[2];
@@ -204,6 +204,7 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
 ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
   const auto t0 = std::chrono::steady_clock::now();
+  const ShapeWorldConfig world = benchmark_world(o);  // checks --start before loading anything
   auto pipe = load_pipeline(o);
   if (!pipe->has_first_frame_conditioning())
     throw InputError(fmt::format("{}: the words mode animates a first frame, but this UNet takes no first-frame "
@@ -211,7 +212,6 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
                                  "trained with first-frame conditioning (vdm train), or --mode t2v for this one",
                                  o.model_dir));
   ShapesBenchmarkReport report;
-  const ShapeWorldConfig world = benchmark_world(o);
   report.world = world;
   at::Generator gen = make_generator(o.seed);
   std::vector<ShapeClipScore> scores;
@@ -249,6 +249,7 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
   const auto t0 = std::chrono::steady_clock::now();
+  const ShapeWorldConfig world = benchmark_world(o);  // checks --start before loading anything
   const c10::Device device = parse_device(o.device);
   const c10::ScalarType dtype = parse_dtype(o.dtype);
   models::AutoencoderKL vae = models::load_autoencoder_kl((fs::path(o.model_dir) / "vae").string());
@@ -258,7 +259,6 @@ ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
   log::info("eval shapes ceiling: {} dataset clips of {} frames at {}x{}, VAE of {}", o.n, o.frames, size, size,
             o.model_dir);
   ShapesBenchmarkReport report;
-  const ShapeWorldConfig world = benchmark_world(o);
   report.world = world;
   at::Generator gen = make_generator(o.seed);
   std::vector<at::Tensor> clips;
