@@ -61,22 +61,36 @@ __attribute__((always_inline)) inline void block_scores(const float* const q[kRo
   }
 }
 
+// Where one block's query rows come from and where its output rows go: row r of the block is at
+// q + r * q_row and out + r * out_row (channels contiguous), so the kernel reads the heads split
+// from a projection and writes the heads merged back without copies.
+struct BlockIo {
+  const float* q;
+  int64_t q_row;
+  float scale;  // log2(e) / sqrt(d), applied as the rows are read
+  float* out;
+  int64_t out_row;
+};
+
 // One block of kRows query rows of one (batch, head) sequence, N keys per vector operation.
-//   q:   [kRows, d]  queries, pre-multiplied by log2(e) / sqrt(d)
-//   kT:  [d, Lp]     keys, transposed so that consecutive keys are contiguous, zero-padded to Lp
-//   vT:  [dv, Lp]    values, transposed and padded likewise
-//   out: [kRows, dv]
-//   s:   [kRows, Lp] scratch (the rows' scores, then their weights)
+//   io.q: [kRows, d] queries (strided rows)
+//   kT:   [d, Lp]     keys, transposed so that consecutive keys are contiguous, zero-padded to Lp
+//   vT:   [dv, Lp]    values, transposed and padded likewise
+//   io.out: [kRows, dv] (strided rows)
+//   scratch: [kRows, Lp] (the rows' scores, then their weights), then [kRows, d] (the scaled rows)
 // Rows past `rows` (a partial last block) repeat the last valid row and are not written.
 template <int N>
-__attribute__((always_inline)) inline void attend_block(const float* q, int64_t rows, const float* kT,
+__attribute__((always_inline)) inline void attend_block(const BlockIo& io, int64_t rows, const float* kT,
                                                         const float* vT, int64_t Lk, int64_t Lp, int64_t d,
-                                                        int64_t dv, float* out, float* scratch) {
+                                                        int64_t dv, float* scratch) {
   using V = typename Vec<N>::f;
   const float* qr[kRows];
   float* s[kRows];
   for (int64_t r = 0; r < kRows; ++r) {
-    qr[r] = q + std::min<int64_t>(r, rows - 1) * d;
+    const float* src = io.q + std::min<int64_t>(r, rows - 1) * io.q_row;
+    float* scaled = scratch + kRows * Lp + r * d;
+    for (int64_t c = 0; c < d; ++c) scaled[c] = src[c] * io.scale;
+    qr[r] = scaled;
     s[r] = scratch + r * Lp;
   }
   switch (d) {
@@ -114,27 +128,27 @@ __attribute__((always_inline)) inline void attend_block(const float* q, int64_t 
       o3 += load<V>(s[3] + j) * vv;
     }
     const float o[kRows] = {hsum<N>(o0), hsum<N>(o1), hsum<N>(o2), hsum<N>(o3)};
-    for (int64_t r = 0; r < rows; ++r) out[r * dv + c] = o[r] * inv[r];
+    for (int64_t r = 0; r < rows; ++r) io.out[r * io.out_row + c] = o[r] * inv[r];
   }
 }
 
 // The block compiled three times: for AVX-512 (16 floats per operation), for AVX2 with FMA (8)
 // and for the baseline (SSE2, 8 floats as two registers), chosen once at run time.
-using BlockFn = void (*)(const float*, int64_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                         float*, float*);
+using BlockFn = void (*)(const BlockIo&, int64_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                         float*);
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void attend_block_avx512(
-    const float* q, int64_t rows, const float* kT, const float* vT, int64_t Lk, int64_t Lp, int64_t d, int64_t dv,
-    float* out, float* s) {
-  attend_block<16>(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+    const BlockIo& io, int64_t rows, const float* kT, const float* vT, int64_t Lk, int64_t Lp, int64_t d, int64_t dv,
+    float* s) {
+  attend_block<16>(io, rows, kT, vT, Lk, Lp, d, dv, s);
 }
-__attribute__((target("avx2,fma"))) void attend_block_avx2(const float* q, int64_t rows, const float* kT,
+__attribute__((target("avx2,fma"))) void attend_block_avx2(const BlockIo& io, int64_t rows, const float* kT,
                                                           const float* vT, int64_t Lk, int64_t Lp, int64_t d,
-                                                          int64_t dv, float* out, float* s) {
-  attend_block<8>(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+                                                          int64_t dv, float* s) {
+  attend_block<8>(io, rows, kT, vT, Lk, Lp, d, dv, s);
 }
-void attend_block_baseline(const float* q, int64_t rows, const float* kT, const float* vT, int64_t Lk, int64_t Lp,
-                           int64_t d, int64_t dv, float* out, float* s) {
-  attend_block<8>(q, rows, kT, vT, Lk, Lp, d, dv, out, s);
+void attend_block_baseline(const BlockIo& io, int64_t rows, const float* kT, const float* vT, int64_t Lk, int64_t Lp,
+                           int64_t d, int64_t dv, float* s) {
+  attend_block<8>(io, rows, kT, vT, Lk, Lp, d, dv, s);
 }
 
 BlockFn block_function() {
@@ -161,23 +175,33 @@ bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const
          k.size(2) > 0;
 }
 
-at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v) {
   RECORD_FUNCTION("vdm::fused_attention_cpu", std::vector<c10::IValue>());
-  const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
+  const int64_t B = q_in.size(0), H = q_in.size(1), Lq = q_in.size(2), d = q_in.size(3);
   const int64_t Lk = k.size(2), dv = v.size(3);
   const int64_t N = B * H;
-  const double scale = 1.4426950408889634 / std::sqrt(static_cast<double>(d));  // log2(e) / sqrt(d)
+  const float scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));  // log2(e)/sqrt(d)
   const int64_t Lp = (Lk + kKeyPadding - 1) / kKeyPadding * kKeyPadding;
-  const at::TensorOptions f32 = q.options().dtype(at::kFloat);
-  const at::Tensor qs = (q.to(at::kFloat) * scale).reshape({N, Lq, d}).contiguous();
-  // Keys and values transposed ([N, d, Lp], [N, dv, Lp]), widened to float32 and zero-padded to
-  // whole vectors.
-  at::Tensor kT = at::zeros({N, d, Lp}, f32);
-  at::Tensor vT = at::zeros({N, dv, Lp}, f32);
-  kT.narrow(2, 0, Lk).copy_(k.reshape({N, Lk, d}).transpose(1, 2));
-  vT.narrow(2, 0, Lk).copy_(v.reshape({N, Lk, dv}).transpose(1, 2));
-  at::Tensor out = at::empty({N, Lq, dv}, f32);
-  const float* qp = qs.data_ptr<float>();
+  const at::TensorOptions f32 = q_in.options().dtype(at::kFloat);
+  // Queries are read where they are (typically heads split from a projection: [B, L, heads, d]
+  // seen as [B, heads, L, d]); only bfloat16 is widened, and a layout without contiguous channels
+  // copied.
+  at::Tensor q = q_in.to(at::kFloat);
+  if (q.stride(3) != 1) q = q.contiguous();
+  // Keys and values transposed ([B, heads, d, Lp], [B, heads, dv, Lp]), widened to float32 and
+  // zero-padded to whole vectors, in one strided copy each.
+  auto transposed = [&](const at::Tensor& t, int64_t width) {
+    at::Tensor tT = at::empty({B, H, width, Lp}, f32);
+    if (Lp > Lk) tT.narrow(3, Lk, Lp - Lk).zero_();
+    tT.narrow(3, 0, Lk).copy_(t.transpose(2, 3));
+    return tT;
+  };
+  const at::Tensor kT = transposed(k, d), vT = transposed(v, dv);
+  // The output is laid out [B, Lq, heads, dv] (heads merged, as the output projection reads it)
+  // and returned as its [B, heads, Lq, dv] view.
+  at::Tensor out = at::empty({B, Lq, H, dv}, f32);
+  const float* qp = q.data_ptr<float>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
   const float* kp = kT.data_ptr<float>();
   const float* vp = vT.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -186,15 +210,16 @@ at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const a
   const int64_t grain = std::max<int64_t>(1, 65536 / (kRows * Lp));
   const BlockFn block = block_function();
   at::parallel_for(0, N * blocks_per_seq, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(static_cast<size_t>(kRows * Lp));
+    std::vector<float> scratch(static_cast<size_t>(kRows * (Lp + d)));
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / blocks_per_seq, r0 = (i % blocks_per_seq) * kRows;
+      const int64_t b = n / H, h = n % H;
       const int64_t rows = std::min(kRows, Lq - r0);
-      block(qp + (n * Lq + r0) * d, rows, kp + n * d * Lp, vp + n * dv * Lp, Lk, Lp, d, dv, op + (n * Lq + r0) * dv,
-            scratch.data());
+      const BlockIo io{qp + b * qs0 + h * qs1 + r0 * qs2, qs2, scale, op + ((b * Lq + r0) * H + h) * dv, H * dv};
+      block(io, rows, kp + n * d * Lp, vp + n * dv * Lp, Lk, Lp, d, dv, scratch.data());
     }
   });
-  return out.view({B, H, Lq, dv}).to(q.scalar_type());
+  return out.transpose(1, 2).to(q_in.scalar_type());
 }
 
 }  // namespace vdm::models

@@ -22,7 +22,9 @@ bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const
 // softmax(q k^T / sqrt(d)) v for float32 or bfloat16 CPU tensors. bfloat16 inputs are widened to
 // float32 as they are laid out for the kernel (scores and sums are float32 either way) and the
 // result is rounded back to bfloat16.
-// q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv].
+// q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv], any
+// strides: q is read in place, and the result is the [B, heads, Lq, dv] view of a contiguous
+// [B, Lq, heads, dv] tensor, so merging the heads back (transpose(1, 2).reshape) copies nothing.
 at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // The instruction set of the kernel build in use: "avx512", "avx2" or "baseline". The widest the
