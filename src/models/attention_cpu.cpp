@@ -27,13 +27,18 @@ constexpr int64_t kRows = 4;  // query rows per block: each key/value load feeds
 constexpr int64_t kKeyPadding = 16;
 
 // Scores of four query rows against all keys, N keys at a time: s_r[j] = q_r . k_j. With the
-// head size D known at compile time the head loop unrolls and the sums stay in registers;
-// otherwise (D = 0) the rows accumulate one head channel at a time.
+// head size D known at compile time the head loop unrolls and the sums stay in registers, and each
+// row's maximum over the vectors wholly within the Lk real keys is kept on the way (returned as the
+// index the maximum still has to be taken from); otherwise (D = 0) the rows accumulate one head
+// channel at a time and no maximum is taken (returns 0).
 template <int N, int D>
-__attribute__((always_inline)) inline void block_scores(const float* const q[kRows], const float* kT, int64_t Lp,
-                                                        int64_t d, float* const s[kRows]) {
+__attribute__((always_inline)) inline int64_t block_scores(const float* const q[kRows], const float* kT, int64_t Lk,
+                                                           int64_t Lp, int64_t d, float* const s[kRows],
+                                                           typename Vec<N>::f m[kRows]) {
   using V = typename Vec<N>::f;
   if constexpr (D > 0) {
+    const int64_t whole = Lk / N * N;
+    for (int r = 0; r < kRows; ++r) m[r] = V{} - 1e30f;
     for (int64_t j = 0; j < Lp; j += N) {
       V a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int c = 0; c < D; ++c) {
@@ -44,8 +49,16 @@ __attribute__((always_inline)) inline void block_scores(const float* const q[kRo
         a3 += q[3][c] * kv;
       }
       store(s[0] + j, a0), store(s[1] + j, a1), store(s[2] + j, a2), store(s[3] + j, a3);
+      if (j < whole) {
+        m[0] = a0 > m[0] ? a0 : m[0];
+        m[1] = a1 > m[1] ? a1 : m[1];
+        m[2] = a2 > m[2] ? a2 : m[2];
+        m[3] = a3 > m[3] ? a3 : m[3];
+      }
     }
+    return whole;
   } else {
+    for (int r = 0; r < kRows; ++r) m[r] = V{} - 1e30f;
     for (int64_t j = 0; j < Lp; j += N) {
       const V kv = load<V>(kT + j);
       store(s[0] + j, q[0][0] * kv), store(s[1] + j, q[1][0] * kv), store(s[2] + j, q[2][0] * kv);
@@ -58,6 +71,7 @@ __attribute__((always_inline)) inline void block_scores(const float* const q[kRo
         for (int r = 0; r < kRows; ++r) store(s[r] + j, load<V>(s[r] + j) + q[r][c] * kv);
       }
     }
+    return 0;
   }
 }
 
@@ -71,6 +85,39 @@ struct BlockIo {
   float* out;
   int64_t out_row;
 };
+
+// The softmax weights of the rows and their product with DV value channels in one pass over the
+// keys: each weight is made (2^(s - max)), summed and multiplied into the values in registers, and
+// never written back. RP rows at a time keep RP x DV accumulators (16 vectors) in registers.
+template <int N, int DV>
+__attribute__((always_inline)) inline void block_softmax_values(const float* const s[kRows], const float mx[kRows],
+                                                                const float* vT, int64_t Lp, int64_t rows,
+                                                                const BlockIo& io) {
+  using V = typename Vec<N>::f;
+  constexpr int RP = DV >= 16 ? 1 : 16 / DV;
+  for (int r0 = 0; r0 < kRows && r0 < rows; r0 += RP) {
+    V acc[RP][DV] = {};
+    V l[RP] = {};
+    for (int64_t j = 0; j < Lp; j += N) {
+      V p[RP];
+#pragma GCC unroll 4
+      for (int r = 0; r < RP; ++r) {
+        p[r] = exp2_nonpositive<N>(load<V>(s[r0 + r] + j) - mx[r0 + r]);
+        l[r] += p[r];
+      }
+#pragma GCC unroll 16
+      for (int c = 0; c < DV; ++c) {
+        const V vv = load<V>(vT + c * Lp + j);
+#pragma GCC unroll 4
+        for (int r = 0; r < RP; ++r) acc[r][c] += p[r] * vv;
+      }
+    }
+    for (int r = 0; r < RP && r0 + r < rows; ++r) {
+      const float inv = 1.0f / hsum<N>(l[r]);
+      for (int c = 0; c < DV; ++c) io.out[(r0 + r) * io.out_row + c] = hsum<N>(acc[r][c]) * inv;
+    }
+  }
+}
 
 // One block of kRows query rows of one (batch, head) sequence, N keys per vector operation.
 //   io.q: [kRows, d] queries (strided rows)
@@ -93,25 +140,40 @@ __attribute__((always_inline)) inline void attend_block(const BlockIo& io, int64
     qr[r] = scaled;
     s[r] = scratch + r * Lp;
   }
+  V m[kRows];
+  int64_t from = 0;
   switch (d) {
-    case 4: block_scores<N, 4>(qr, kT, Lp, d, s); break;
-    case 8: block_scores<N, 8>(qr, kT, Lp, d, s); break;
-    case 16: block_scores<N, 16>(qr, kT, Lp, d, s); break;
-    default: block_scores<N, 0>(qr, kT, Lp, d, s); break;
+    case 4: from = block_scores<N, 4>(qr, kT, Lk, Lp, d, s, m); break;
+    case 8: from = block_scores<N, 8>(qr, kT, Lk, Lp, d, s, m); break;
+    case 16: from = block_scores<N, 16>(qr, kT, Lk, Lp, d, s, m); break;
+    default: from = block_scores<N, 0>(qr, kT, Lk, Lp, d, s, m); break;
   }
+  // Padding keys get the weight 2^-126 (their values are 0); the maximum is completed over the
+  // vectors block_scores did not cover.
+  float mx[kRows];
+  for (int64_t r = 0; r < kRows; ++r) {
+    float* sr = s[r];
+    for (int64_t j = Lk; j < Lp; ++j) sr[j] = -1e30f;
+    V mr = m[r];
+    for (int64_t j = from; j < Lp; j += N) {
+      const V x = load<V>(sr + j);
+      mr = x > mr ? x : mr;
+    }
+    mx[r] = hmax<N>(mr);
+  }
+  switch (dv) {
+    case 4: return block_softmax_values<N, 4>(s, mx, vT, Lp, rows, io);
+    case 8: return block_softmax_values<N, 8>(s, mx, vT, Lp, rows, io);
+    case 16: return block_softmax_values<N, 16>(s, mx, vT, Lp, rows, io);
+    default: break;
+  }
+  // Other value widths: the weights are written back, then reduced against one channel at a time.
   float inv[kRows];
   for (int64_t r = 0; r < kRows; ++r) {
     float* sr = s[r];
-    for (int64_t j = Lk; j < Lp; ++j) sr[j] = -1e30f;  // padding keys: weight 2^-126, values 0
-    V m = load<V>(sr);
-    for (int64_t j = N; j < Lp; j += N) {
-      const V x = load<V>(sr + j);
-      m = x > m ? x : m;
-    }
-    const float mx = hmax<N>(m);
     V l = {};
     for (int64_t j = 0; j < Lp; j += N) {
-      const V p = exp2_nonpositive<N>(load<V>(sr + j) - mx);
+      const V p = exp2_nonpositive<N>(load<V>(sr + j) - mx[r]);
       store(sr + j, p);
       l += p;
     }

@@ -104,16 +104,19 @@ __attribute__((always_inline)) inline float hmax(typename Vec<N>::f x) {
 }
 
 // 2^x for x <= 0 (a score minus its row maximum). Round-to-nearest split x = n + f with f in
-// [-0.5, 0.5] (by the 1.5 * 2^23 shift), a degree-6 Taylor polynomial of 2^f (relative error
+// [-0.5, 0.5] (by the 1.5 * 2^23 shift, below), a degree-6 Taylor polynomial of 2^f (relative error
 // below 2e-7) and the exponent built from n. Inputs below -126 give 2^-126: such weights vanish
 // next to the row maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
 template <int N>
 __attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typename Vec<N>::f x) {
   using V = typename Vec<N>::f;
-  using VI = typename Vec<N>::i;
+  using VU = typename Vec<N>::u;
   const V lo = V{} - 126.0f;
-  x = x < lo ? lo : x;
-  const V n = (x + 12582912.0f) - 12582912.0f;
+  x = lo > x ? lo : x;  // max(x, -126), NaN kept (one max instruction)
+  // x + 1.5 * 2^23 + 127 rounds to the integer n + 127, which then sits in the low mantissa bits:
+  // shifted into the exponent field it is 2^n, with no float-to-integer conversion.
+  const V y = x + 12583039.0f;
+  const V n = y - 12583039.0f;
   const V f = x - n;
   V p = f * 1.5403530e-4f + 1.3333558e-3f;
   p = p * f + 9.6181291e-3f;
@@ -121,8 +124,7 @@ __attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typena
   p = p * f + 2.4022651e-1f;
   p = p * f + 6.9314718e-1f;
   p = p * f + 1.0f;
-  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-  return p * (V)bits;  // a vector cast reinterprets the bits
+  return p * (V)(((VU)y) << 23);  // a vector cast reinterprets the bits
 }
 
 // The instruction set the kernels run with: the widest the CPU supports, unless the environment
