@@ -22,6 +22,10 @@ namespace vdm::models::cpu {
 template <int N>
 struct Vec;
 template <>
+struct Vec<4> {
+  using f = float __attribute__((vector_size(16)));
+};
+template <>
 struct Vec<8> {
   using f = float __attribute__((vector_size(32)));
   using i = int32_t __attribute__((vector_size(32)));
@@ -86,21 +90,32 @@ inline float load_one(const uint16_t* p) { return static_cast<float>(c10::BFloat
 inline void store_one(float* p, float x) { *p = x; }
 inline void store_one(uint16_t* p, float x) { *p = c10::BFloat16(x).x; }
 
+// Horizontal sum and maximum: a 16-lane vector is folded to 8 lanes, 8 lanes to 4, in vector
+// operations, and the last four lanes are combined in a tree.
 template <int N>
-__attribute__((always_inline)) inline float hsum(typename Vec<N>::f x) {
-  if constexpr (N == 8) {
-    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+__attribute__((always_inline)) inline typename Vec<4>::f fold4(typename Vec<N>::f x, bool max) {
+  using V4 = typename Vec<4>::f;
+  if constexpr (N == 16) {
+    using V8 = typename Vec<8>::f;
+    const V8 lo = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+    const V8 hi = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    return fold4<8>(max ? (lo > hi ? lo : hi) : lo + hi, max);
   } else {
-    float a = 0.0f;
-    for (int i = 0; i < N; ++i) a += x[i];
-    return a;
+    const V4 lo = __builtin_shufflevector(x, x, 0, 1, 2, 3);
+    const V4 hi = __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    return max ? (lo > hi ? lo : hi) : lo + hi;
   }
 }
 template <int N>
+__attribute__((always_inline)) inline float hsum(typename Vec<N>::f x) {
+  const typename Vec<4>::f a = fold4<N>(x, false);
+  return (a[0] + a[1]) + (a[2] + a[3]);
+}
+template <int N>
 __attribute__((always_inline)) inline float hmax(typename Vec<N>::f x) {
-  float m = x[0];
-  for (int i = 1; i < N; ++i) m = m > x[i] ? m : x[i];
-  return m;
+  const typename Vec<4>::f a = fold4<N>(x, true);
+  const float m01 = a[0] > a[1] ? a[0] : a[1], m23 = a[2] > a[3] ? a[2] : a[3];
+  return m01 > m23 ? m01 : m23;
 }
 
 // 2^x for x <= 0 (a score minus its row maximum). Round-to-nearest split x = n + f with f in

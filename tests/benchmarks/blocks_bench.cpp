@@ -37,7 +37,7 @@ void BM_TemporalAttention(benchmark::State& state) {
   at::Tensor k = at::randn_like(q), v = at::randn_like(q);
   for (auto _ : state) benchmark::DoNotOptimize(vdm::models::scaled_dot_product_attention(q, k, v));
 }
-BENCHMARK(BM_TemporalAttention)->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TemporalAttention)->Args({32, 32})->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
 
 void BM_ResnetBlock2D(benchmark::State& state) {
   c10::InferenceMode guard;
