@@ -51,7 +51,7 @@ void BM_ResnetBlock2D(benchmark::State& state) {
   at::Tensor temb = at::randn({kBatch * kFrames, 4 * ch});
   for (auto _ : state) benchmark::DoNotOptimize(block->forward(x, temb));
 }
-BENCHMARK(BM_ResnetBlock2D)->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ResnetBlock2D)->Args({32, 32})->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
 
 void BM_TemporalConvLayer(benchmark::State& state) {
   c10::InferenceMode guard;
@@ -63,7 +63,7 @@ void BM_TemporalConvLayer(benchmark::State& state) {
   at::Tensor x = at::randn({kBatch * kFrames, ch, side, side});
   for (auto _ : state) benchmark::DoNotOptimize(layer->forward(x, kFrames));
 }
-BENCHMARK(BM_TemporalConvLayer)->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TemporalConvLayer)->Args({32, 32})->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
 
 void BM_TransformerTemporal(benchmark::State& state) {
   c10::InferenceMode guard;
@@ -77,7 +77,7 @@ void BM_TransformerTemporal(benchmark::State& state) {
   at::Tensor x = at::randn({kBatch * kFrames, ch, side, side});
   for (auto _ : state) benchmark::DoNotOptimize(model->forward(x, kFrames));
 }
-BENCHMARK(BM_TransformerTemporal)->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TransformerTemporal)->Args({32, 32})->Args({16, 320})->Args({32, 160})->Unit(benchmark::kMillisecond);
 
 // A linear layer over every pixel of every frame (Transformer2DModel's projections and
 // feed-forward): [tokens, in] x [in, out]; args: tokens, in, out.
