@@ -289,25 +289,23 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o)
 
 at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
                                            c10::optional<at::Tensor> encoder_attention_mask) {
-  const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
-  at::Tensor h = norm_->forward(x);
-  if (proj_in_conv_) {
-    h = proj_in_conv_->forward(h);
-    h = h.permute({0, 2, 3, 1}).reshape({N, H * W, inner_dim_});
-  } else {
-    h = h.permute({0, 2, 3, 1}).reshape({N, H * W, h.size(1)});
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  // [N, C, H, W] -> tokens [N, H*W, C]. A 1x1 convolution projection is the same product as a
+  // linear layer over the tokens, so both kinds run as one (its weight [out, in, 1, 1] seen as
+  // [out, in]): no convolution layout reorders around the token layout.
+  at::Tensor h = norm_->forward(x).permute({0, 2, 3, 1}).reshape({N, H * W, C});
+  if (proj_in_conv_)
+    h = linear_forward(h, proj_in_conv_->weight.view({inner_dim_, C}), proj_in_conv_->bias);
+  else
     h = proj_in_linear_->forward(h);
-  }
   for (const auto& m : *transformer_blocks_)
     h = m->as<BasicTransformerBlockImpl>()->forward(h, encoder_hidden_states, encoder_attention_mask);
-  if (proj_out_conv_) {
-    h = h.reshape({N, H, W, inner_dim_}).permute({0, 3, 1, 2}).contiguous();
-    h = proj_out_conv_->forward(h);
-  } else {
+  if (proj_out_conv_)
+    h = linear_forward(h, proj_out_conv_->weight.view({C, inner_dim_}), proj_out_conv_->bias);
+  else
     h = proj_out_linear_->forward(h);
-    h = h.reshape({N, H, W, h.size(2)}).permute({0, 3, 1, 2}).contiguous();
-  }
-  return h + x;
+  // tokens [N, H*W, C] -> [N, C, H, W], laid out as x (the residual first keeps its layout)
+  return x + h.view({N, H, W, C}).permute({0, 3, 1, 2});
 }
 
 }  // namespace vdm::models

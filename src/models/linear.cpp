@@ -19,12 +19,12 @@ bool linear_uses_onednn(const at::Tensor& x) {
   return !at::GradMode::is_enabled() || !x.requires_grad();
 }
 
-at::Tensor LinearImpl::forward(const at::Tensor& x) {
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   // Autocast (bf16 training) and mixed dtypes keep LibTorch's linear, which casts to one dtype.
   if (!linear_uses_onednn(x) || (at::GradMode::is_enabled() && weight.requires_grad()) ||
       x.scalar_type() != weight.scalar_type() ||
       !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU))
-    return torch::nn::LinearImpl::forward(x);
+    return at::linear(x, weight, bias);
   const int64_t in = x.size(-1);
   const at::Tensor x2 = x.reshape({-1, in}).contiguous();
   at::Tensor y;
@@ -38,5 +38,7 @@ at::Tensor LinearImpl::forward(const at::Tensor& x) {
   shape.back() = weight.size(0);
   return y.view(shape);
 }
+
+at::Tensor LinearImpl::forward(const at::Tensor& x) { return linear_forward(x, weight, bias); }
 
 }  // namespace vdm::models

@@ -19,6 +19,11 @@ namespace vdm::models {
 // mode with weights that need a gradient (training) forward still takes torch::nn's path.
 bool linear_uses_onednn(const at::Tensor& x);
 
+// x @ weight^T + bias on the path LinearImpl::forward takes (oneDNN for CPU inference, else
+// LibTorch's linear), for a weight that is not a Linear's own (a 1x1 convolution's, viewed
+// [out, in]). x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out].
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
 class LinearImpl : public torch::nn::LinearImpl {
  public:
   using torch::nn::LinearImpl::LinearImpl;
