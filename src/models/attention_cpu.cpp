@@ -36,9 +36,9 @@ __attribute__((always_inline)) inline int64_t block_scores(const float* const q[
                                                            int64_t Lp, int64_t d, float* const s[kRows],
                                                            typename Vec<N>::f m[kRows]) {
   using V = typename Vec<N>::f;
+  for (int r = 0; r < kRows; ++r) m[r] = V{} - 1e30f;
   if constexpr (D > 0) {
     const int64_t whole = Lk / N * N;
-    for (int r = 0; r < kRows; ++r) m[r] = V{} - 1e30f;
     for (int64_t j = 0; j < Lp; j += N) {
       V a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int c = 0; c < D; ++c) {
@@ -58,7 +58,6 @@ __attribute__((always_inline)) inline int64_t block_scores(const float* const q[
     }
     return whole;
   } else {
-    for (int r = 0; r < kRows; ++r) m[r] = V{} - 1e30f;
     for (int64_t j = 0; j < Lp; j += N) {
       const V kv = load<V>(kT + j);
       store(s[0] + j, q[0][0] * kv), store(s[1] + j, q[1][0] * kv), store(s[2] + j, q[2][0] * kv);
@@ -124,7 +123,8 @@ __attribute__((always_inline)) inline void block_softmax_values(const float* con
 //   kT:   [d, Lp]     keys, transposed so that consecutive keys are contiguous, zero-padded to Lp
 //   vT:   [dv, Lp]    values, transposed and padded likewise
 //   io.out: [kRows, dv] (strided rows)
-//   scratch: [kRows, Lp] (the rows' scores, then their weights), then [kRows, d] (the scaled rows)
+//   scratch: [kRows, Lp] (the rows' scores; for other value widths than 4, 8, 16 then their
+//            weights), then [kRows, d] (the scaled rows)
 // Rows past `rows` (a partial last block) repeat the last valid row and are not written.
 template <int N>
 __attribute__((always_inline)) inline void attend_block(const BlockIo& io, int64_t rows, const float* kT,
