@@ -19,6 +19,7 @@ PACKAGES=(
   libtorch-dev            # LibTorch 1.13 (CPU)
   libopenblas0-pthread    # fast BLAS (Debian's default reference BLAS is ~20x slower)
   libdnnl-dev             # oneDNN's headers: Linear calls the matmul LibTorch links (src/models/linear_onednn.h)
+  ocl-icd-opencl-dev      # Debian's oneDNN CMake package requires OpenCL (only recommended by libdnnl-dev)
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev
   ffmpeg                  # ffprobe, used by the tests to check outputs independently
   libfmt-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libssl-dev
