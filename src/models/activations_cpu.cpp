@@ -22,7 +22,8 @@ template <int N>
 __attribute__((always_inline)) inline typename Vec<N>::f gelu_lanes(typename Vec<N>::f x) {
   using V = typename Vec<N>::f;
   const V z = x * 0.70710678118654752f;
-  const V az = z < 0.0f ? -z : z;
+  V az = z < 0.0f ? -z : z;
+  az = az > 16.0f ? 16.0f : az;  // erf(16) is 1 in float; keeps az * az finite (NaN kept)
   const V t = 1.0f / (az * 0.3275911f + 1.0f);
   V p = t * 1.061405429f - 1.453152027f;
   p = p * t + 1.421413741f;

@@ -148,7 +148,7 @@ __attribute__((always_inline)) inline void attend_block(const BlockIo& io, int64
     case 16: from = block_scores<N, 16>(qr, kT, Lk, Lp, d, s, m); break;
     default: from = block_scores<N, 0>(qr, kT, Lk, Lp, d, s, m); break;
   }
-  // Padding keys get the weight 2^-126 (their values are 0); the maximum is completed over the
+  // Padding keys get the weight 0 (2^-126 on 8 lanes; their values are 0); the maximum is completed over the
   // vectors block_scores did not cover.
   float mx[kRows];
   for (int64_t r = 0; r < kRows; ++r) {

@@ -119,27 +119,42 @@ __attribute__((always_inline)) inline float hmax(typename Vec<N>::f x) {
 }
 
 // 2^x for x <= 0 (a score minus its row maximum). Round-to-nearest split x = n + f with f in
-// [-0.5, 0.5] (by the 1.5 * 2^23 shift, below), a degree-6 Taylor polynomial of 2^f (relative error
-// below 2e-7) and the exponent built from n. Inputs below -126 give 2^-126: such weights vanish
-// next to the row maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
+// [-0.5, 0.5], a degree-5 minimax polynomial of 2^f (relative error 7.5e-8 in exact arithmetic,
+// about 2e-7 in float) and the exponent applied from n.
+// - 16 lanes (AVX-512): n by vrndscaleps and p(f) * 2^n by vscalefps, which underflows to
+//   subnormals and 0 by itself (-1e30, the padding keys' score, gives exactly 0). Written as
+//   inline assembly: the intrinsics cannot be inlined into this target-neutral template; the
+//   16-lane instantiation only runs inside the AVX-512 kernels. -inf gives NaN there (callers
+//   whose inputs can be infinite clamp them first).
+// - 8 lanes: n by the 1.5 * 2^23 shift (x + 1.5 * 2^23 + 127 rounds to the integer n + 127, which
+//   then sits in the low mantissa bits: shifted into the exponent field it is 2^n, with no
+//   float-to-integer conversion); inputs below -126 give 2^-126, which vanishes next to the row
+//   maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
+template <int N>
+__attribute__((always_inline)) inline typename Vec<N>::f exp2_poly(typename Vec<N>::f f) {
+  typename Vec<N>::f p = f * 1.32764714e-3f + 9.67554133e-3f;
+  p = p * f + 5.55071328e-2f;
+  p = p * f + 2.40221197e-1f;
+  p = p * f + 6.93146967e-1f;
+  return p * f + 1.00000007f;
+}
 template <int N>
 __attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typename Vec<N>::f x) {
   using V = typename Vec<N>::f;
-  using VU = typename Vec<N>::u;
-  const V lo = V{} - 126.0f;
-  x = lo > x ? lo : x;  // max(x, -126), NaN kept (one max instruction)
-  // x + 1.5 * 2^23 + 127 rounds to the integer n + 127, which then sits in the low mantissa bits:
-  // shifted into the exponent field it is 2^n, with no float-to-integer conversion.
-  const V y = x + 12583039.0f;
-  const V n = y - 12583039.0f;
-  const V f = x - n;
-  V p = f * 1.5403530e-4f + 1.3333558e-3f;
-  p = p * f + 9.6181291e-3f;
-  p = p * f + 5.5504109e-2f;
-  p = p * f + 2.4022651e-1f;
-  p = p * f + 6.9314718e-1f;
-  p = p * f + 1.0f;
-  return p * (V)(((VU)y) << 23);  // a vector cast reinterprets the bits
+  if constexpr (N == 16) {
+    V n, r;
+    asm("vrndscaleps $0, %1, %0" : "=v"(n) : "v"(x));  // round to nearest even
+    const V p = exp2_poly<N>(x - n);
+    asm("vscalefps %2, %1, %0" : "=v"(r) : "v"(p), "v"(n));  // p * 2^n
+    return r;
+  } else {
+    using VU = typename Vec<N>::u;
+    const V lo = V{} - 126.0f;
+    x = lo > x ? lo : x;  // max(x, -126), NaN kept (one max instruction)
+    const V y = x + 12583039.0f;
+    const V n = y - 12583039.0f;
+    return exp2_poly<N>(x - n) * (V)(((VU)y) << 23);  // a vector cast reinterprets the bits
+  }
 }
 
 // The instruction set the kernels run with: the widest the CPU supports, unless the environment

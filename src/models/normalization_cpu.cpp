@@ -35,7 +35,8 @@ struct Problem {
 template <int N>
 __attribute__((always_inline)) inline typename Vec<N>::f silu_lanes(typename Vec<N>::f y) {
   using V = typename Vec<N>::f;
-  const V ay = y < 0.0f ? -y : y;
+  V ay = y < 0.0f ? -y : y;
+  ay = ay > 128.0f ? 128.0f : ay;  // e^-128 is 0 in float; keeps the exponent finite (NaN kept)
   const V e = cpu::exp2_nonpositive<N>(ay * -1.4426950408889634f);
   const V r = 1.0f / (e + 1.0f);
   return y * (y < 0.0f ? e * r : r);

@@ -136,6 +136,7 @@ TEST(Activations, FusedGeluMatchesExactGelu) {
     at::Tensor x = at::randn({3, 5, W}) * 4;
     x.view(-1)[0] = 0.0f;
     if (x.numel() > 2) x.view(-1)[1] = -30.0f, x.view(-1)[2] = 30.0f;
+    if (x.numel() > 4) x.view(-1)[3] = -1e20f, x.view(-1)[4] = 1e20f;  // z * z overflows float
     EXPECT_LT(max_abs_diff(fused_gelu_cpu(x), at::gelu(x)), 2e-6) << "width " << W;
     at::Tensor h = at::randn({3, 5, 2 * W}) * 4;
     auto parts = h.chunk(2, -1);
@@ -335,6 +336,10 @@ TEST(Normalization, FusedGroupNormSiluMatchesTorch) {
   wide[0][1] = at::tensor({-1.0f, 1.0f, -1.0f, 1.0f});
   at::Tensor big = at::full({2}, 60.0f);
   EXPECT_LT(max_abs_diff(fused_group_norm_cpu(wide, 2, big, {}, 0.0, true), reference(wide, 2, big, {}, 0.0, true)),
+            1e-4);
+  // Near float's limit: -|y| * log2(e) overflows to -infinity inside the exponential.
+  at::Tensor huge = at::full({2}, 3e38f);
+  EXPECT_LT(max_abs_diff(fused_group_norm_cpu(wide, 2, huge, {}, 0.0, true), reference(wide, 2, huge, {}, 0.0, true)),
             1e-4);
 
   // bfloat16 in and out, computed in float32: within one bfloat16 step of the float64 result.
