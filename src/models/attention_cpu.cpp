@@ -194,6 +194,142 @@ __attribute__((always_inline)) inline void attend_block(const BlockIo& io, int64
   }
 }
 
+// Short key sequences (temporal attention over the frames, cross-attention over the text): the
+// queries go in the vector lanes instead of the keys. One group of N queries of one (batch, head)
+// sequence is scored against each key in turn with the key's channels broadcast, so the row maximum,
+// the softmax sum and the value products are all lane-wise: no horizontal reduction per row, and the
+// keys and values are read where they are ([Lk, d] rows with channels contiguous), without the
+// transposed copies of the long-sequence path.
+struct ShortIo {
+  const float* q;  // the group's first query row; rows q_row apart, channels contiguous
+  int64_t q_row;
+  const float* k;  // [Lk, d] rows k_row apart
+  int64_t k_row;
+  const float* v;  // [Lk, dv] rows v_row apart
+  int64_t v_row;
+  float scale;  // log2(e) / sqrt(d)
+  float* out;   // the group's first output row; rows out_row apart
+  int64_t out_row;
+};
+
+// Scores of the N lanes' queries (qT: [d, N], scaled) against keys [0, Lk) into S ([Lk, N]);
+// returns their lane-wise maximum. Four keys at a time for independent accumulation chains.
+template <int N, int D>
+__attribute__((always_inline)) inline typename Vec<N>::f short_scores(const float* qT, const ShortIo& io,
+                                                                       int64_t Lk, int64_t d, float* S) {
+  using V = typename Vec<N>::f;
+  const int64_t dd = D > 0 ? D : d;
+  V m = V{} - 1e30f;
+  int64_t j = 0;
+  for (; j + 4 <= Lk; j += 4) {
+    const float* k0 = io.k + j * io.k_row;
+    const float* k1 = k0 + io.k_row;
+    const float* k2 = k1 + io.k_row;
+    const float* k3 = k2 + io.k_row;
+    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t c = 0; c < dd; ++c) {
+      const V qc = load<V>(qT + c * N);
+      a0 += qc * k0[c];
+      a1 += qc * k1[c];
+      a2 += qc * k2[c];
+      a3 += qc * k3[c];
+    }
+    store(S + j * N, a0), store(S + (j + 1) * N, a1), store(S + (j + 2) * N, a2), store(S + (j + 3) * N, a3);
+    m = a0 > m ? a0 : m;
+    m = a1 > m ? a1 : m;
+    m = a2 > m ? a2 : m;
+    m = a3 > m ? a3 : m;
+  }
+  for (; j < Lk; ++j) {
+    const float* kj = io.k + j * io.k_row;
+    V a = {};
+    for (int64_t c = 0; c < dd; ++c) a += load<V>(qT + c * N) * kj[c];
+    store(S + j * N, a);
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+// The weights 2^(S - m), their sum and their products with the values, lane-wise. DV > 0: that many
+// value channels, accumulated in registers as the weights are made; DV = 0: the weights are written
+// over S, then the channels are accumulated eight at a time. acc receives [dv, N], l the sums.
+template <int N, int DV>
+__attribute__((always_inline)) inline typename Vec<N>::f short_softmax_values(float* S, typename Vec<N>::f m,
+                                                                               const ShortIo& io, int64_t Lk,
+                                                                               int64_t dv, float* acc_out) {
+  using V = typename Vec<N>::f;
+  V l = {};
+  if constexpr (DV > 0) {
+    V acc[DV] = {};
+    for (int64_t j = 0; j < Lk; ++j) {
+      const V p = exp2_nonpositive<N>(load<V>(S + j * N) - m);
+      l += p;
+      const float* vj = io.v + j * io.v_row;
+#pragma GCC unroll 16
+      for (int c = 0; c < DV; ++c) acc[c] += p * vj[c];
+    }
+    for (int c = 0; c < DV; ++c) store(acc_out + c * N, acc[c]);
+  } else {
+    for (int64_t j = 0; j < Lk; ++j) {
+      const V p = exp2_nonpositive<N>(load<V>(S + j * N) - m);
+      l += p;
+      store(S + j * N, p);
+    }
+    int64_t c0 = 0;
+    for (; c0 + 8 <= dv; c0 += 8) {
+      V acc[8] = {};
+      for (int64_t j = 0; j < Lk; ++j) {
+        const V p = load<V>(S + j * N);
+        const float* vj = io.v + j * io.v_row + c0;
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) acc[c] += p * vj[c];
+      }
+      for (int c = 0; c < 8; ++c) store(acc_out + (c0 + c) * N, acc[c]);
+    }
+    for (; c0 < dv; ++c0) {
+      V a = {};
+      for (int64_t j = 0; j < Lk; ++j) a += load<V>(S + j * N) * io.v[j * io.v_row + c0];
+      store(acc_out + c0 * N, a);
+    }
+  }
+  return l;
+}
+
+// One group of up to N queries (`rows`; lanes past it repeat the last row and are not written).
+//   scratch: [d, N] (the scaled queries, transposed), [Lk, N] (scores, then weights), [dv, N]
+template <int N>
+__attribute__((always_inline)) inline void attend_short(const ShortIo& io, int64_t rows, int64_t Lk, int64_t d,
+                                                        int64_t dv, float* scratch) {
+  using V = typename Vec<N>::f;
+  float* qT = scratch;
+  float* S = qT + d * N;
+  float* acc = S + Lk * N;
+  for (int64_t r = 0; r < N; ++r) {
+    const float* src = io.q + std::min<int64_t>(r, rows - 1) * io.q_row;
+    for (int64_t c = 0; c < d; ++c) qT[c * N + r] = src[c] * io.scale;
+  }
+  V m;
+  switch (d) {
+    case 4: m = short_scores<N, 4>(qT, io, Lk, d, S); break;
+    case 8: m = short_scores<N, 8>(qT, io, Lk, d, S); break;
+    case 16: m = short_scores<N, 16>(qT, io, Lk, d, S); break;
+    default: m = short_scores<N, 0>(qT, io, Lk, d, S); break;
+  }
+  V l;
+  switch (dv) {
+    case 4: l = short_softmax_values<N, 4>(S, m, io, Lk, dv, acc); break;
+    case 8: l = short_softmax_values<N, 8>(S, m, io, Lk, dv, acc); break;
+    case 16: l = short_softmax_values<N, 16>(S, m, io, Lk, dv, acc); break;
+    default: l = short_softmax_values<N, 0>(S, m, io, Lk, dv, acc); break;
+  }
+  const V inv = 1.0f / l;
+  for (int64_t c = 0; c < dv; ++c) store(acc + c * N, load<V>(acc + c * N) * inv);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = io.out + r * io.out_row;
+    for (int64_t c = 0; c < dv; ++c) o[c] = acc[c * N + r];
+  }
+}
+
 // The block compiled three times: for AVX-512 (16 floats per operation), for AVX2 with FMA (8)
 // and for the baseline (SSE2, 8 floats as two registers), chosen once at run time.
 using BlockFn = void (*)(const BlockIo&, int64_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
@@ -221,6 +357,61 @@ BlockFn block_function() {
   }
 }
 
+// The short-sequence group likewise: 16 queries per group on AVX-512, 8 otherwise.
+using ShortFn = void (*)(const ShortIo&, int64_t, int64_t, int64_t, int64_t, float*);
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void attend_short_avx512(
+    const ShortIo& io, int64_t rows, int64_t Lk, int64_t d, int64_t dv, float* s) {
+  attend_short<16>(io, rows, Lk, d, dv, s);
+}
+__attribute__((target("avx2,fma"))) void attend_short_avx2(const ShortIo& io, int64_t rows, int64_t Lk, int64_t d,
+                                                          int64_t dv, float* s) {
+  attend_short<8>(io, rows, Lk, d, dv, s);
+}
+void attend_short_baseline(const ShortIo& io, int64_t rows, int64_t Lk, int64_t d, int64_t dv, float* s) {
+  attend_short<8>(io, rows, Lk, d, dv, s);
+}
+
+struct ShortKernel {
+  ShortFn fn;
+  int64_t lanes;
+};
+ShortKernel short_function() {
+  switch (cpu::kernel_isa()) {
+    case cpu::Isa::kAvx512: return {attend_short_avx512, 16};
+    case cpu::Isa::kAvx2: return {attend_short_avx2, 8};
+    default: return {attend_short_baseline, 8};
+  }
+}
+
+// softmax(q k^T) v with the queries in the lanes (Lk <= kFusedAttentionShortKeys).
+//   q, k, v: float32 [B, H, L, d] with channels contiguous; out: [B, Lq, H, dv] contiguous
+void fused_attention_short(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, float scale,
+                           at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
+  const int64_t Lk = k.size(2), dv = v.size(3);
+  const ShortKernel kernel = short_function();
+  const int64_t lanes = kernel.lanes;
+  const int64_t groups = (Lq + lanes - 1) / lanes;
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  // About 64k score evaluations per task.
+  const int64_t grain = std::max<int64_t>(1, 65536 / (lanes * Lk * std::max<int64_t>(1, d / 4)));
+  at::parallel_for(0, B * H * groups, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(static_cast<size_t>(lanes * (d + Lk + dv)));
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / groups, r0 = (i % groups) * lanes;
+      const int64_t b = n / H, h = n % H;
+      const ShortIo io{qp + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2), q.stride(2),
+                       kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
+                       vp + b * v.stride(0) + h * v.stride(1), v.stride(2),
+                       scale, op + ((b * Lq + r0) * H + h) * dv, H * dv};
+      kernel.fn(io, std::min(lanes, Lq - r0), Lk, d, dv, scratch.data());
+    }
+  });
+}
+
 }  // namespace
 
 const char* fused_attention_cpu_isa() { return cpu::isa_name(cpu::kernel_isa()); }
@@ -233,8 +424,10 @@ bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const
     if (!t->device().is_cpu() || t->scalar_type() != dtype) return false;
     if (at::GradMode::is_enabled() && t->requires_grad()) return false;
   }
-  return q.dim() == 4 && q.size(3) <= kFusedAttentionMaxHeadDim && v.size(3) <= kFusedAttentionMaxHeadDim &&
-         k.size(2) > 0;
+  if (q.dim() != 4 || k.size(2) == 0) return false;
+  const int64_t max_dim = k.size(2) <= kFusedAttentionShortKeys ? kFusedAttentionShortMaxHeadDim
+                                                                  : kFusedAttentionMaxHeadDim;
+  return q.size(3) <= max_dim && v.size(3) <= max_dim;
 }
 
 at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v) {
@@ -250,6 +443,15 @@ at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, cons
   // copied.
   at::Tensor q = q_in.to(at::kFloat);
   if (q.stride(3) != 1) q = q.contiguous();
+  if (Lk <= kFusedAttentionShortKeys) {
+    auto channels_contiguous = [](const at::Tensor& t) {
+      at::Tensor f = t.to(at::kFloat);
+      return f.stride(3) == 1 ? f : f.contiguous();
+    };
+    at::Tensor out = at::empty({B, Lq, H, dv}, f32);
+    fused_attention_short(q, channels_contiguous(k), channels_contiguous(v), scale, out);
+    return out.transpose(1, 2).to(q_in.scalar_type());
+  }
   // Keys and values transposed ([B, heads, d, Lp], [B, heads, dv, Lp]), widened to float32 and
   // zero-padded to whole vectors, in one strided copy each.
   auto transposed = [&](const at::Tensor& t, int64_t width) {

@@ -14,9 +14,16 @@ namespace vdm::models {
 // Largest head size the fused kernel takes. Wider heads do enough work per score for the BLAS
 // matmuls of the chunked path to be faster (d = 40 at 1024 tokens: 2.2 s fused, 1.6 s chunked).
 constexpr int64_t kFusedAttentionMaxHeadDim = 16;
+// Key sequences up to this long (temporal attention over the frames, cross-attention over the text)
+// run with the queries in the vector lanes, which has no per-row horizontal reductions and reads the
+// keys and values in place; there heads up to kFusedAttentionShortMaxHeadDim channels take the fused
+// kernel, where the BLAS path would multiply thousands of tiny matrices.
+constexpr int64_t kFusedAttentionShortKeys = 128;
+constexpr int64_t kFusedAttentionShortMaxHeadDim = 128;
 
 // True when fused_attention_cpu applies: float32 or bfloat16 CPU tensors (all three the same dtype),
-// head size <= the maximum, no gradient needed (inference), no mask.
+// head size <= the maximum (kFusedAttentionShortMaxHeadDim for short key sequences), no gradient
+// needed (inference), no mask.
 bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask);
 
 // softmax(q k^T / sqrt(d)) v for float32 or bfloat16 CPU tensors. bfloat16 inputs are widened to

@@ -75,7 +75,10 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
     double spread;
   };
   for (const Case& c : {Case{1, 1, 1, 1, 4, 4, 1}, Case{2, 8, 1023, 77, 4, 4, 1}, Case{2, 3, 6, 9, 5, 3, 1},
-                        Case{1, 2, 130, 257, 16, 16, 1}, Case{1, 1, 9, 300, 64, 64, 1}, Case{3, 1, 17, 16, 8, 40, 1}, Case{1, 2, 33, 50, 8, 8, 40}}) {
+                        Case{1, 2, 130, 257, 16, 16, 1}, Case{1, 1, 9, 300, 64, 64, 1}, Case{3, 1, 17, 16, 8, 40, 1}, Case{1, 2, 33, 50, 8, 8, 40},
+                        // short key sequences around the lane layout's limit, wide heads there
+                        Case{2, 3, 16, 16, 40, 40, 1}, Case{1, 2, 20, 128, 8, 8, 1}, Case{1, 1, 5, 129, 4, 4, 1},
+                        Case{1, 1, 3, 2, 128, 72, 1}}) {
     at::Tensor q = at::randn({c.B, c.H, c.Lq, c.D}) * c.spread, k = at::randn({c.B, c.H, c.Lk, c.D}),
                v = at::randn({c.B, c.H, c.Lk, c.Dv});
     at::Tensor out = fused_attention_cpu(q, k, v);
@@ -118,8 +121,13 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
   EXPECT_FALSE(fused_attention_cpu_applies(a.to(at::kHalf), a.to(at::kHalf), a.to(at::kHalf), false));
   EXPECT_FALSE(fused_attention_cpu_applies(a, a, a, true));
   EXPECT_FALSE(fused_attention_cpu_applies(a.to(at::kDouble), a, a, false));
-  at::Tensor wide = at::randn({1, 1, 4, kFusedAttentionMaxHeadDim + 1});
+  // Wider heads take the kernel only over short key sequences (queries in the vector lanes).
+  at::Tensor wide = at::randn({1, 1, kFusedAttentionShortKeys + 1, kFusedAttentionMaxHeadDim + 1});
   EXPECT_FALSE(fused_attention_cpu_applies(wide, wide, wide, false));
+  at::Tensor wide_short = wide.narrow(2, 0, kFusedAttentionShortKeys);
+  EXPECT_TRUE(fused_attention_cpu_applies(wide_short, wide_short, wide_short, false));
+  at::Tensor wider = at::randn({1, 1, 4, kFusedAttentionShortMaxHeadDim + 1});
+  EXPECT_FALSE(fused_attention_cpu_applies(wider, wider, wider, false));
   at::Tensor g = a.clone().requires_grad_(true);
   EXPECT_FALSE(fused_attention_cpu_applies(g, a, a, false));  // training keeps the autograd path
   {
