@@ -1,5 +1,7 @@
 #include "models/attention.h"
 
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 #include <torch/version.h>
 
@@ -10,6 +12,7 @@
 #include "core/error.h"
 #include "models/activations_cpu.h"
 #include "models/attention_cpu.h"
+#include "models/linear_onednn.h"
 #include "models/shape.h"
 
 namespace vdm::models {
@@ -199,7 +202,51 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& o) {
   register_module("net", net_);
 }
 
+namespace {
+// Rows per tile of the tiled feed-forward: the tile's hidden state [rows, 2 * inner] within about
+// 512 KB (L2), at least 128 rows so that each matrix product stays efficient.
+int64_t feed_forward_tile_rows(int64_t hidden_width, int64_t element_size) {
+  return std::clamp<int64_t>((int64_t{1} << 19) / (hidden_width * element_size), 128, 2048);
+}
+}  // namespace
+
+bool FeedForwardImpl::tiled_applies(const at::Tensor& x) const {
+  if (!act_->gated() || !onednn_linear_available() || at::GradMode::is_enabled()) return false;
+  if (!linear_uses_onednn(x) || !fused_gelu_cpu_applies(x)) return false;
+  for (const torch::nn::Dropout& d : {drop_, final_drop_})
+    if (d && d->is_training() && d->options.p() > 0) return false;
+  const at::Tensor& w = act_->proj()->weight;
+  const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
+  return w.scalar_type() == x.scalar_type() && rows >= 2 * feed_forward_tile_rows(w.size(0), x.element_size());
+}
+
+// x: [..., dim] -> [..., dim_out]; per tile of rows: proj (dim -> 2 * inner), GEGLU, out (inner -> dim_out).
+at::Tensor FeedForwardImpl::forward_tiled(const at::Tensor& x) {
+  const Linear& proj = act_->proj();
+  const int64_t dim = x.size(-1), dim_out = out_->weight.size(0);
+  const at::Tensor x2 = x.reshape({-1, dim}).contiguous();
+  const int64_t M = x2.size(0);
+  const int64_t tile = feed_forward_tile_rows(proj->weight.size(0), x.element_size());
+  at::Tensor out = at::empty({M, dim_out}, x.options());
+  // LibTorch's worker threads do not inherit the caller's inference mode; tiled_applies requires
+  // gradients off, so the workers run with gradients off too.
+  const bool inference = c10::InferenceMode::is_enabled();
+  at::parallel_for(0, (M + tile - 1) / tile, 1, [&](int64_t begin, int64_t end) {
+    c10::InferenceMode inference_guard(inference);
+    at::NoGradGuard no_grad;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r0 = i * tile, rows = std::min(tile, M - r0);
+      const at::Tensor h = linear_forward(x2.narrow(0, r0, rows), proj->weight, proj->bias);
+      out.narrow(0, r0, rows).copy_(linear_forward(fused_geglu_cpu(h), out_->weight, out_->bias));
+    }
+  });
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = dim_out;
+  return out.view(shape);
+}
+
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
+  if (tiled_applies(x)) return forward_tiled(x);
   at::Tensor h = out_->forward(drop_->forward(act_->forward(x)));
   if (final_drop_) h = final_drop_->forward(h);
   return h;

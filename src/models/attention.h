@@ -87,6 +87,8 @@ class GeluProjImpl : public torch::nn::Module {
   // activation_fn: "gelu", "gelu-approximate", "geglu", "geglu-approximate".
   GeluProjImpl(int64_t dim_in, int64_t dim_out, const std::string& activation_fn, bool bias = true);
   at::Tensor forward(const at::Tensor& x);  // x: [..., dim_in] -> [..., dim_out]
+  bool gated() const { return gated_; }     // "geglu": proj's first half times GELU of its second
+  const Linear& proj() const { return proj_; }
 
  private:
   Linear proj_{nullptr};  // dim_out (x2 when gated)
@@ -113,6 +115,11 @@ class FeedForwardImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);  // x: [..., dim] -> [..., dim_out]
 
  private:
+  // CPU inference with GEGLU on oneDNN: the tokens in tiles whose [rows, 2 * inner] hidden state stays
+  // in cache, tiles on parallel threads, instead of each layer over all tokens at once.
+  bool tiled_applies(const at::Tensor& x) const;
+  at::Tensor forward_tiled(const at::Tensor& x);
+
   torch::nn::ModuleList net_{nullptr};  // 0: GeluProj, 1: Dropout, 2: Linear, (3: Dropout)
   GeluProj act_{nullptr};
   torch::nn::Dropout drop_{nullptr};

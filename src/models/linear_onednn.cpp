@@ -47,7 +47,7 @@ struct Key {
 };
 
 struct Primitive {
-  dnnl::memory::desc x, w, b, y;
+  dnnl::memory::desc x, w, b, y, scratchpad;
   dnnl::matmul matmul;
 };
 
@@ -65,7 +65,13 @@ const Primitive& primitive_for(const Key& key) {
   p.y = dnnl::memory::desc(dims{key.m, key.n}, dt, dims{key.n, 1});
   if (key.bias) p.b = dnnl::memory::desc(dims{1, key.n}, dt, dims{key.n, 1});
   dnnl::matmul::desc desc = key.bias ? dnnl::matmul::desc(p.x, p.w, p.b, p.y) : dnnl::matmul::desc(p.x, p.w, p.y);
-  p.matmul = dnnl::matmul(dnnl::matmul::primitive_desc(desc, cpu_engine()));
+  // The scratchpad is passed with each call, so that one primitive can run on several threads at
+  // once (the library's own scratchpad is shared between calls).
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
+  p.scratchpad = pd.scratchpad_desc();
+  p.matmul = dnnl::matmul(pd);
   return cache.emplace(key, std::move(p)).first->second;
 }
 
@@ -99,6 +105,11 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at
       {DNNL_ARG_WEIGHTS, dnnl::memory(p.w, engine, weight.data_ptr())},
       {DNNL_ARG_DST, dnnl::memory(p.y, engine, y.data_ptr())}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p.b, engine, bias.data_ptr()));
+  at::Tensor scratchpad;
+  if (const size_t bytes = p.scratchpad.get_size()) {
+    scratchpad = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+    args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(p.scratchpad, engine, scratchpad.data_ptr()));
+  }
   p.matmul.execute(stream, args);
   stream.wait();
   return y;

@@ -8,6 +8,7 @@
 #include "core/runtime.h"
 #include "models/activations_cpu.h"
 #include "models/attention.h"
+#include "models/linear.h"
 #include "models/linear_onednn.h"
 #include "models/resnet.h"
 #include "temporal/temporal_conv.h"
@@ -122,6 +123,33 @@ void BM_GeGLU(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * state.range(0) * state.range(1));
 }
 BENCHMARK(BM_GeGLU)->Args({32768, 128, 1})->Args({32768, 128, 0})->Unit(benchmark::kMillisecond);
+
+// The feed-forward (GEGLU, inner width 4 x dim) over [tokens, dim]: FeedForward's tiled inference
+// path (arg 2 = 1) against the same layers one after the other over all tokens (arg 2 = 0);
+// args: tokens, dim, tiled.
+void BM_FeedForward(benchmark::State& state) {
+  vdm::models::FeedForwardOptions o;
+  o.dim = state.range(1);
+  vdm::models::FeedForward ff(o);
+  ff->eval();
+  const auto& p = ff->named_parameters();
+  c10::InferenceMode guard;
+  at::Tensor x = at::randn({state.range(0), state.range(1)});
+  const bool tiled = state.range(2) != 0;
+  for (auto _ : state) {
+    if (tiled) {
+      benchmark::DoNotOptimize(ff->forward(x));
+    } else {
+      at::Tensor h = vdm::models::linear_forward(x, p["net.0.proj.weight"], p["net.0.proj.bias"]);
+      benchmark::DoNotOptimize(
+          vdm::models::linear_forward(vdm::models::fused_geglu_cpu(h), p["net.2.weight"], p["net.2.bias"]));
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+BENCHMARK(BM_FeedForward)
+    ->Args({32768, 32, 1})->Args({32768, 32, 0})->Args({8192, 64, 1})->Args({8192, 64, 0})
+    ->Args({8192, 320, 1})->Args({8192, 320, 0})->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

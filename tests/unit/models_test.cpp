@@ -175,6 +175,37 @@ TEST(Activations, FusedGeluMatchesExactGelu) {
   EXPECT_THROW(fused_geglu_cpu(at::randn({2, 5})), c10::Error);
 }
 
+// FeedForward with GEGLU in inference runs in tiles of tokens (on parallel threads when the
+// tokens make several tiles); the result is the layer-by-layer formula's, for a token count that
+// leaves a partial last tile, in float32 and bfloat16, and training keeps the autograd path.
+TEST(FeedForward, TiledInferenceMatchesLayerByLayer) {
+  at::manual_seed(11);
+  FeedForwardOptions o;
+  o.dim = 32;
+  FeedForward ff(o);
+  ff->eval();
+  auto reference = [&](const at::Tensor& x) {
+    const auto& p = ff->named_parameters();
+    auto parts = at::linear(x, p["net.0.proj.weight"], p["net.0.proj.bias"]).chunk(2, -1);
+    return at::linear(parts[0] * at::gelu(parts[1]), p["net.2.weight"], p["net.2.bias"]);
+  };
+  const at::Tensor x = at::randn({2, 3001, 32});
+  at::Tensor want = reference(x).detach();
+  ff->train();
+  at::Tensor trained = ff->forward(x);
+  EXPECT_TRUE(trained.requires_grad());
+  EXPECT_LT(max_abs_diff(trained.detach(), want), 1e-5);
+  ff->eval();
+  c10::InferenceMode guard;
+  at::Tensor got = ff->forward(x);
+  ASSERT_EQ(got.sizes(), x.sizes());
+  EXPECT_LT(max_abs_diff(got, want), 1e-5);
+  ff->to(at::kBFloat16);
+  at::Tensor got_bf16 = ff->forward(x.to(at::kBFloat16));
+  EXPECT_EQ(got_bf16.scalar_type(), at::kBFloat16);
+  EXPECT_LT(max_abs_diff(got_bf16.to(at::kFloat), want), 0.05 * want.abs().max().item<double>());
+}
+
 // vdm's Linear: torch::nn's parameters; float32 CPU inference through oneDNN gives torch::nn's
 // result to float32 rounding for 2-D and 4-D inputs, with and without bias; training keeps autograd.
 TEST(Linear, OneDnnInferenceMatchesTorchLinear) {
