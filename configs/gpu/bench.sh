@@ -17,7 +17,9 @@ start=$(date +%s)
 PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 EXTRA=()
 if [ -d .gpu-deps/include ]; then EXTRA=(-DVDM_EXTRA_INCLUDE="$PWD/.gpu-deps/include"); fi
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" -DVDM_WITH_FFMPEG=OFF \
+# VDM_OPENMP=OFF: the pip LibTorch carries its own renamed libgomp; vdm's CPU kernels (not used on
+# the GPU path) stay out of a second OpenMP runtime there.
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" -DVDM_WITH_FFMPEG=OFF -DVDM_OPENMP=OFF \
   -DVDM_BUILD_TESTS=OFF -DVDM_BUILD_BENCHMARKS=OFF -DCMAKE_CXX_FLAGS=-DFMT_HEADER_ONLY "${EXTRA[@]}" > "$OUT/build.log" 2>&1
 cmake --build build-gpu --target vdm -j"$(nproc)" >> "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build $(( $(date +%s) - start )) s"

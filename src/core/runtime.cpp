@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "core/error.h"
 
@@ -53,6 +54,16 @@ void init_runtime(int threads) {
   set_blas_threads();
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
+}
+
+int parallel_for_threads() {
+  const int n = at::get_num_threads();
+  std::vector<int> seen(static_cast<size_t>(n), 0);
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const int t = at::get_thread_num();
+    if (t >= 0 && t < n) seen[static_cast<size_t>(t)] = 1;
+  });
+  return static_cast<int>(std::count(seen.begin(), seen.end(), 1));
 }
 
 c10::Device parse_device(const std::string& name) {

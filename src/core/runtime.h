@@ -11,6 +11,11 @@ namespace vdm {
 // thread on these machines, so every entry point calls this once.
 void init_runtime(int threads = 0);
 
+// How many threads at::parallel_for actually uses in vdm's own code: at::get_num_threads() when vdm
+// is compiled with OpenMP (LibTorch's parallel_for is a header template that only runs in parallel
+// in code compiled with it), 1 otherwise.
+int parallel_for_threads();
+
 // "cpu", "cuda", "cuda:1" -> device; throws InputError naming the flag otherwise, or when CUDA
 // is requested but this build/machine has none.
 c10::Device parse_device(const std::string& name);

@@ -68,6 +68,19 @@ TEST(Attention, MatchesNaiveFormula) {
 
 // The fused CPU kernel: partial row blocks, value widths other than the key width, one key, widths
 // up to its maximum, large score ranges (the exp2 clamp) and when it applies.
+// vdm's own kernels split their work with at::parallel_for, which runs in parallel only in code
+// compiled with OpenMP: with it every LibTorch thread takes a share.
+TEST(Runtime, ParallelForInVdmUsesEveryThread) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+#if defined(VDM_WITH_OPENMP)
+  EXPECT_EQ(vdm::parallel_for_threads(), 2);
+#else
+  EXPECT_EQ(vdm::parallel_for_threads(), 1);
+#endif
+  at::set_num_threads(before);
+}
+
 TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
   at::manual_seed(3);
   struct Case {
