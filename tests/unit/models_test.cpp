@@ -330,7 +330,8 @@ TEST(Normalization, Bf16RunsInFloat32WithTorchParameters) {
   at::Tensor x = at::randn({4, 100, 32}) * 3 + 1;
   at::Tensor y = at::randn({2, 32, 5, 6}) * 3 + 1;
   EXPECT_TRUE(at::equal(ln->forward(x), ln_ref->forward(x)));
-  EXPECT_TRUE(at::equal(gn->forward(y), gn_ref->forward(y)));
+  // float32 inference runs the fused kernel: torch::nn's result to float32 rounding.
+  EXPECT_LT(max_abs_diff(gn->forward(y), gn_ref->forward(y)), 1e-5);
 
   at::Tensor xb = x.to(at::kBFloat16), yb = y.to(at::kBFloat16);
   EXPECT_TRUE(norm_runs_in_float32(xb));
