@@ -24,6 +24,12 @@ bool norm_runs_in_float32(const at::Tensor& x) {
 }
 
 at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
+  // Inference over the last dimension: the fused kernel (float32 statistics, bfloat16 read and
+  // written directly).
+  const auto& shape = options.normalized_shape();
+  if (shape.size() == 1 && x.dim() >= 1 && x.size(-1) == shape[0] && fused_layer_norm_cpu_applies(x) &&
+      !(at::GradMode::is_enabled() && (needs_grad(weight) || needs_grad(bias))))
+    return fused_layer_norm_cpu(x, weight, bias, options.eps());
   if (!norm_runs_in_float32(x)) return torch::nn::LayerNormImpl::forward(x);
   return at::layer_norm(x.to(at::kFloat), options.normalized_shape(), widened(weight), widened(bias), options.eps())
       .to(x.scalar_type());

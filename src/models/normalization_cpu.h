@@ -21,4 +21,12 @@ bool fused_group_norm_cpu_applies(const at::Tensor& x);
 at::Tensor fused_group_norm_cpu(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                                 double eps, bool silu);
 
+// Layer normalisation over the last dimension for inference: the same statistics in float32 (mean,
+// then squared deviations), float32 or bfloat16 in and out. True when it applies to `x` (as for
+// the group norm kernel: a float32 or bfloat16 CPU tensor that needs no gradient).
+bool fused_layer_norm_cpu_applies(const at::Tensor& x);
+// x: [..., C] (rows at any stride, channels contiguous; otherwise copied) -> contiguous, same shape
+// and dtype: layer_norm(x, {C}, weight, bias, eps). weight and bias: [C] or undefined.
+at::Tensor fused_layer_norm_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
 }  // namespace vdm::models
