@@ -2,8 +2,9 @@
 // results) whose forward on a reduced-precision CPU tensor (bfloat16, float16) computes in float32
 // and rounds the result back. LibTorch 1.13's bfloat16 CPU norm kernels are scalar: on a 2-core
 // EPYC a layer norm over [32, 1024, 32] takes 9.1 ms in bfloat16 against 0.66 ms through float32,
-// conversions included. GroupNorm in bfloat16 CPU inference runs a fused kernel instead (with SiLU
-// when asked). float32 and CUDA tensors go to torch::nn's forward unchanged.
+// conversions included. In CPU inference (float32 or bfloat16, parameters needing no gradient) both
+// run the fused kernels of models/normalization_cpu.h instead (GroupNorm with SiLU when asked; same
+// results to float32 rounding); training and CUDA tensors go to torch::nn's forward unchanged.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/normalization.h>
@@ -21,13 +22,13 @@ bool norm_runs_in_float32(const at::Tensor& x);
 class LayerNormImpl : public torch::nn::LayerNormImpl {
  public:
   using torch::nn::LayerNormImpl::LayerNormImpl;
-  // x: [..., normalized_shape] -> same shape and dtype.
+  // x: [..., normalized_shape] -> same shape and dtype (contiguous from the fused kernel, which takes
+  // a normalized_shape of one dimension).
   at::Tensor forward(const at::Tensor& x);
 };
 TORCH_MODULE(LayerNorm);
 
-// In bfloat16 CPU inference (no gradient) both forwards run the fused kernel of
-// models/normalization_cpu.h.
+// In CPU inference (no gradient) both forwards run the fused kernel of models/normalization_cpu.h.
 class GroupNormImpl : public torch::nn::GroupNormImpl {
  public:
   using torch::nn::GroupNormImpl::GroupNormImpl;
