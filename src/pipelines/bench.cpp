@@ -45,6 +45,7 @@ nlohmann::json BenchReport::to_json() const {
   nlohmann::json j = {{"device", device_name},         {"dtype", dtype},
                       {"source", source},              {"unet_parameters", unet_parameters},
                       {"batch", batch},                {"peak_host_mb", peak_host_mb},
+                      {"threads", threads},            {"kernel_threads", kernel_threads},
                       {"peak_device_mb", peak_device_mb}};
   for (const auto& s : stages)
     j["stages"][s.stage] = {{"median_ms", s.median()}, {"min_ms", s.min()}, {"max_ms", s.max()},
@@ -54,8 +55,9 @@ nlohmann::json BenchReport::to_json() const {
 }
 
 std::string BenchReport::to_table() const {
-  std::string out = fmt::format("device {}  dtype {}  batch {}  unet {:.1f} M parameters\n{}\n",
-                                device_name, dtype, batch, unet_parameters / 1e6, source);
+  std::string out =
+      fmt::format("device {}  dtype {}  batch {}  threads {} (vdm's kernels on {})  unet {:.1f} M parameters\n{}\n",
+                  device_name, dtype, batch, threads, kernel_threads, unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
     out += fmt::format("{:<16} {:>10.2f} {:>10.2f} {:>10.2f} {:>6}\n", s.stage, s.median(), s.min(),
@@ -137,6 +139,8 @@ BenchReport run_bench(const BenchOptions& o) {
     m->to(device, dtype);
   }
   report.device_name = device.str();
+  report.threads = at::get_num_threads();
+  report.kernel_threads = parallel_for_threads();
   report.dtype = dtype_name(dtype);
   report.unet_parameters = io::parameter_count(*unet);
   const int64_t batch = o.guidance > 1.0 ? 2 : 1;

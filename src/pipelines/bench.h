@@ -44,6 +44,8 @@ struct BenchReport {
   std::string source;  // model folder or config folder
   int64_t unet_parameters = 0;
   int64_t batch = 1;
+  int threads = 1;         // LibTorch's intra-op threads
+  int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
   std::vector<StageTiming> stages;
   double peak_host_mb = 0;    // max resident set size
   double peak_device_mb = 0;  // CUDA caching allocator peak (0 on CPU)

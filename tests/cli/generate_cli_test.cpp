@@ -182,6 +182,10 @@ TEST(BenchCli, StagesAndOperatorProfile) {
   std::ifstream in(dir + "/bench.json");
   const nlohmann::json j = nlohmann::json::parse(in);
   EXPECT_EQ(j.at("batch"), 2);
+  EXPECT_EQ(j.at("threads"), 2);
+#if defined(VDM_WITH_OPENMP)
+  EXPECT_EQ(j.at("kernel_threads"), 2);  // vdm's own kernels on every thread
+#endif
   EXPECT_EQ(j.at("stages").at("unet_step").at("runs"), 2);
   EXPECT_GT(j.at("stages").at("unet_step").at("median_ms").get<double>(), 0.0);
   EXPECT_EQ(j.at("stages").at("vae_decode").at("runs"), 1);
