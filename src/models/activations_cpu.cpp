@@ -76,11 +76,7 @@ void gelu_rows_baseline(const T* a, const T* g, int64_t s, T* o, int64_t W, int6
 }
 template <class T>
 RowsFn<T> rows_function() {
-  switch (cpu::kernel_isa()) {
-    case cpu::Isa::kAvx512: return gelu_rows_avx512<T>;
-    case cpu::Isa::kAvx2: return gelu_rows_avx2<T>;
-    default: return gelu_rows_baseline<T>;
-  }
+  return cpu::by_isa<RowsFn<T>>(gelu_rows_avx512<T>, gelu_rows_avx2<T>, gelu_rows_baseline<T>);
 }
 
 // Runs the row kernel over a contiguous [rows, in_width] tensor of element type T; `gated` takes

@@ -349,13 +349,7 @@ void attend_block_baseline(const BlockIo& io, int64_t rows, const float* kT, con
   attend_block<8>(io, rows, kT, vT, Lk, Lp, d, dv, s);
 }
 
-BlockFn block_function() {
-  switch (cpu::kernel_isa()) {
-    case cpu::Isa::kAvx512: return attend_block_avx512;
-    case cpu::Isa::kAvx2: return attend_block_avx2;
-    default: return attend_block_baseline;
-  }
-}
+BlockFn block_function() { return cpu::by_isa<BlockFn>(attend_block_avx512, attend_block_avx2, attend_block_baseline); }
 
 // The short-sequence group likewise: 16 queries per group on AVX-512, 8 otherwise.
 using ShortFn = void (*)(const ShortIo&, int64_t, int64_t, int64_t, int64_t, float*);
@@ -376,11 +370,7 @@ struct ShortKernel {
   int64_t lanes;
 };
 ShortKernel short_function() {
-  switch (cpu::kernel_isa()) {
-    case cpu::Isa::kAvx512: return {attend_short_avx512, 16};
-    case cpu::Isa::kAvx2: return {attend_short_avx2, 8};
-    default: return {attend_short_baseline, 8};
-  }
+  return cpu::by_isa<ShortKernel>({attend_short_avx512, 16}, {attend_short_avx2, 8}, {attend_short_baseline, 8});
 }
 
 // softmax(q k^T) v with the queries in the lanes (Lk <= kFusedAttentionShortKeys).

@@ -171,6 +171,17 @@ inline Isa kernel_isa() {
   }();
   return isa;
 }
+
+// The build of a kernel for the instruction set in use (kernel_isa()).
+template <class F>
+F by_isa(F avx512, F avx2, F baseline) {
+  switch (kernel_isa()) {
+    case Isa::kAvx512: return avx512;
+    case Isa::kAvx2: return avx2;
+    default: return baseline;
+  }
+}
+
 inline const char* isa_name(Isa isa) {
   return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
 }

@@ -115,11 +115,7 @@ void groups_baseline(const Problem<T>& p, int64_t g0, int64_t g1) {
 }
 template <class T>
 GroupsFn<T> groups_function() {
-  switch (cpu::kernel_isa()) {
-    case cpu::Isa::kAvx512: return groups_avx512<T>;
-    case cpu::Isa::kAvx2: return groups_avx2<T>;
-    default: return groups_baseline<T>;
-  }
+  return cpu::by_isa<GroupsFn<T>>(groups_avx512<T>, groups_avx2<T>, groups_baseline<T>);
 }
 
 // The [N, C, F, S] view of x: a contiguous tensor (F = 1), or a dense 5-D [N, C, F, H, W] whose
@@ -231,11 +227,7 @@ void rows_baseline(const T* x, int64_t stride, T* y, int64_t C, const float* w, 
 }
 template <class T>
 RowsFn<T> rows_function() {
-  switch (cpu::kernel_isa()) {
-    case cpu::Isa::kAvx512: return rows_avx512<T>;
-    case cpu::Isa::kAvx2: return rows_avx2<T>;
-    default: return rows_baseline<T>;
-  }
+  return cpu::by_isa<RowsFn<T>>(rows_avx512<T>, rows_avx2<T>, rows_baseline<T>);
 }
 
 template <class T>
