@@ -431,13 +431,12 @@ at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, cons
   // Queries are read where they are (typically heads split from a projection: [B, L, heads, d]
   // seen as [B, heads, L, d]); only bfloat16 is widened, and a layout without contiguous channels
   // copied.
-  at::Tensor q = q_in.to(at::kFloat);
-  if (q.stride(3) != 1) q = q.contiguous();
+  auto channels_contiguous = [](const at::Tensor& t) {
+    at::Tensor f = t.to(at::kFloat);
+    return f.stride(3) == 1 ? f : f.contiguous();
+  };
+  const at::Tensor q = channels_contiguous(q_in);
   if (Lk <= kFusedAttentionShortKeys) {
-    auto channels_contiguous = [](const at::Tensor& t) {
-      at::Tensor f = t.to(at::kFloat);
-      return f.stride(3) == 1 ? f : f.contiguous();
-    };
     at::Tensor out = at::empty({B, Lq, H, dv}, f32);
     fused_attention_short(q, channels_contiguous(k), channels_contiguous(v), scale, out);
     return out.transpose(1, 2).to(q_in.scalar_type());

@@ -43,6 +43,25 @@ __attribute__((always_inline)) inline typename Vec<N>::f silu_lanes(typename Vec
 }
 inline float silu_scalar(float y) { return y / (1.0f + std::exp(-y)); }
 
+// Sum of (x[j] - shift), or of its square, over one row of n elements: float32 lanes, then a
+// scalar tail; the two parts added in double. Shared by the group and layer norm statistics.
+template <int N, bool Squared, class T>
+__attribute__((always_inline)) inline double row_sum(const T* r, int64_t n, float shift) {
+  using V = typename Vec<N>::f;
+  V acc{};
+  int64_t j = 0;
+  for (; j + N <= n; j += N) {
+    const V d = cpu::load_lanes<N>(r + j) - shift;
+    acc += Squared ? d * d : d;
+  }
+  float tail = 0.0f;
+  for (; j < n; ++j) {
+    const float d = cpu::load_one(r + j) - shift;
+    tail += Squared ? d * d : d;
+  }
+  return static_cast<double>(cpu::hsum<N>(acc)) + tail;
+}
+
 // Groups [g0, g1) of the flattened (n, group) index.
 template <int N, class T>
 __attribute__((always_inline)) inline void group_norm_groups(const Problem<T>& p, int64_t g0, int64_t g1) {
@@ -55,23 +74,8 @@ __attribute__((always_inline)) inline void group_norm_groups(const Problem<T>& p
     // Sum over the group of (x - shift), or of its square, in float32 lanes and double across rows.
     auto accumulate = [&](float shift, auto squared) {
       double total = 0.0;
-      for (int64_t c = c0; c < c0 + cpg; ++c) {
-        for (int64_t f = 0; f < p.F; ++f) {
-          const T* r = row(c, f);
-          V acc{};
-          int64_t j = 0;
-          for (; j + N <= p.S; j += N) {
-            const V d = cpu::load_lanes<N>(r + j) - shift;
-            acc += squared ? d * d : d;
-          }
-          float tail = 0.0f;
-          for (; j < p.S; ++j) {
-            const float d = cpu::load_one(r + j) - shift;
-            tail += squared ? d * d : d;
-          }
-          total += static_cast<double>(cpu::hsum<N>(acc)) + tail;
-        }
-      }
+      for (int64_t c = c0; c < c0 + cpg; ++c)
+        for (int64_t f = 0; f < p.F; ++f) total += row_sum<N, decltype(squared)::value>(row(c, f), p.S, shift);
       return total;
     };
     const float mean = static_cast<float>(accumulate(0.0f, std::false_type{}) / count);
@@ -176,24 +180,10 @@ __attribute__((always_inline)) inline void layer_norm_rows(const T* x, int64_t s
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x + r * stride;
     T* yr = y + r * C;
-    V acc{};
-    float tail = 0.0f;
+    const float mean = static_cast<float>(row_sum<N, false>(xr, C, 0.0f)) * inv_c;
+    const float rstd = 1.0f / std::sqrt(static_cast<float>(row_sum<N, true>(xr, C, mean)) * inv_c + eps);
     int64_t j = 0;
-    for (; j + N <= C; j += N) acc += cpu::load_lanes<N>(xr + j);
-    for (; j < C; ++j) tail += cpu::load_one(xr + j);
-    const float mean = (cpu::hsum<N>(acc) + tail) * inv_c;
-    acc = V{};
-    tail = 0.0f;
-    for (j = 0; j + N <= C; j += N) {
-      const V d = cpu::load_lanes<N>(xr + j) - mean;
-      acc += d * d;
-    }
-    for (; j < C; ++j) {
-      const float d = cpu::load_one(xr + j) - mean;
-      tail += d * d;
-    }
-    const float rstd = 1.0f / std::sqrt((cpu::hsum<N>(acc) + tail) * inv_c + eps);
-    for (j = 0; j + N <= C; j += N) {
+    for (; j + N <= C; j += N) {
       V v = (cpu::load_lanes<N>(xr + j) - mean) * rstd;
       if (w) v *= cpu::load_lanes<N>(w + j);
       if (b) v += cpu::load_lanes<N>(b + j);
