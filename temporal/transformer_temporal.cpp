@@ -47,8 +47,11 @@ at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t nu
     h = m->as<models::BasicTransformerBlockImpl>()->forward(h, encoder_hidden_states);
   h = proj_out_->forward(h);
   // [B*H*W, F, C] -> [B, F, C, H, W] -> [B*F, C, H, W]
-  h = h.reshape({B, H, W, num_frames, C}).permute({0, 3, 4, 1, 2}).reshape({BF, C, H, W});
-  return h + x;
+  h = h.reshape({B, H, W, num_frames, C}).permute({0, 3, 4, 1, 2});
+  if (x.is_contiguous()) return h.reshape({BF, C, H, W}) + x;
+  // Channels-last x: the residual first, so that the sum is laid out as x and folds back into
+  // [B*F, C, H, W] without a copy (a reshape of the permuted h would copy it to NCHW).
+  return (x.reshape({B, num_frames, C, H, W}) + h).reshape({BF, C, H, W});
 }
 
 }  // namespace vdm::temporal

@@ -1,44 +1,103 @@
 #!/usr/bin/env bash
-# GPU benchmark in one go: builds vdm without FFmpeg against the machine's Python LibTorch (CUDA),
-# then times the ModelScope 1.7B UNet3D step (random weights from configs/) at batch 2 (guidance),
-# 16 frames at 256x256, in float16 and bfloat16, eager and as a CUDA graph. Prints one table row per
-# run for docs/performance.md; the JSON reports land in OUT_DIR.
+# GPU check and benchmark in one go, for a machine with a CUDA GPU, Python's LibTorch (CUDA) and no
+# FFmpeg headers:
+#   1. builds vdm (FFmpeg off) with vdm's CUDA kernels, and the CUDA test suite;
+#   2. runs the CUDA tests (the channels-last group norm and UNet against LibTorch's NCHW path);
+#   3. times the ModelScope 1.7B UNet3D step (random weights from configs/) at batch 2 (guidance),
+#      16 frames at 256x256: float16 and bfloat16, NCHW and channels-last, eager and as a CUDA graph;
+#   4. profiles the device time per CUDA kernel of a few eager steps in each layout.
+# Prints one table row per run for docs/performance.md and the top kernels; JSON reports and logs
+# land in OUT_DIR.
 #
 #   configs/gpu/bench.sh OUT_DIR [STEPS=20]
 #
-# Header-only dependencies missing on the machine (nlohmann/json.hpp, CLI/CLI.hpp) are taken from
-# .gpu-deps/include when that folder exists.
-set -euo pipefail
+# Missing header-only dependencies (nlohmann/json.hpp, CLI/CLI.hpp) are taken from
+# .gpu-deps/include, and GoogleTest's sources from .gpu-deps/googletest, when those folders exist.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: bench.sh OUT_DIR [STEPS]}
 STEPS=${2:-20}
 mkdir -p "$OUT"
 start=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - start )) s"; }
 PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+export CUDACXX=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 EXTRA=()
-if [ -d .gpu-deps/include ]; then EXTRA=(-DVDM_EXTRA_INCLUDE="$PWD/.gpu-deps/include"); fi
+if [ -d .gpu-deps/include ]; then EXTRA+=(-DVDM_EXTRA_INCLUDE="$PWD/.gpu-deps/include"); fi
+if [ -d .gpu-deps/googletest ]; then EXTRA+=(-DVDM_GTEST_SOURCE="$PWD/.gpu-deps/googletest"); fi
+LOG="$OUT/build.log"
 # VDM_OPENMP=OFF: the pip LibTorch carries its own renamed libgomp; vdm's CPU kernels (not used on
 # the GPU path) stay out of a second OpenMP runtime there.
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" -DVDM_WITH_FFMPEG=OFF -DVDM_OPENMP=OFF \
-  -DVDM_BUILD_TESTS=OFF -DVDM_BUILD_BENCHMARKS=OFF -DCMAKE_CXX_FLAGS=-DFMT_HEADER_ONLY "${EXTRA[@]}" > "$OUT/build.log" 2>&1
-cmake --build build-gpu --target vdm -j"$(nproc)" >> "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build $(( $(date +%s) - start )) s"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-echo "| dtype | mode | UNet step median (ms) | min | max | peak memory |"
-echo "|---|---|---|---|---|---|"
-for dtype in float16 bfloat16; do
-  for graph in "" "--cuda-graph"; do
-    name="unet_${dtype}${graph:+_graph}"
-    ./build-gpu/vdm bench --config configs/modelscope-t2v-1.7b --frames 16 --width 256 --height 256 \
-      --guidance 7.5 --steps "$STEPS" --dtype "$dtype" --device cuda --skip-vae $graph --json \
-      > "$OUT/$name.json" 2> "$OUT/$name.log" || { tail -5 "$OUT/$name.log"; continue; }
-    python3 - "$OUT/$name.json" "$dtype" "${graph:-eager}" <<'PY'
+configure() {
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" -DVDM_WITH_FFMPEG=OFF \
+    -DVDM_OPENMP=OFF -DVDM_BUILD_BENCHMARKS=OFF -DCMAKE_CXX_FLAGS=-DFMT_HEADER_ONLY "${EXTRA[@]}" "$@" >> "$LOG" 2>&1
+}
+TESTS=1
+if ! configure -DVDM_BUILD_TESTS=ON -DVDM_CUDA_KERNELS=ON; then
+  echo "configure with tests failed; building without them"; TESTS=0
+  rm -rf build-gpu; configure -DVDM_BUILD_TESTS=OFF -DVDM_CUDA_KERNELS=ON || { tail -30 "$LOG"; exit 1; }
+fi
+grep -E '^-- vdm:' "$LOG" | sort -u
+if ! cmake --build build-gpu --target vdm -j"$(nproc)" >> "$LOG" 2>&1; then
+  grep -E 'error|Error' "$LOG" | head -20
+  echo "build with vdm's CUDA kernels failed; building without them"
+  configure -DVDM_CUDA_KERNELS=OFF && cmake --build build-gpu --target vdm -j"$(nproc)" >> "$LOG" 2>&1 \
+    || { tail -30 "$LOG"; exit 1; }
+fi
+if [ "$TESTS" = 1 ] && ! cmake --build build-gpu --target cuda_kernels_test -j"$(nproc)" >> "$LOG" 2>&1; then
+  grep -E 'error' "$LOG" | head -10; echo "cuda_kernels_test did not build"; TESTS=0
+fi
+echo "build $(elapsed)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
+if [ "$TESTS" = 1 ]; then
+  timeout 300 ./build-gpu/tests/cuda_kernels_test > "$OUT/cuda_tests.log" 2>&1; echo "cuda tests rc=$? $(elapsed)"
+  grep -E '^\[  (PASSED|FAILED|SKIPPED) |Failure|rel|expected' "$OUT/cuda_tests.log" | head -30
+fi
+
+bench() {  # name, then vdm bench flags
+  local name=$1; shift
+  timeout 240 ./build-gpu/vdm bench --config configs/modelscope-t2v-1.7b --frames 16 --width 256 --height 256 \
+    --guidance 7.5 --device cuda --skip-vae --json "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" \
+    || { echo "$name failed: $(tail -3 "$OUT/$name.log")"; return 1; }
+}
+row() {  # name, dtype, layout, mode
+  python3 - "$OUT/$1.json" "$2" "$3" "$4" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 st = next(v for k, v in r["stages"].items() if k.startswith("unet_step"))
 mem = r.get("peak_device_mb", 0) / 1024
-print(f"| {sys.argv[2]} | {sys.argv[3].lstrip('-')} | {st['median_ms']:.1f} | {st['min_ms']:.1f} | {st['max_ms']:.1f} | {mem:.1f} GiB |")
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {st['median_ms']:.1f} | {st['min_ms']:.1f} | {st['max_ms']:.1f} | {mem:.1f} GiB |", flush=True)
 PY
+}
+echo "| dtype | layout | mode | UNet step median (ms) | min | max | peak memory |"
+echo "|---|---|---|---|---|---|---|"
+for dtype in float16 bfloat16; do
+  for layout in on off; do
+    for graph in "" "--cuda-graph"; do
+      [ "$dtype" = bfloat16 ] && { [ "$layout" = off ] || [ -z "$graph" ]; } && continue
+      name="unet_${dtype}_cl-${layout}${graph:+_graph}"
+      bench "$name" --dtype "$dtype" --channels-last "$layout" --steps "$STEPS" $graph \
+        && row "$name" "$dtype" "$([ "$layout" = on ] && echo channels-last || echo nchw)" "${graph:-eager}"
+    done
   done
 done
-echo "total $(( $(date +%s) - start )) s"
+bench unet_float16_cl-on_nobench --dtype float16 --channels-last on --steps "$STEPS" --cuda-graph --no-cudnn-benchmark \
+  && row unet_float16_cl-on_nobench float16 "channels-last, no cudnn benchmark" cuda-graph
+echo "benchmarks $(elapsed)"
+for layout in on off; do
+  name="profile_float16_cl-${layout}"
+  bench "$name" --dtype float16 --channels-last "$layout" --steps 3 --profile || continue
+  python3 - "$OUT/$name.json" "$layout" <<'PY'
+import json, sys, re
+r = json.load(open(sys.argv[1]))
+ops = r["unet_ops"]["ops"]
+total = sum(o["self_ms"] for o in ops) / 3
+print(f"\nchannels-last {sys.argv[2]}: {total:.1f} ms of kernel time per step, {len(ops)} kernels")
+def short(n):
+    n = re.sub(r"<.*", "", n.replace("void ", ""))
+    return n[-70:]
+for o in ops[:18]:
+    print(f"  {o['self_ms']/3:7.2f} ms {o['calls']//3:5d}x  {short(o['name'])}")
+PY
+done
+echo "total $(elapsed)"

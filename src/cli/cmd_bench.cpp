@@ -25,6 +25,11 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--repeat", o->repeat, "Repetitions of the other stages")->capture_default_str();
   cmd->add_option("--decode-chunk", o->decode_chunk, "Frames per VAE decode call (0 = all)");
+  cmd->add_option("--channels-last", o->channels_last,
+                  "UNet activation layout: auto (channels-last on CUDA with vdm's kernels), on, off")
+      ->capture_default_str();
+  cmd->add_flag("--cudnn-benchmark,!--no-cudnn-benchmark", o->cudnn_benchmark,
+                "CUDA: let cuDNN time its convolution algorithms in the warm-up step (default on)");
   cmd->add_flag("--cuda-graph", o->cuda_graph, "Replay the UNet step as one CUDA graph");
   cmd->add_flag("--skip-vae", o->skip_vae, "Do not time the VAE decode");
   cmd->add_flag("--profile", o->profile, "Per-operator times of the timed UNet steps (LibTorch's profiler)");

@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "models/normalization_cpu.h"
+#include "models/normalization_cuda.h"
 
 namespace vdm::models {
 
@@ -38,6 +39,8 @@ at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
 }
 
 at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
+  if (group_norm_nhwc_applies(x, weight, bias) && parameters_need_no_grad(weight, bias))
+    return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/false);
   if (group_norm_fused(x, weight, bias))
     return fused_group_norm_cpu(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/false);
   if (!norm_runs_in_float32(x)) return torch::nn::GroupNormImpl::forward(x);
@@ -46,6 +49,8 @@ at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
 }
 
 at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x) {
+  if (group_norm_nhwc_applies(x, weight, bias) && parameters_need_no_grad(weight, bias))
+    return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true);
   if (group_norm_fused(x, weight, bias))
     return fused_group_norm_cpu(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true);
   return at::silu(forward(x));

@@ -73,14 +73,15 @@ Upsample2DImpl::Upsample2DImpl(const Upsample2DOptions& o) : options_(o) {
 }
 
 at::Tensor Upsample2DImpl::forward(const at::Tensor& x, const std::vector<int64_t>& output_size) {
-  // Nearest-neighbour upsampling has no bfloat16 kernel on some builds: run it in float32.
+  // Nearest-neighbour upsampling has no bfloat16 CPU kernel on some builds: run it in float32.
   const auto dtype = x.scalar_type();
-  at::Tensor h = dtype == at::kBFloat16 ? x.to(at::kFloat) : x;
-  if (h.size(0) >= 64) h = h.contiguous();
+  const bool widen = dtype == at::kBFloat16 && x.device().is_cpu();
+  at::Tensor h = widen ? x.to(at::kFloat) : x;
+  if (h.size(0) >= 64) h = h.contiguous(h.suggest_memory_format());
   const std::vector<int64_t> size =
       output_size.empty() ? std::vector<int64_t>{h.size(2) * 2, h.size(3) * 2} : std::vector<int64_t>{output_size.at(0), output_size.at(1)};
   h = at::upsample_nearest2d(h, at::IntArrayRef(size));
-  if (dtype == at::kBFloat16) h = h.to(dtype);
+  if (widen) h = h.to(dtype);
   return conv_ ? conv_->forward(h) : h;
 }
 

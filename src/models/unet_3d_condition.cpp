@@ -183,6 +183,17 @@ UNet3DConditionModelImpl::UNet3DConditionModelImpl(const UNet3DConditionConfig& 
   conv_out_ = register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(boc[0], c.out_channels, 3).padding(1)));
 }
 
+void UNet3DConditionModelImpl::set_channels_last(bool on) {
+  const auto fmt2 = on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt3 = on ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
+  at::NoGradGuard no_grad;
+  for (const auto& m : modules()) {
+    if (auto* c = m->as<torch::nn::Conv2dImpl>()) c->weight.set_data(c->weight.contiguous(fmt2));
+    if (auto* c = m->as<torch::nn::Conv3dImpl>()) c->weight.set_data(c->weight.contiguous(fmt3));
+  }
+  channels_last_ = on;
+}
+
 c10::ScalarType UNet3DConditionModelImpl::dtype() const { return conv_in_->weight.scalar_type(); }
 c10::Device UNet3DConditionModelImpl::device() const { return conv_in_->weight.device(); }
 
@@ -225,6 +236,7 @@ at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const 
 
   // 2. pre-process: [B, C, F, H, W] -> [B*F, C, H, W]
   at::Tensor h = sample.permute({0, 2, 1, 3, 4}).reshape({B * F, c.in_channels, H, W});
+  if (channels_last_) h = h.contiguous(at::MemoryFormat::ChannelsLast);
   h = conv_in_->forward(h);
   tap.record("conv_in", h);
   h = transformer_in_->forward(h, F);
@@ -260,6 +272,7 @@ at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   h = conv_out_->forward(group_norm_silu(conv_norm_out_, h, tap, "conv_norm_out"));
   tap.record("conv_out", h);
   // [B*F, C, H, W] -> [B, C, F, H, W]
+  if (channels_last_) h = h.contiguous();
   return h.reshape({B, F, c.out_channels, H, W}).permute({0, 2, 1, 3, 4});
 }
 

@@ -74,6 +74,14 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   void set_tap(TapFn fn) { tap_ = std::move(fn); }
   void clear_tap() { tap_ = nullptr; }
 
+  // Channels-last activations (NHWC, and NDHWC around the temporal convolutions): the convolution
+  // weights are re-laid out to match (call again after moving the model) and forward() runs the
+  // network in that layout; outputs are the same tensors up to rounding. It pays on CUDA, where
+  // cuDNN's convolutions are native NHWC and vdm's CUDA group norm keeps the layout; on CPU the
+  // contiguous layout is faster (docs/performance.md).
+  void set_channels_last(bool on);
+  bool channels_last() const { return channels_last_; }
+
   const UNet3DConditionConfig& config() const { return config_; }
   c10::ScalarType dtype() const;
   c10::Device device() const;
@@ -81,6 +89,7 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
  private:
   UNet3DConditionConfig config_;
   TapFn tap_;
+  bool channels_last_ = false;
   torch::nn::Conv2d conv_in_{nullptr}, conv_out_{nullptr};
   TimestepEmbedding time_embedding_{nullptr};
   temporal::TransformerTemporalModel transformer_in_{nullptr};

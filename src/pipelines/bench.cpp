@@ -2,6 +2,8 @@
 
 #include <sys/resource.h>
 
+#include <ATen/Context.h>
+
 #include <algorithm>
 #include <c10/core/InferenceMode.h>
 #include <chrono>
@@ -13,6 +15,7 @@
 #include "core/runtime.h"
 #include "io/tensor_io.h"
 #include "models/autoencoder_kl.h"
+#include "models/normalization_cuda.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/model_folder.h"
 #include "text/clip_text_model.h"
@@ -44,7 +47,8 @@ double StageTiming::max() const { return ms.empty() ? 0 : *std::max_element(ms.b
 nlohmann::json BenchReport::to_json() const {
   nlohmann::json j = {{"device", device_name},         {"dtype", dtype},
                       {"source", source},              {"unet_parameters", unet_parameters},
-                      {"batch", batch},                {"peak_host_mb", peak_host_mb},
+                      {"batch", batch},                {"layout", layout},
+                      {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
                       {"peak_device_mb", peak_device_mb}};
   for (const auto& s : stages)
@@ -56,8 +60,9 @@ nlohmann::json BenchReport::to_json() const {
 
 std::string BenchReport::to_table() const {
   std::string out =
-      fmt::format("device {}  dtype {}  batch {}  threads {} (vdm's kernels on {})  unet {:.1f} M parameters\n{}\n",
-                  device_name, dtype, batch, threads, kernel_threads, unet_parameters / 1e6, source);
+      fmt::format("device {}  dtype {}  batch {}  layout {}  threads {} (vdm's kernels on {})  unet {:.1f} M "
+                  "parameters\n{}\n",
+                  device_name, dtype, batch, layout, threads, kernel_threads, unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
     out += fmt::format("{:<16} {:>10.2f} {:>10.2f} {:>10.2f} {:>6}\n", s.stage, s.median(), s.min(),
@@ -65,7 +70,9 @@ std::string BenchReport::to_table() const {
   out += fmt::format("peak host memory {:.0f} MB", peak_host_mb);
   if (peak_device_mb > 0) out += fmt::format(", peak device memory {:.0f} MB", peak_device_mb);
   out += "\n";
-  if (unet_ops) out += "\nUNet steps by operator (self time; profiling adds overhead):\n" + unet_ops->to_table();
+  if (unet_ops)
+    out += fmt::format("\nUNet steps by {} (self time; profiling adds overhead):\n", unet_ops->kind) +
+           unet_ops->to_table();
   return out;
 }
 
@@ -100,6 +107,8 @@ BenchReport run_bench(const BenchOptions& o) {
                                  o.frames, o.width, o.height, o.steps, o.repeat));
   c10::Device device = parse_device(o.device);
   c10::ScalarType dtype = parse_dtype(o.dtype);
+  if (o.channels_last != "auto" && o.channels_last != "on" && o.channels_last != "off")
+    throw InputError(fmt::format("--channels-last: expected auto, on or off, got '{}'", o.channels_last));
   // Option conflicts are refused before anything is loaded or run.
   if (o.cuda_graph) {
 #ifdef VDM_WITH_CUDA
@@ -138,6 +147,10 @@ BenchReport run_bench(const BenchOptions& o) {
     m->eval();
     m->to(device, dtype);
   }
+  const bool channels_last = o.channels_last == "auto" ? models::channels_last_pays(device) : o.channels_last == "on";
+  unet->set_channels_last(channels_last);
+  if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(o.cudnn_benchmark);
+  report.layout = channels_last ? "channels-last" : "nchw";
   report.device_name = device.str();
   report.threads = at::get_num_threads();
   report.kernel_threads = parallel_for_threads();
@@ -192,7 +205,7 @@ BenchReport run_bench(const BenchOptions& o) {
       }
     };
     if (o.profile) {
-      report.unet_ops = profile_ops(steps);
+      report.unet_ops = device.is_cuda() ? profile_cuda_kernels(steps) : profile_ops(steps);
     } else {
       steps();
     }

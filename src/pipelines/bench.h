@@ -28,6 +28,8 @@ struct BenchOptions {
   bool skip_vae = false;
   bool skip_encode = false;
   bool profile = false;     // per-operator times of the timed UNet steps (LibTorch's profiler)
+  bool cudnn_benchmark = true;  // CUDA: cuDNN times its algorithms on the first step (as vdm generate)
+  std::string channels_last = "auto";  // UNet activation layout: auto (as vdm generate), on, off
 };
 
 struct StageTiming {
@@ -44,6 +46,7 @@ struct BenchReport {
   std::string source;  // model folder or config folder
   int64_t unet_parameters = 0;
   int64_t batch = 1;
+  std::string layout = "nchw";  // the UNet's activation layout: nchw or channels-last
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
   std::vector<StageTiming> stages;

@@ -1,10 +1,13 @@
 #include "pipelines/op_profile.h"
 
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <memory>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -57,17 +60,61 @@ OpProfile profile_ops(const std::function<void()>& work) {
   return p;
 }
 
+namespace {
+// Kineto events give their duration in microseconds (LibTorch 1.13) or nanoseconds (2.x).
+template <typename Event>
+auto duration_ms(const Event& e, int) -> decltype(e.durationNs(), double()) {
+  return static_cast<double>(e.durationNs()) / 1e6;
+}
+template <typename Event>
+double duration_ms(const Event& e, long) {
+  return static_cast<double>(e.durationUs()) / 1e3;
+}
+}  // namespace
+
+OpProfile profile_cuda_kernels(const std::function<void()>& work) {
+  namespace impl = torch::profiler::impl;
+  const impl::ProfilerConfig config(impl::ProfilerState::KINETO);
+  const std::set<impl::ActivityType> activities{impl::ActivityType::CPU, impl::ActivityType::CUDA};
+  prof::prepareProfiler(config, activities);
+  prof::enableProfiler(config, activities);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    work();
+  } catch (...) {
+    prof::disableProfiler();
+    throw;
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  const std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+  std::map<std::string, OpTime> by_name;
+  for (const prof::KinetoEvent& e : result->events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    OpTime& t = by_name[e.name()];
+    t.name = e.name();
+    ++t.calls;
+    t.self_ms += duration_ms(e, 0);
+    t.total_ms = t.self_ms;
+  }
+  OpProfile p;
+  p.kind = "CUDA kernel";
+  p.wall_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  for (auto& [name, t] : by_name) p.ops.push_back(std::move(t));
+  std::sort(p.ops.begin(), p.ops.end(), [](const OpTime& a, const OpTime& b) { return a.self_ms > b.self_ms; });
+  return p;
+}
+
 std::string OpProfile::to_table(size_t top) const {
   double self_sum = 0;
   for (const auto& o : ops) self_sum += o.self_ms;
-  std::string out = fmt::format("{:<40} {:>7} {:>10} {:>7} {:>10}\n", "operator", "calls", "self ms", "self %",
+  std::string out = fmt::format("{:<40} {:>7} {:>10} {:>7} {:>10}\n", kind, "calls", "self ms", "self %",
                                 "total ms");
   for (size_t i = 0; i < std::min(top, ops.size()); ++i) {
     const OpTime& o = ops[i];
     out += fmt::format("{:<40} {:>7} {:>10.1f} {:>6.1f}% {:>10.1f}\n", o.name.substr(0, 40), o.calls, o.self_ms,
                        self_sum > 0 ? 100.0 * o.self_ms / self_sum : 0.0, o.total_ms);
   }
-  out += fmt::format("{} operators, {:.1f} ms of operator self time in {:.1f} ms wall\n", ops.size(), self_sum,
+  out += fmt::format("{} {}s, {:.1f} ms of {} self time in {:.1f} ms wall\n", ops.size(), kind, self_sum, kind,
                      wall_ms);
   return out;
 }
@@ -76,7 +123,7 @@ nlohmann::json OpProfile::to_json() const {
   nlohmann::json list = nlohmann::json::array();
   for (const auto& o : ops)
     list.push_back({{"name", o.name}, {"calls", o.calls}, {"self_ms", o.self_ms}, {"total_ms", o.total_ms}});
-  return {{"wall_ms", wall_ms}, {"ops", list}};
+  return {{"kind", kind}, {"wall_ms", wall_ms}, {"ops", list}};
 }
 
 }  // namespace vdm::pipelines

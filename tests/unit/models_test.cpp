@@ -744,4 +744,41 @@ TEST(ModelScopeConfigs, ParameterCounts) {
   EXPECT_EQ(vae_params, 83653863);
 }
 
+// CUDA runs the UNet channels-last (cuDNN's native layout). On CPU the same path checks the layout
+// plumbing: the convolution weights re-laid out, every [B*F, C, H, W] intermediate kept
+// channels-last (a reshape that copies back to NCHW would show here), and the same output.
+TEST(UNet3D, ChannelsLastKeepsTheLayoutAndTheOutput) {
+  at::manual_seed(11);
+  UNet3DConditionModel unet(tiny_unet_config());
+  unet->eval();
+  c10::InferenceMode inference;
+  const at::Tensor x = at::randn({2, 4, 3, 8, 8}), t = at::full({1}, 300L), ehs = at::randn({2, 5, 12});
+  const at::Tensor ref = unet->forward(x, t, ehs);
+  unet->set_channels_last(true);
+  ASSERT_TRUE(unet->channels_last());
+  for (const auto& [key, p] : vdm::io::state_dict(*unet)) {
+    if (p.dim() == 4 && p.size(2) * p.size(3) > 1) {
+      EXPECT_TRUE(p.is_contiguous(at::MemoryFormat::ChannelsLast)) << key;
+    } else if (p.dim() == 5) {
+      EXPECT_TRUE(p.is_contiguous(at::MemoryFormat::ChannelsLast3d)) << key;
+    }
+  }
+  std::vector<std::string> nchw;
+  int checked = 0;
+  unet->set_tap([&](const std::string& name, const at::Tensor& v) {
+    // conv_norm_out: a CPU group norm returns NCHW (the CUDA one keeps the layout; cuda_kernels_test).
+    if (v.dim() != 4 || v.size(1) == 1 || v.size(2) * v.size(3) == 1 || name == "conv_norm_out") return;
+    ++checked;
+    if (!v.is_contiguous(at::MemoryFormat::ChannelsLast)) nchw.push_back(name);
+  });
+  const at::Tensor out = unet->forward(x, t, ehs);
+  unet->clear_tap();
+  EXPECT_GT(checked, 20);
+  EXPECT_TRUE(nchw.empty()) << "not channels-last: " << nchw.front();
+  ASSERT_EQ(out.sizes(), ref.sizes());
+  EXPECT_LT(max_abs_diff(out, ref), 1e-4);
+  unet->set_channels_last(false);
+  EXPECT_TRUE(at::equal(unet->forward(x, t, ehs), ref));
+}
+
 }  // namespace

@@ -1,0 +1,105 @@
+// vdm's CUDA kernels against LibTorch's operators. They run only on a machine with a CUDA device and
+// a build with the kernels (CMake VDM_CUDA_KERNELS, LibTorch with CUDA, nvcc); elsewhere they skip.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+
+#include <vector>
+
+#include "models/normalization_cuda.h"
+#include "models/unet_3d_condition.h"
+#include "tests/support/test_support.h"
+
+namespace {
+
+using namespace vdm::models;
+
+const c10::Device kCuda(c10::kCUDA, 0);
+
+bool skip_without_kernels() {
+  if (!torch::cuda::is_available()) return true;
+  return !channels_last_pays(kCuda);
+}
+
+double relative_error(const at::Tensor& out, const at::Tensor& ref) {
+  const at::Tensor a = out.to(at::kCPU, at::kDouble), b = ref.to(at::kCPU, at::kDouble);
+  return (a - b).norm().item<double>() / b.norm().item<double>();
+}
+
+at::MemoryFormat channels_last_of(int64_t dim) {
+  return dim == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+}
+
+// Shapes of the UNet's norms (C = 320 in 32 groups over 32x32, a temporal norm over 16 frames) and an
+// odd one whose channels are no multiple of the 16-byte vector (the scalar path).
+TEST(CudaGroupNorm, ChannelsLastMatchesTorchAndKeepsTheLayout) {
+  if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
+  c10::InferenceMode inference;
+  at::manual_seed(5);
+  struct Case {
+    std::vector<int64_t> shape;
+    int64_t groups;
+  };
+  const std::vector<Case> cases = {{{8, 320, 32, 32}, 32}, {{2, 320, 16, 16, 16}, 32}, {{3, 12, 5, 7}, 4}};
+  for (const Case& c : cases) {
+    for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+      for (const bool silu : {false, true}) {
+        const int64_t C = c.shape[1];
+        // An offset mean checks that the statistics do not cancel.
+        const at::Tensor x = (at::randn(c.shape, at::TensorOptions().device(kCuda)) * 3 + 20)
+                                 .to(dtype)
+                                 .contiguous(channels_last_of(int64_t(c.shape.size())));
+        const at::Tensor w = at::randn({C}, x.options()), b = at::randn({C}, x.options());
+        ASSERT_TRUE(group_norm_nhwc_applies(x, w, b));
+        const at::Tensor out = group_norm_nhwc(x, c.groups, w, b, 1e-5, silu);
+        at::Tensor ref = at::group_norm(x.to(at::kDouble).contiguous(), c.groups, w.to(at::kDouble),
+                                        b.to(at::kDouble), 1e-5);
+        if (silu) ref = at::silu(ref);
+        EXPECT_EQ(out.strides(), x.strides());
+        EXPECT_EQ(out.scalar_type(), dtype);
+        const double tol = dtype == at::kFloat ? 1e-5 : dtype == at::kHalf ? 2e-3 : 1e-2;
+        EXPECT_LT(relative_error(out, ref), tol)
+            << "shape " << x.sizes() << " dtype " << dtype << " silu " << silu;
+      }
+    }
+  }
+  // NCHW-contiguous tensors and tensors needing gradients stay with LibTorch's group norm.
+  const at::Tensor nchw = at::randn({2, 8, 4, 4}, at::TensorOptions().device(kCuda));
+  EXPECT_FALSE(group_norm_nhwc_applies(nchw, at::Tensor(), at::Tensor()));
+}
+
+// The whole UNet channels-last on CUDA (cuDNN NHWC convolutions, the NHWC group norm) against the
+// same weights run NCHW, in float32 without TF32.
+TEST(CudaUNet, ChannelsLastMatchesContiguous) {
+  if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
+  c10::InferenceMode inference;
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  at::manual_seed(6);
+  UNet3DConditionConfig cfg;
+  cfg.in_channels = 4;
+  cfg.out_channels = 4;
+  cfg.down_block_types = {"CrossAttnDownBlock3D", "DownBlock3D"};
+  cfg.up_block_types = {"UpBlock3D", "CrossAttnUpBlock3D"};
+  cfg.block_out_channels = {32, 64};
+  cfg.layers_per_block = 1;
+  cfg.norm_num_groups = 8;
+  cfg.cross_attention_dim = 32;
+  cfg.attention_head_dim = {8, 8};
+  UNet3DConditionModel unet(cfg);
+  unet->eval();
+  unet->to(kCuda);
+  const auto opts = at::TensorOptions().device(kCuda);
+  const at::Tensor x = at::randn({2, 4, 4, 16, 16}, opts), t = at::full({1}, 400L, opts.dtype(at::kLong));
+  const at::Tensor ehs = at::randn({2, 7, 32}, opts);
+  const at::Tensor ref = unet->forward(x, t, ehs);
+  unet->set_channels_last(true);
+  const at::Tensor out = unet->forward(x, t, ehs);
+  EXPECT_LT(relative_error(out, ref), 1e-5);
+  unet->set_channels_last(false);
+  at::globalContext().setAllowTF32CuDNN(true);
+}
+
+}  // namespace
