@@ -9,7 +9,7 @@
 # Prints one table row per run for docs/performance.md and the top kernels; JSON reports and logs
 # land in OUT_DIR.
 #
-#   configs/gpu/bench.sh OUT_DIR [STEPS=20]
+#   configs/gpu/bench.sh OUT_DIR [STEPS=20]        (QUICK=1: the channels-last runs alone)
 #
 # Missing header-only dependencies (nlohmann/json.hpp, CLI/CLI.hpp) are taken from
 # .gpu-deps/include, and GoogleTest's sources from .gpu-deps/googletest, when those folders exist.
@@ -71,20 +71,22 @@ PY
 }
 echo "| dtype | layout | mode | UNet step median (ms) | min | max | peak memory |"
 echo "|---|---|---|---|---|---|---|"
-for dtype in float16 bfloat16; do
-  for layout in on off; do
-    for graph in "" "--cuda-graph"; do
-      [ "$dtype" = bfloat16 ] && { [ "$layout" = off ] || [ -z "$graph" ]; } && continue
-      name="unet_${dtype}_cl-${layout}${graph:+_graph}"
-      bench "$name" --dtype "$dtype" --channels-last "$layout" --steps "$STEPS" $graph \
-        && row "$name" "$dtype" "$([ "$layout" = on ] && echo channels-last || echo nchw)" "${graph:-eager}"
-    done
-  done
+# name dtype channels-last graph: the full set, or with QUICK=1 the channels-last rows alone.
+RUNS=("float16 on eager" "float16 on graph" "float16 off eager" "float16 off graph" "bfloat16 on graph"
+      "float16 on graph nobench")
+[ "${QUICK:-0}" = 1 ] && RUNS=("float16 on eager" "float16 on graph" "bfloat16 on graph")
+for run in "${RUNS[@]}"; do
+  read -r dtype layout mode extra <<< "$run"
+  flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
+  [ "$mode" = graph ] && flags+=(--cuda-graph)
+  [ "${extra:-}" = nobench ] && flags+=(--no-cudnn-benchmark)
+  name="unet_${dtype}_cl-${layout}_${mode}${extra:+_$extra}"
+  label=$([ "$layout" = on ] && echo channels-last || echo nchw)${extra:+ ($extra)}
+  bench "$name" "${flags[@]}" && row "$name" "$dtype" "$label" "$mode"
 done
-bench unet_float16_cl-on_nobench --dtype float16 --channels-last on --steps "$STEPS" --cuda-graph --no-cudnn-benchmark \
-  && row unet_float16_cl-on_nobench float16 "channels-last, no cudnn benchmark" cuda-graph
 echo "benchmarks $(elapsed)"
-for layout in on off; do
+LAYOUTS=(on off); [ "${QUICK:-0}" = 1 ] && LAYOUTS=(on)
+for layout in "${LAYOUTS[@]}"; do
   name="profile_float16_cl-${layout}"
   bench "$name" --dtype float16 --channels-last "$layout" --steps 3 --profile || continue
   python3 - "$OUT/$name.json" "$layout" <<'PY'
@@ -96,7 +98,7 @@ print(f"\nchannels-last {sys.argv[2]}: {total:.1f} ms of kernel time per step, {
 def short(n):
     n = re.sub(r"<.*", "", n.replace("void ", ""))
     return n[-70:]
-for o in ops[:18]:
+for o in ops[:22]:
     print(f"  {o['self_ms']/3:7.2f} ms {o['calls']//3:5d}x  {short(o['name'])}")
 PY
 done

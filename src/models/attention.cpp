@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "models/activations_cpu.h"
 #include "models/attention_cpu.h"
+#include "models/cuda_ops.h"
 #include "models/linear_onednn.h"
 #include "models/shape.h"
 
@@ -180,6 +181,7 @@ at::Tensor GeluProjImpl::forward(const at::Tensor& x) {
   at::Tensor h = proj_->forward(x);
   if (gated_) {
     if (fused_gelu_cpu_applies(h)) return fused_geglu_cpu(h);
+    if (geglu_cuda_applies(h)) return geglu_cuda(h);
     auto parts = h.chunk(2, -1);
     return parts[0] * at::gelu(parts[1]);
   }

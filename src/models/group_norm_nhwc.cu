@@ -1,37 +1,27 @@
-// GroupNorm (+ SiLU) over channels-last tensors [N, rows, C]: three launches.
-//   1. partial statistics: one block per (chunk of rows, group, sample), Welford in float32;
-//   2. per (sample, group): the chunks merged into (mean, rstd);
-//   3. the affine normalisation (and SiLU), vectorised 16-byte loads and stores along C.
-#include "models/group_norm_nhwc.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+// GroupNorm (+ SiLU) over channels-last tensors [N, rows, C], in two launches:
+//   1. partial statistics: one block per (chunk of rows, group, sample); each thread keeps shifted
+//      float32 sums of its values, and the block merges them as Welford triples (mean, m2, count);
+//   2. the affine normalisation: each block merges its sample's partials into (mean, rstd) per group,
+//      folds them with gamma and beta into a per-channel scale and shift in shared memory, then
+//      streams its rows in 16-byte packs: one multiply-add (and SiLU) per element.
+// An optional per-(sample, channel) term is added to x before the norm (a ResNet block's time
+// embedding), without writing the sum.
+#include "models/cuda_common.cuh"
+#include "models/cuda_kernels.h"
 
 #include <algorithm>
-#include <stdexcept>
-#include <string>
 
 namespace vdm::models::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-// Enough blocks for the partial statistics to fill the chip several times over.
-constexpr int64_t kTargetStatBlocks = 2048;
-constexpr int64_t kMinRowsPerChunk = 8;
+using detail::from_float;
+using detail::Pack;
+using detail::to_float;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+constexpr int kThreads = 256;
+constexpr int64_t kTargetStatBlocks = 512;    // partial-statistics blocks per call, about
+constexpr int64_t kTargetApplyBlocks = 1024;  // normalisation blocks per call, about
 
 struct Welford {
   float mean = 0.f, m2 = 0.f, n = 0.f;
@@ -49,8 +39,7 @@ __device__ __forceinline__ Welford merge(const Welford& a, const Welford& b) {
   return r;
 }
 
-__device__ Welford block_merge(Welford w) {
-  __shared__ Welford warps[kThreads / 32];
+__device__ __forceinline__ Welford warp_merge(Welford w) {
   for (int offset = 16; offset > 0; offset /= 2) {
     Welford o;
     o.mean = __shfl_down_sync(0xffffffffu, w.mean, offset);
@@ -58,167 +47,186 @@ __device__ Welford block_merge(Welford w) {
     o.n = __shfl_down_sync(0xffffffffu, w.n, offset);
     w = merge(w, o);
   }
+  return w;
+}
+
+__device__ __forceinline__ Welford block_merge(Welford w) {
+  __shared__ Welford warps[kThreads / 32];
+  w = warp_merge(w);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) warps[warp] = w;
   __syncthreads();
-  if (warp == 0) {
-    w = lane < kThreads / 32 ? warps[lane] : Welford{};
-    for (int offset = 16; offset > 0; offset /= 2) {
-      Welford o;
-      o.mean = __shfl_down_sync(0xffffffffu, w.mean, offset);
-      o.m2 = __shfl_down_sync(0xffffffffu, w.m2, offset);
-      o.n = __shfl_down_sync(0xffffffffu, w.n, offset);
-      w = merge(w, o);
-    }
-  }
+  if (warp == 0) w = warp_merge(lane < kThreads / 32 ? warps[lane] : Welford{});
   return w;  // complete in thread 0
 }
 
-// grid (chunks, G, N); partial: [N, G, chunks, 3] (mean, m2, count).
-template <typename T>
-__global__ void __launch_bounds__(kThreads) partial_stats(const T* __restrict__ x, int64_t rows, int64_t C, int64_t D,
-                                                          int64_t rows_per_chunk, float* __restrict__ partial) {
-  const int64_t chunk = blockIdx.x, g = blockIdx.y, n = blockIdx.z;
-  const int64_t r0 = chunk * rows_per_chunk;
-  const int64_t r1 = min(rows, r0 + rows_per_chunk);
-  const int64_t count = (r1 - r0) * D;
-  const T* base = x + (n * rows + r0) * C + g * D;
-  Welford w;
-  for (int64_t i = threadIdx.x; i < count; i += kThreads) {
-    const int64_t r = i / D;
-    const float v = to_float(base[r * C + (i - r * D)]);
-    w.n += 1.f;
-    const float delta = v - w.mean;
-    w.mean += delta / w.n;
-    w.m2 += delta * (v - w.mean);
+// Shifted sums of one thread's values: the shift (its first value) keeps the float32 sum of
+// squares from cancelling when the mean is large against the spread.
+struct ShiftedSums {
+  float shift = 0.f, s = 0.f, ss = 0.f, n = 0.f;
+  __device__ __forceinline__ void add(float v) {
+    if (n == 0.f) shift = v;
+    const float d = v - shift;
+    s += d;
+    ss += d * d;
+    n += 1.f;
   }
-  w = block_merge(w);
+  __device__ __forceinline__ Welford welford() const {
+    Welford w;
+    if (n > 0.f) {
+      w.n = n;
+      w.mean = shift + s / n;
+      w.m2 = fmaxf(ss - s * s / n, 0.f);
+    }
+    return w;
+  }
+};
+
+// grid (chunks, G, N); partial: [N, G, chunks, 3] (mean, m2, count). Thread t reads channel
+// g*D + t % lanes of every rows_per_iter-th row.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    partial_stats(const T* __restrict__ x, const T* __restrict__ add, int rows, int C, int D, int rows_per_chunk,
+                  float* __restrict__ partial) {
+  const int chunk = blockIdx.x, g = blockIdx.y, n = blockIdx.z;
+  const int r0 = chunk * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
+  const int lanes = min(D, kThreads), step = kThreads / lanes;
+  const int lane = threadIdx.x % lanes, first = threadIdx.x / lanes;
+  ShiftedSums acc;
+  if (first < step) {
+    const T* base = x + int64_t(n) * rows * C + g * D;
+    for (int d = lane; d < D; d += lanes) {
+      const float a = add ? to_float(add[int64_t(n) * C + g * D + d]) : 0.f;
+      int r = r0 + first;
+      for (; r + 3 * step < r1; r += 4 * step) {  // four independent loads in flight
+        const float v0 = to_float(base[int64_t(r) * C + d]);
+        const float v1 = to_float(base[int64_t(r + step) * C + d]);
+        const float v2 = to_float(base[int64_t(r + 2 * step) * C + d]);
+        const float v3 = to_float(base[int64_t(r + 3 * step) * C + d]);
+        acc.add(v0 + a);
+        acc.add(v1 + a);
+        acc.add(v2 + a);
+        acc.add(v3 + a);
+      }
+      for (; r < r1; r += step) acc.add(to_float(base[int64_t(r) * C + d]) + a);
+    }
+  }
+  const Welford w = block_merge(acc.welford());
   if (threadIdx.x == 0) {
-    float* p = partial + ((n * gridDim.y + g) * gridDim.x + chunk) * 3;
+    float* p = partial + ((int64_t(n) * gridDim.y + g) * gridDim.x + chunk) * 3;
     p[0] = w.mean;
     p[1] = w.m2;
     p[2] = w.n;
   }
 }
 
-// One thread per (n, g): stats [N, G, 2] (mean, rstd), the biased variance as torch's group norm.
-__global__ void finalize_stats(const float* __restrict__ partial, int64_t groups_total, int64_t chunks, float eps,
-                               float* __restrict__ stats) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= groups_total) return;
-  Welford w;
-  for (int64_t c = 0; c < chunks; ++c) {
-    const float* p = partial + (i * chunks + c) * 3;
-    w = merge(w, Welford{p[0], p[1], p[2]});
+// grid (blocks per sample, N); dynamic shared memory: scale [C], shift [C], mean [G], rstd [G].
+template <typename T, int Vec>
+__global__ void __launch_bounds__(kThreads)
+    apply_norm(const T* __restrict__ x, const T* __restrict__ add, const T* __restrict__ gamma,
+               const T* __restrict__ beta, const float* __restrict__ partial, int rows, int C, int D, int G,
+               int stat_chunks, int rows_per_block, float eps, bool silu, T* __restrict__ y) {
+  extern __shared__ float shared[];
+  float* scale = shared;
+  float* shift = shared + C;
+  float* mean = shared + 2 * C;
+  float* rstd = mean + G;
+  const int n = blockIdx.y;
+  for (int g = threadIdx.x; g < G; g += kThreads) {
+    const float* p = partial + (int64_t(n) * G + g) * stat_chunks * 3;
+    Welford w;
+    for (int c = 0; c < stat_chunks; ++c) w = merge(w, Welford{p[3 * c], p[3 * c + 1], p[3 * c + 2]});
+    mean[g] = w.mean;
+    rstd[g] = rsqrtf((w.n > 0.f ? fmaxf(w.m2 / w.n, 0.f) : 0.f) + eps);
   }
-  const float var = w.n > 0.f ? fmaxf(w.m2 / w.n, 0.f) : 0.f;
-  stats[2 * i] = w.mean;
-  stats[2 * i + 1] = rsqrtf(var + eps);
-}
-
-template <typename T, int Vec>
-struct alignas(sizeof(T) * Vec) Pack {
-  T v[Vec];
-};
-
-template <typename T, int Vec>
-__global__ void __launch_bounds__(kThreads) apply_norm(const T* __restrict__ x, const T* __restrict__ gamma,
-                                                       const T* __restrict__ beta, const float* __restrict__ stats,
-                                                       int64_t rows, int64_t C, int64_t D, int64_t G, int64_t packs,
-                                                       bool silu, T* __restrict__ y) {
-  const int64_t stride = int64_t(gridDim.x) * kThreads;
-  for (int64_t p = blockIdx.x * int64_t(kThreads) + threadIdx.x; p < packs; p += stride) {
-    const int64_t e = p * Vec;
-    const int64_t c0 = e % C;
-    const int64_t n = e / (rows * C);
-    const Pack<T, Vec> in = reinterpret_cast<const Pack<T, Vec>*>(x)[p];
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += kThreads) {
+    const int g = c / D;
+    const float s = rstd[g] * (gamma ? to_float(gamma[c]) : 1.f);
+    const float a = add ? to_float(add[int64_t(n) * C + c]) : 0.f;
+    scale[c] = s;
+    shift[c] = (beta ? to_float(beta[c]) : 0.f) + (a - mean[g]) * s;
+  }
+  __syncthreads();
+  const int r0 = blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+  if (r0 >= r1) return;
+  const int per_row = C / Vec, total = (r1 - r0) * per_row;
+  const T* xs = x + (int64_t(n) * rows + r0) * C;
+  T* ys = y + (int64_t(n) * rows + r0) * C;
+  for (int i = threadIdx.x; i < total; i += kThreads) {
+    const int r = i / per_row, c0 = (i - r * per_row) * Vec;
+    const Pack<T, Vec> in = *reinterpret_cast<const Pack<T, Vec>*>(xs + int64_t(r) * C + c0);
     Pack<T, Vec> out;
 #pragma unroll
     for (int k = 0; k < Vec; ++k) {
-      const int64_t c = c0 + k;
-      const float* s = stats + 2 * (n * G + c / D);
-      const float scale = s[1] * (gamma ? to_float(gamma[c]) : 1.f);
-      const float shift = (beta ? to_float(beta[c]) : 0.f) - s[0] * scale;
-      float h = to_float(in.v[k]) * scale + shift;
+      float h = to_float(in.v[k]) * scale[c0 + k] + shift[c0 + k];
       if (silu) h = h / (1.f + __expf(-h));
       out.v[k] = from_float<T>(h);
     }
-    reinterpret_cast<Pack<T, Vec>*>(y)[p] = out;
+    *reinterpret_cast<Pack<T, Vec>*>(ys + int64_t(r) * C + c0) = out;
   }
 }
 
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("group_norm_nhwc: launching ") + kernel + " failed: " + cudaGetErrorString(err));
-}
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int64_t rows_per_chunk(const GroupNormNhwcShape& s) {
-  const int64_t groups_total = s.samples * s.groups;
-  const int64_t chunks = std::max<int64_t>(1, kTargetStatBlocks / std::max<int64_t>(1, groups_total));
-  return std::max(kMinRowsPerChunk, (s.rows + chunks - 1) / chunks);
-}
-
-int64_t chunk_count(const GroupNormNhwcShape& s) {
-  const int64_t r = rows_per_chunk(s);
-  return (s.rows + r - 1) / r;
+int64_t stat_chunks(const GroupNormNhwcShape& s) {
+  const int64_t want = std::max<int64_t>(1, kTargetStatBlocks / (s.samples * s.groups));
+  return std::min(want, s.rows);
 }
 
 template <typename T>
-void launch(const GroupNormNhwcShape& s, const T* x, const T* gamma, const T* beta, double eps, bool silu, T* y,
-            float* workspace, cudaStream_t stream) {
-  const int64_t D = s.channels / s.groups;
-  const int64_t chunks = chunk_count(s);
-  const int64_t groups_total = s.samples * s.groups;
-  float* partial = workspace;
-  float* stats = workspace + groups_total * chunks * 3;
-  partial_stats<T><<<dim3(unsigned(chunks), unsigned(s.groups), unsigned(s.samples)), kThreads, 0, stream>>>(
-      x, s.rows, s.channels, D, rows_per_chunk(s), partial);
-  check_launch("partial_stats");
-  finalize_stats<<<unsigned((groups_total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      partial, groups_total, chunks, float(eps), stats);
-  check_launch("finalize_stats");
-  const int64_t numel = s.samples * s.rows * s.channels;
+void launch(const GroupNormNhwcShape& s, const T* x, const T* add, const T* gamma, const T* beta, double eps,
+            bool silu, T* y, float* partial, cudaStream_t stream) {
+  const int rows = int(s.rows), C = int(s.channels), G = int(s.groups), D = C / G;
+  const int64_t chunks = stat_chunks(s);
+  const int rows_per_chunk = int(ceil_div(s.rows, chunks));
+  partial_stats<T><<<dim3(unsigned(ceil_div(s.rows, rows_per_chunk)), unsigned(G), unsigned(s.samples)), kThreads, 0,
+                     stream>>>(x, add, rows, C, D, rows_per_chunk, partial);
+  detail::check_launch("group_norm_nhwc partial_stats");
+  const int stat_blocks = int(ceil_div(s.rows, rows_per_chunk));
+  const int64_t per_sample = std::clamp<int64_t>(kTargetApplyBlocks / s.samples, 1, s.rows);
+  const int rows_per_block = int(ceil_div(s.rows, per_sample));
+  const dim3 grid(unsigned(ceil_div(s.rows, rows_per_block)), unsigned(s.samples));
+  const size_t shared = sizeof(float) * size_t(2 * C + 2 * G);
   constexpr int kVec = 16 / sizeof(T);
-  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
-  if (aligned && s.channels % kVec == 0) {
-    const int64_t packs = numel / kVec;
-    const unsigned blocks = unsigned(std::min<int64_t>((packs + kThreads - 1) / kThreads, 1 << 16));
-    apply_norm<T, kVec><<<blocks, kThreads, 0, stream>>>(x, gamma, beta, stats, s.rows, s.channels, D, s.groups,
-                                                          packs, silu, y);
-  } else {
-    const unsigned blocks = unsigned(std::min<int64_t>((numel + kThreads - 1) / kThreads, 1 << 16));
-    apply_norm<T, 1><<<blocks, kThreads, 0, stream>>>(x, gamma, beta, stats, s.rows, s.channels, D, s.groups, numel,
-                                                      silu, y);
-  }
-  check_launch("apply_norm");
+  if (C % kVec == 0 && detail::aligned16(x) && detail::aligned16(y))
+    apply_norm<T, kVec><<<grid, kThreads, shared, stream>>>(x, add, gamma, beta, partial, rows, C, D, G, stat_blocks,
+                                                            rows_per_block, float(eps), silu, y);
+  else
+    apply_norm<T, 1><<<grid, kThreads, shared, stream>>>(x, add, gamma, beta, partial, rows, C, D, G, stat_blocks,
+                                                         rows_per_block, float(eps), silu, y);
+  detail::check_launch("group_norm_nhwc apply_norm");
 }
 
 }  // namespace
 
 int64_t group_norm_nhwc_workspace(const GroupNormNhwcShape& s) {
-  return s.samples * s.groups * (chunk_count(s) * 3 + 2);
+  const int64_t rows_per_chunk = ceil_div(s.rows, stat_chunks(s));
+  return s.samples * s.groups * ceil_div(s.rows, rows_per_chunk) * 3;
 }
 
-void group_norm_nhwc(const GroupNormNhwcShape& s, NormDtype dtype, const void* x, const void* gamma, const void* beta,
-                     double eps, bool silu, void* y, float* workspace, void* stream) {
+void group_norm_nhwc(const GroupNormNhwcShape& s, DType dtype, const void* x, const void* add, const void* gamma,
+                     const void* beta, double eps, bool silu, void* y, float* workspace, void* stream) {
   if (s.samples <= 0 || s.rows <= 0 || s.groups <= 0 || s.channels % s.groups != 0)
     throw std::invalid_argument("group_norm_nhwc: samples, rows and groups must be positive and channels % groups == 0");
-  if (s.samples > 65535 || s.groups > 65535)
-    throw std::invalid_argument("group_norm_nhwc: at most 65535 samples and groups");
+  if (s.samples > 65535 || s.groups > 65535 || s.rows * s.channels >= (int64_t(1) << 31) ||
+      sizeof(float) * (2 * s.channels + 2 * s.groups) > 48 * 1024)
+    throw std::invalid_argument("group_norm_nhwc: at most 65535 samples and groups, 2^31 elements per sample and "
+                                "about 6000 channels");
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case NormDtype::kFloat:
-      launch(s, static_cast<const float*>(x), static_cast<const float*>(gamma), static_cast<const float*>(beta), eps,
-             silu, static_cast<float*>(y), workspace, st);
+    case DType::kFloat:
+      launch(s, static_cast<const float*>(x), static_cast<const float*>(add), static_cast<const float*>(gamma),
+             static_cast<const float*>(beta), eps, silu, static_cast<float*>(y), workspace, st);
       break;
-    case NormDtype::kHalf:
-      launch(s, static_cast<const __half*>(x), static_cast<const __half*>(gamma), static_cast<const __half*>(beta),
-             eps, silu, static_cast<__half*>(y), workspace, st);
+    case DType::kHalf:
+      launch(s, static_cast<const __half*>(x), static_cast<const __half*>(add), static_cast<const __half*>(gamma),
+             static_cast<const __half*>(beta), eps, silu, static_cast<__half*>(y), workspace, st);
       break;
-    case NormDtype::kBFloat16:
-      launch(s, static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(gamma),
-             static_cast<const __nv_bfloat16*>(beta), eps, silu, static_cast<__nv_bfloat16*>(y), workspace, st);
+    case DType::kBFloat16:
+      launch(s, static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(add),
+             static_cast<const __nv_bfloat16*>(gamma), static_cast<const __nv_bfloat16*>(beta), eps, silu,
+             static_cast<__nv_bfloat16*>(y), workspace, st);
       break;
   }
 }

@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <vector>
+
 #include "models/normalization_cpu.h"
-#include "models/normalization_cuda.h"
+#include "models/cuda_ops.h"
 
 namespace vdm::models {
 
@@ -54,6 +56,17 @@ at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x) {
   if (group_norm_fused(x, weight, bias))
     return fused_group_norm_cpu(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true);
   return at::silu(forward(x));
+}
+
+at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x, const at::Tensor& add) {
+  const bool fits = add.dim() == 2 && add.size(0) == x.size(0) && add.size(1) == x.size(1) &&
+                    add.scalar_type() == x.scalar_type() && add.is_contiguous();
+  if (fits && group_norm_nhwc_applies(x, weight, bias) && parameters_need_no_grad(weight, bias))
+    return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true, add);
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[0] = add.size(0);
+  shape[1] = add.size(1);
+  return forward_silu(x + add.view(shape));
 }
 
 at::Tensor group_norm_silu(GroupNorm& norm, const at::Tensor& x, const Tap& tap, const std::string& name) {

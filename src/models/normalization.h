@@ -5,7 +5,7 @@
 // conversions included. In CPU inference (float32 or bfloat16, parameters needing no gradient) both
 // run the fused kernels of models/normalization_cpu.h instead (GroupNorm with SiLU when asked; same
 // results to float32 rounding). GroupNorm over a channels-last CUDA tensor runs vdm's NHWC kernels
-// (models/normalization_cuda.h), keeping the layout; other CUDA tensors and training go to
+// (models/cuda_ops.h), keeping the layout; other CUDA tensors and training go to
 // torch::nn's forward unchanged.
 #pragma once
 #include <torch/nn/module.h>
@@ -38,6 +38,9 @@ class GroupNormImpl : public torch::nn::GroupNormImpl {
   at::Tensor forward(const at::Tensor& x);
   // x: [N, C, *] -> SiLU(GroupNorm(x)), same shape and dtype.
   at::Tensor forward_silu(const at::Tensor& x);
+  // x: [N, C, *], add: [N, C] -> SiLU(GroupNorm(x + add)), add broadcast over the positions; on a
+  // channels-last CUDA tensor in one kernel pair that never writes the sum.
+  at::Tensor forward_silu(const at::Tensor& x, const at::Tensor& add);
 };
 TORCH_MODULE(GroupNorm);
 

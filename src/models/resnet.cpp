@@ -37,10 +37,15 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& tem
   at::Tensor h = norm_act(norm1_, x);
   h = conv1_->forward(h);
   if (time_emb_proj_ && temb.defined()) {
-    at::Tensor t = time_emb_proj_->forward(apply_activation(act, temb));
-    h = h + t.unsqueeze(-1).unsqueeze(-1);
+    at::Tensor t = time_emb_proj_->forward(apply_activation(act, temb));  // [N, C]
+    // With SiLU the norm takes the time embedding as an added term (one pass on CUDA).
+    if (act == Activation::kSilu)
+      h = norm2_->forward_silu(h, t);
+    else
+      h = norm_act(norm2_, h + t.unsqueeze(-1).unsqueeze(-1));
+  } else {
+    h = norm_act(norm2_, h);
   }
-  h = norm_act(norm2_, h);
   h = conv2_->forward(dropout_->forward(h));
   at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
   at::Tensor out = shortcut + h;

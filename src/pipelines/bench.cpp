@@ -15,7 +15,7 @@
 #include "core/runtime.h"
 #include "io/tensor_io.h"
 #include "models/autoencoder_kl.h"
-#include "models/normalization_cuda.h"
+#include "models/cuda_ops.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/model_folder.h"
 #include "text/clip_text_model.h"

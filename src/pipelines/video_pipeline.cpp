@@ -16,7 +16,7 @@
 #include "io/json_config.h"
 #include "models/attention.h"
 #include "models/autoencoder_kl.h"
-#include "models/normalization_cuda.h"
+#include "models/cuda_ops.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/conditioning.h"
 #include "pipelines/latent_preview.h"

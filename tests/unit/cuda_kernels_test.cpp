@@ -8,7 +8,7 @@
 
 #include <vector>
 
-#include "models/normalization_cuda.h"
+#include "models/cuda_ops.h"
 #include "models/unet_3d_condition.h"
 #include "tests/support/test_support.h"
 
@@ -65,9 +65,36 @@ TEST(CudaGroupNorm, ChannelsLastMatchesTorchAndKeepsTheLayout) {
       }
     }
   }
+  // With an added [N, C] term (a ResNet block's time embedding), SiLU(GroupNorm(x + add)).
+  const at::Tensor x = at::randn({6, 64, 8, 8}, at::TensorOptions().device(kCuda)).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor add = at::randn({6, 64}, x.options()) * 4, w = at::randn({64}, x.options());
+  const at::Tensor ref = at::silu(at::group_norm((x + add.view({6, 64, 1, 1})).to(at::kDouble).contiguous(), 8,
+                                                 w.to(at::kDouble), {}, 1e-6));
+  EXPECT_LT(relative_error(group_norm_nhwc(x, 8, w, {}, 1e-6, true, add), ref), 1e-5);
   // NCHW-contiguous tensors and tensors needing gradients stay with LibTorch's group norm.
   const at::Tensor nchw = at::randn({2, 8, 4, 4}, at::TensorOptions().device(kCuda));
   EXPECT_FALSE(group_norm_nhwc_applies(nchw, at::Tensor(), at::Tensor()));
+}
+
+TEST(CudaGeglu, MatchesTorch) {
+  if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
+  c10::InferenceMode inference;
+  at::manual_seed(7);
+  // The feed-forward of the ModelScope UNet's first level ([B*F, H*W, 2 * 1280]) and an odd width.
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{4, 256, 2560}, std::vector<int64_t>{3, 5, 14}}) {
+    for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+      const at::Tensor h = (at::randn(shape, at::TensorOptions().device(kCuda)) * 2).to(dtype);
+      ASSERT_TRUE(geglu_cuda_applies(h));
+      const at::Tensor out = geglu_cuda(h);
+      const auto parts = h.to(at::kDouble).chunk(2, -1);
+      const at::Tensor ref = parts[0] * at::gelu(parts[1]);
+      EXPECT_EQ(out.sizes(), ref.sizes());
+      EXPECT_EQ(out.scalar_type(), dtype);
+      const double tol = dtype == at::kFloat ? 1e-6 : dtype == at::kHalf ? 1e-3 : 8e-3;
+      EXPECT_LT(relative_error(out, ref), tol) << "shape " << h.sizes() << " dtype " << dtype;
+    }
+  }
+  EXPECT_FALSE(geglu_cuda_applies(at::randn({4, 8}, at::TensorOptions().device(kCuda)).t()));
 }
 
 // The whole UNet channels-last on CUDA (cuDNN NHWC convolutions, the NHWC group norm) against the

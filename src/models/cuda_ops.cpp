@@ -1,0 +1,109 @@
+#include "models/cuda_ops.h"
+
+#include <fmt/format.h>
+
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#ifdef VDM_WITH_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+
+#include "models/cuda_kernels.h"
+#endif
+
+namespace vdm::models {
+
+#ifdef VDM_WITH_CUDA_KERNELS
+namespace {
+bool kernel_dtype(const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+cuda::DType dtype_of(const at::Tensor& x) {
+  return x.scalar_type() == at::kFloat ? cuda::DType::kFloat
+         : x.scalar_type() == at::kHalf ? cuda::DType::kHalf
+                                        : cuda::DType::kBFloat16;
+}
+void* stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+bool channels_last_dense(const at::Tensor& x) { return x.dim() >= 3 && x.movedim(1, -1).is_contiguous(); }
+bool parameter_fits(const at::Tensor& p, const at::Tensor& x) {
+  return !p.defined() || (p.scalar_type() == x.scalar_type() && p.is_contiguous() && p.device() == x.device() &&
+                          p.numel() == x.size(1));
+}
+std::string describe(const at::Tensor& x) {
+  std::string strides;
+  for (int64_t v : x.strides()) strides += (strides.empty() ? "" : ",") + std::to_string(v);
+  return fmt::format("{} {} of strides {}", x.device().str(), c10::toString(x.scalar_type()), strides);
+}
+const void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+}  // namespace
+
+bool channels_last_pays(const c10::Device& device) { return device.is_cuda(); }
+
+bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) || x.is_contiguous())
+    return false;
+  return x.size(1) <= 4096 && parameter_fits(weight, x) && parameter_fits(bias, x);
+}
+
+at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
+                           double eps, bool silu, const at::Tensor& add) {
+  if (!group_norm_nhwc_applies(x, weight, bias))
+    throw Error(fmt::format("group_norm_nhwc: expected a channels-last CUDA tensor of float32, float16 or bfloat16 "
+                            "with parameters of its dtype; got {}",
+                            describe(x)));
+  if (add.defined() && (add.sizes() != at::IntArrayRef{x.size(0), x.size(1)} || !add.is_contiguous() ||
+                        add.scalar_type() != x.scalar_type() || add.device() != x.device()))
+    throw Error(fmt::format("group_norm_nhwc: the added term must be a contiguous [{}, {}] tensor like x; got {}",
+                            x.size(0), x.size(1), describe(add)));
+  cuda::GroupNormNhwcShape s;
+  s.samples = x.size(0);
+  s.channels = x.size(1);
+  s.rows = x.numel() / std::max<int64_t>(1, s.samples * s.channels);
+  s.groups = groups;
+  if (groups <= 0 || s.channels % groups != 0)
+    throw Error(fmt::format("group_norm_nhwc: {} channels cannot be split into {} groups", s.channels, groups));
+  at::Tensor y = at::empty_like(x);  // preserves x's strides: dense, channels innermost
+  at::Tensor workspace = at::empty({cuda::group_norm_nhwc_workspace(s)}, x.options().dtype(at::kFloat));
+  cuda::group_norm_nhwc(s, dtype_of(x), x.data_ptr(), ptr(add), ptr(weight), ptr(bias), eps, silu, y.data_ptr(),
+                        workspace.data_ptr<float>(), stream_of(x));
+  return y;
+}
+
+bool geglu_cuda_applies(const at::Tensor& h) {
+  return h.is_cuda() && !h.requires_grad() && kernel_dtype(h) && h.dim() >= 1 && h.size(-1) % 2 == 0 &&
+         h.is_contiguous();
+}
+
+at::Tensor geglu_cuda(const at::Tensor& h) {
+  if (!geglu_cuda_applies(h))
+    throw Error(fmt::format("geglu_cuda: expected a contiguous CUDA tensor [..., 2 * inner] of float32, float16 or "
+                            "bfloat16; got {}",
+                            describe(h)));
+  std::vector<int64_t> shape(h.sizes().begin(), h.sizes().end());
+  const int64_t inner = shape.back() / 2;
+  shape.back() = inner;
+  at::Tensor out = at::empty(shape, h.options());
+  cuda::geglu(dtype_of(h), h.data_ptr(), out.data_ptr(), h.numel() / std::max<int64_t>(1, 2 * inner), inner,
+              stream_of(h));
+  return out;
+}
+#else
+bool channels_last_pays(const c10::Device&) { return false; }
+
+bool group_norm_nhwc_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+
+at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t, const at::Tensor&, const at::Tensor&, double, bool,
+                           const at::Tensor&) {
+  throw Error(fmt::format("group_norm_nhwc: this build of vdm has no CUDA kernels (tensor on {})", x.device().str()));
+}
+
+bool geglu_cuda_applies(const at::Tensor&) { return false; }
+
+at::Tensor geglu_cuda(const at::Tensor& h) {
+  throw Error(fmt::format("geglu_cuda: this build of vdm has no CUDA kernels (tensor on {})", h.device().str()));
+}
+#endif
+
+}  // namespace vdm::models

@@ -1,0 +1,30 @@
+// vdm's CUDA kernels (models/cuda_kernels.h) for LibTorch tensors. In a build without them, every
+// *_applies function is false and channels_last_pays is false.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace vdm::models {
+
+// True where a network on `device` runs faster channels-last: a CUDA device in a build with vdm's CUDA
+// kernels (without them, every group norm would convert the layout twice).
+bool channels_last_pays(const c10::Device& device);
+
+// True for an inference call the NHWC group norm takes: a CUDA tensor of float32, float16 or
+// bfloat16 laid out channels-last ([N, C, *] whose memory is [N, *, C]; NCHW-contiguous tensors stay
+// with LibTorch's group norm), affine parameters of its dtype or none, no gradient.
+bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// x: [N, C, *] channels-last -> GroupNorm(x + add) (then SiLU when `silu`), same shape, dtype and
+// strides. add: undefined, or [N, C] of x's dtype, broadcast over the spatial positions (the sum is
+// never written).
+at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
+                           double eps, bool silu, const at::Tensor& add = {});
+
+// True for an inference GEGLU the CUDA kernel takes: a contiguous CUDA tensor [..., 2 * inner] of
+// float32, float16 or bfloat16, no gradient.
+bool geglu_cuda_applies(const at::Tensor& h);
+
+// h: [..., 2 * inner] -> h[..., :inner] * GELU(h[..., inner:]) (exact GELU), [..., inner], one pass.
+at::Tensor geglu_cuda(const at::Tensor& h);
+
+}  // namespace vdm::models
