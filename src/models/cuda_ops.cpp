@@ -71,6 +71,27 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor
   return y;
 }
 
+bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || x.dim() < 1 || !x.is_contiguous()) return false;
+  auto fits = [&](const at::Tensor& p) {
+    return !p.defined() || (p.scalar_type() == x.scalar_type() && p.is_contiguous() && p.device() == x.device() &&
+                            p.numel() == x.size(-1));
+  };
+  return cuda::layer_norm_rows_supported(x.size(-1), x.element_size()) && fits(weight) && fits(bias);
+}
+
+at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  if (!layer_norm_cuda_applies(x, weight, bias))
+    throw Error(fmt::format("layer_norm_cuda: expected a contiguous CUDA tensor [..., C] of float32, float16 or "
+                            "bfloat16 (C up to 2048) with parameters of its dtype; got {} with C = {}",
+                            describe(x), x.dim() ? x.size(-1) : 0));
+  at::Tensor y = at::empty_like(x);
+  const int64_t C = x.size(-1);
+  cuda::layer_norm_rows(dtype_of(x), x.data_ptr(), ptr(weight), ptr(bias), x.numel() / std::max<int64_t>(1, C), C,
+                        eps, y.data_ptr(), stream_of(x));
+  return y;
+}
+
 bool geglu_cuda_applies(const at::Tensor& h) {
   return h.is_cuda() && !h.requires_grad() && kernel_dtype(h) && h.dim() >= 1 && h.size(-1) % 2 == 0 &&
          h.is_contiguous();
@@ -97,6 +118,12 @@ bool group_norm_nhwc_applies(const at::Tensor&, const at::Tensor&, const at::Ten
 at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t, const at::Tensor&, const at::Tensor&, double, bool,
                            const at::Tensor&) {
   throw Error(fmt::format("group_norm_nhwc: this build of vdm has no CUDA kernels (tensor on {})", x.device().str()));
+}
+
+bool layer_norm_cuda_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+
+at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor&, const at::Tensor&, double) {
+  throw Error(fmt::format("layer_norm_cuda: this build of vdm has no CUDA kernels (tensor on {})", x.device().str()));
 }
 
 bool geglu_cuda_applies(const at::Tensor&) { return false; }

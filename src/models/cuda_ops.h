@@ -20,6 +20,14 @@ bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, cons
 at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                            double eps, bool silu, const at::Tensor& add = {});
 
+// True for an inference layer norm over the last dimension the CUDA kernel takes: a contiguous CUDA
+// tensor [..., C] of float32, float16 or bfloat16 (C up to 2048 in 16-bit types, 1024 in float32),
+// affine parameters of its dtype or none, no gradient.
+bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// x: [..., C] -> LayerNorm over C, same shape and dtype.
+at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
 // True for an inference GEGLU the CUDA kernel takes: a contiguous CUDA tensor [..., 2 * inner] of
 // float32, float16 or bfloat16, no gradient.
 bool geglu_cuda_applies(const at::Tensor& h);

@@ -1,9 +1,10 @@
 // GroupNorm (+ SiLU) over channels-last tensors [N, rows, C], in two launches:
 //   1. partial statistics: one block per (chunk of rows, group, sample); each thread keeps shifted
 //      float32 sums of its values, and the block merges them as Welford triples (mean, m2, count);
-//   2. the affine normalisation: each block merges its sample's partials into (mean, rstd) per group,
-//      folds them with gamma and beta into a per-channel scale and shift in shared memory, then
-//      streams its rows in 16-byte packs: one multiply-add (and SiLU) per element.
+//   2. the affine normalisation: each block merges its sample's partials into (mean, rstd) per group;
+//      each thread folds them with gamma and beta into the scale and shift of its own pack of
+//      channels (registers), then streams its rows in 16-byte packs: one multiply-add (and SiLU) per
+//      element.
 // An optional per-(sample, channel) term is added to x before the norm (a ResNet block's time
 // embedding), without writing the sum.
 #include "models/cuda_common.cuh"
@@ -120,17 +121,17 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grid (blocks per sample, N); dynamic shared memory: scale [C], shift [C], mean [G], rstd [G].
+// grid (blocks per sample, N); dynamic shared memory: mean [G], rstd [G]. Each thread owns one
+// 16-byte pack of channels (per_row packs across a row, rows_in_flight rows at a time), keeps that
+// pack's scale and shift in registers, and streams its rows.
 template <typename T, int Vec>
 __global__ void __launch_bounds__(kThreads)
     apply_norm(const T* __restrict__ x, const T* __restrict__ add, const T* __restrict__ gamma,
                const T* __restrict__ beta, const float* __restrict__ partial, int rows, int C, int D, int G,
                int stat_chunks, int rows_per_block, float eps, bool silu, T* __restrict__ y) {
   extern __shared__ float shared[];
-  float* scale = shared;
-  float* shift = shared + C;
-  float* mean = shared + 2 * C;
-  float* rstd = mean + G;
+  float* mean = shared;
+  float* rstd = shared + G;
   const int n = blockIdx.y;
   for (int g = threadIdx.x; g < G; g += kThreads) {
     const float* p = partial + (int64_t(n) * G + g) * stat_chunks * 3;
@@ -140,30 +141,36 @@ __global__ void __launch_bounds__(kThreads)
     rstd[g] = rsqrtf((w.n > 0.f ? fmaxf(w.m2 / w.n, 0.f) : 0.f) + eps);
   }
   __syncthreads();
-  for (int c = threadIdx.x; c < C; c += kThreads) {
-    const int g = c / D;
-    const float s = rstd[g] * (gamma ? to_float(gamma[c]) : 1.f);
-    const float a = add ? to_float(add[int64_t(n) * C + c]) : 0.f;
-    scale[c] = s;
-    shift[c] = (beta ? to_float(beta[c]) : 0.f) + (a - mean[g]) * s;
-  }
-  __syncthreads();
+  const int per_row = C / Vec;
+  const int lanes = min(per_row, kThreads), rows_in_flight = kThreads / lanes;
+  const int lane = threadIdx.x % lanes, first = threadIdx.x / lanes;
   const int r0 = blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
-  if (r0 >= r1) return;
-  const int per_row = C / Vec, total = (r1 - r0) * per_row;
-  const T* xs = x + (int64_t(n) * rows + r0) * C;
-  T* ys = y + (int64_t(n) * rows + r0) * C;
-  for (int i = threadIdx.x; i < total; i += kThreads) {
-    const int r = i / per_row, c0 = (i - r * per_row) * Vec;
-    const Pack<T, Vec> in = *reinterpret_cast<const Pack<T, Vec>*>(xs + int64_t(r) * C + c0);
-    Pack<T, Vec> out;
+  if (first >= rows_in_flight || r0 >= r1) return;
+  const T* xs = x + int64_t(n) * rows * C;
+  T* ys = y + int64_t(n) * rows * C;
+  for (int pack = lane; pack < per_row; pack += lanes) {
+    const int c0 = pack * Vec;
+    float scale[Vec], shift[Vec];
 #pragma unroll
     for (int k = 0; k < Vec; ++k) {
-      float h = to_float(in.v[k]) * scale[c0 + k] + shift[c0 + k];
-      if (silu) h = h / (1.f + __expf(-h));
-      out.v[k] = from_float<T>(h);
+      const int c = c0 + k, g = c / D;
+      const float s = rstd[g] * (gamma ? to_float(gamma[c]) : 1.f);
+      const float a = add ? to_float(add[int64_t(n) * C + c]) : 0.f;
+      scale[k] = s;
+      shift[k] = (beta ? to_float(beta[c]) : 0.f) + (a - mean[g]) * s;
     }
-    *reinterpret_cast<Pack<T, Vec>*>(ys + int64_t(r) * C + c0) = out;
+#pragma unroll 4
+    for (int r = r0 + first; r < r1; r += rows_in_flight) {
+      const Pack<T, Vec> in = *reinterpret_cast<const Pack<T, Vec>*>(xs + int64_t(r) * C + c0);
+      Pack<T, Vec> out;
+#pragma unroll
+      for (int k = 0; k < Vec; ++k) {
+        float h = to_float(in.v[k]) * scale[k] + shift[k];
+        if (silu) h = h / (1.f + __expf(-h));
+        out.v[k] = from_float<T>(h);
+      }
+      *reinterpret_cast<Pack<T, Vec>*>(ys + int64_t(r) * C + c0) = out;
+    }
   }
 }
 
@@ -187,7 +194,7 @@ void launch(const GroupNormNhwcShape& s, const T* x, const T* add, const T* gamm
   const int64_t per_sample = std::clamp<int64_t>(kTargetApplyBlocks / s.samples, 1, s.rows);
   const int rows_per_block = int(ceil_div(s.rows, per_sample));
   const dim3 grid(unsigned(ceil_div(s.rows, rows_per_block)), unsigned(s.samples));
-  const size_t shared = sizeof(float) * size_t(2 * C + 2 * G);
+  const size_t shared = sizeof(float) * size_t(2 * G);
   constexpr int kVec = 16 / sizeof(T);
   if (C % kVec == 0 && detail::aligned16(x) && detail::aligned16(y))
     apply_norm<T, kVec><<<grid, kThreads, shared, stream>>>(x, add, gamma, beta, partial, rows, C, D, G, stat_blocks,
@@ -209,10 +216,8 @@ void group_norm_nhwc(const GroupNormNhwcShape& s, DType dtype, const void* x, co
                      const void* beta, double eps, bool silu, void* y, float* workspace, void* stream) {
   if (s.samples <= 0 || s.rows <= 0 || s.groups <= 0 || s.channels % s.groups != 0)
     throw std::invalid_argument("group_norm_nhwc: samples, rows and groups must be positive and channels % groups == 0");
-  if (s.samples > 65535 || s.groups > 65535 || s.rows * s.channels >= (int64_t(1) << 31) ||
-      sizeof(float) * (2 * s.channels + 2 * s.groups) > 48 * 1024)
-    throw std::invalid_argument("group_norm_nhwc: at most 65535 samples and groups, 2^31 elements per sample and "
-                                "about 6000 channels");
+  if (s.samples > 65535 || s.groups > 6144 || s.rows * s.channels >= (int64_t(1) << 31))
+    throw std::invalid_argument("group_norm_nhwc: at most 65535 samples, 6144 groups and 2^31 elements per sample");
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case DType::kFloat:

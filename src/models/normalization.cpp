@@ -32,6 +32,9 @@ at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
   // Inference over the last dimension: the fused kernel (float32 statistics, bfloat16 read and
   // written directly).
   const auto& shape = options.normalized_shape();
+  if (shape.size() == 1 && x.dim() >= 1 && x.size(-1) == shape[0] && layer_norm_cuda_applies(x, weight, bias) &&
+      parameters_need_no_grad(weight, bias))
+    return layer_norm_cuda(x, weight, bias, options.eps());
   if (shape.size() == 1 && x.dim() >= 1 && x.size(-1) == shape[0] && fused_layer_norm_cpu_applies(x) &&
       parameters_need_no_grad(weight, bias))
     return fused_layer_norm_cpu(x, weight, bias, options.eps());

@@ -76,6 +76,32 @@ TEST(CudaGroupNorm, ChannelsLastMatchesTorchAndKeepsTheLayout) {
   EXPECT_FALSE(group_norm_nhwc_applies(nchw, at::Tensor(), at::Tensor()));
 }
 
+TEST(CudaLayerNorm, MatchesTorch) {
+  if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
+  c10::InferenceMode inference;
+  at::manual_seed(8);
+  // Token widths of the ModelScope UNet (320, 1280), a width in 16-byte packs, and an odd one.
+  const std::vector<std::vector<int64_t>> shapes = {{4, 1024, 320}, {2, 37, 1280}, {5, 200}, {3, 7, 33}};
+  for (const auto& shape : shapes) {
+    for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+      for (const bool affine : {true, false}) {
+        const int64_t C = shape.back();
+        const at::Tensor x = (at::randn(shape, at::TensorOptions().device(kCuda)) * 2 + 5).to(dtype);
+        const at::Tensor w = affine ? at::randn({C}, x.options()) : at::Tensor();
+        const at::Tensor b = affine ? at::randn({C}, x.options()) : at::Tensor();
+        ASSERT_TRUE(layer_norm_cuda_applies(x, w, b));
+        const at::Tensor out = layer_norm_cuda(x, w, b, 1e-5);
+        const at::Tensor ref = at::layer_norm(x.to(at::kDouble), {C}, affine ? w.to(at::kDouble) : at::Tensor(),
+                                              affine ? b.to(at::kDouble) : at::Tensor(), 1e-5);
+        EXPECT_EQ(out.sizes(), x.sizes());
+        const double tol = dtype == at::kFloat ? 1e-5 : dtype == at::kHalf ? 2e-3 : 1e-2;
+        EXPECT_LT(relative_error(out, ref), tol) << "shape " << x.sizes() << " dtype " << dtype << " affine " << affine;
+      }
+    }
+  }
+  EXPECT_FALSE(layer_norm_cuda_applies(at::randn({2, 4000}, at::TensorOptions().device(kCuda)), {}, {}));
+}
+
 TEST(CudaGeglu, MatchesTorch) {
   if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
   c10::InferenceMode inference;
@@ -97,9 +123,9 @@ TEST(CudaGeglu, MatchesTorch) {
   EXPECT_FALSE(geglu_cuda_applies(at::randn({4, 8}, at::TensorOptions().device(kCuda)).t()));
 }
 
-// The whole UNet channels-last on CUDA (cuDNN NHWC convolutions, the NHWC group norm) against the
-// same weights run NCHW, in float32 without TF32.
-TEST(CudaUNet, ChannelsLastMatchesContiguous) {
+// The whole UNet on CUDA (cuDNN convolutions; vdm's group norm, layer norm and GEGLU kernels), NCHW
+// and channels-last, against the same weights on the CPU, all float32 (TF32 off).
+TEST(CudaUNet, MatchesTheCpuInBothLayouts) {
   if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
   c10::InferenceMode inference;
   at::globalContext().setAllowTF32CuDNN(false);
@@ -117,15 +143,16 @@ TEST(CudaUNet, ChannelsLastMatchesContiguous) {
   cfg.attention_head_dim = {8, 8};
   UNet3DConditionModel unet(cfg);
   unet->eval();
-  unet->to(kCuda);
-  const auto opts = at::TensorOptions().device(kCuda);
-  const at::Tensor x = at::randn({2, 4, 4, 16, 16}, opts), t = at::full({1}, 400L, opts.dtype(at::kLong));
-  const at::Tensor ehs = at::randn({2, 7, 32}, opts);
+  const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 7, 32});
   const at::Tensor ref = unet->forward(x, t, ehs);
+  unet->to(kCuda);
+  const at::Tensor nchw = unet->forward(x.to(kCuda), t.to(kCuda), ehs.to(kCuda));
   unet->set_channels_last(true);
-  const at::Tensor out = unet->forward(x, t, ehs);
-  EXPECT_LT(relative_error(out, ref), 1e-5);
+  const at::Tensor channels_last = unet->forward(x.to(kCuda), t.to(kCuda), ehs.to(kCuda));
   unet->set_channels_last(false);
+  EXPECT_LT(relative_error(nchw, ref), 1e-4);
+  EXPECT_LT(relative_error(channels_last, ref), 1e-4);
+  EXPECT_LT(relative_error(channels_last, nchw), 1e-5);
   at::globalContext().setAllowTF32CuDNN(true);
 }
 
