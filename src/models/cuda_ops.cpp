@@ -1,6 +1,10 @@
 #include "models/cuda_ops.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cstdlib>
 
 #include <string>
 #include <vector>
@@ -14,8 +18,38 @@
 
 namespace vdm::models {
 
+const std::vector<std::string>& cuda_kernel_names() {
+  static const std::vector<std::string> names{"group_norm", "layer_norm", "geglu"};
+  return names;
+}
+
+std::set<std::string> parse_disabled_cuda_kernels(const char* value) {
+  const std::string text = value ? value : "";
+  const auto& names = cuda_kernel_names();
+  if (text == "all") return {names.begin(), names.end()};
+  std::set<std::string> out;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string name = text.substr(begin, end - begin);
+    if (!name.empty()) {
+      if (std::find(names.begin(), names.end(), name) == names.end())
+        throw InputError(fmt::format("VDM_DISABLE_CUDA_KERNELS: unknown kernel '{}'; expected a comma-separated list "
+                                     "of {}, or all",
+                                     name, fmt::join(names, ", ")));
+      out.insert(name);
+    }
+    begin = end + 1;
+  }
+  return out;
+}
+
 #ifdef VDM_WITH_CUDA_KERNELS
 namespace {
+bool enabled(const char* kernel) {
+  static const std::set<std::string> disabled = parse_disabled_cuda_kernels(std::getenv("VDM_DISABLE_CUDA_KERNELS"));
+  return disabled.count(kernel) == 0;
+}
 bool kernel_dtype(const at::Tensor& x) {
   const auto t = x.scalar_type();
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -39,10 +73,18 @@ std::string describe(const at::Tensor& x) {
 const void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 }  // namespace
 
-bool channels_last_pays(const c10::Device& device) { return device.is_cuda(); }
+std::vector<std::string> cuda_kernels_in_use() {
+  std::vector<std::string> out;
+  for (const auto& name : cuda_kernel_names())
+    if (enabled(name.c_str())) out.push_back(name);
+  return out;
+}
+
+bool channels_last_pays(const c10::Device& device) { return device.is_cuda() && enabled("group_norm"); }
 
 bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) || x.is_contiguous())
+  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) || x.is_contiguous() ||
+      !enabled("group_norm"))
     return false;
   return x.size(1) <= 4096 && parameter_fits(weight, x) && parameter_fits(bias, x);
 }
@@ -72,7 +114,9 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor
 }
 
 bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || x.dim() < 1 || !x.is_contiguous()) return false;
+  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || x.dim() < 1 || !x.is_contiguous() ||
+      !enabled("layer_norm"))
+    return false;
   auto fits = [&](const at::Tensor& p) {
     return !p.defined() || (p.scalar_type() == x.scalar_type() && p.is_contiguous() && p.device() == x.device() &&
                             p.numel() == x.size(-1));
@@ -94,7 +138,7 @@ at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const 
 
 bool geglu_cuda_applies(const at::Tensor& h) {
   return h.is_cuda() && !h.requires_grad() && kernel_dtype(h) && h.dim() >= 1 && h.size(-1) % 2 == 0 &&
-         h.is_contiguous();
+         h.is_contiguous() && enabled("geglu");
 }
 
 at::Tensor geglu_cuda(const at::Tensor& h) {
@@ -111,6 +155,8 @@ at::Tensor geglu_cuda(const at::Tensor& h) {
   return out;
 }
 #else
+std::vector<std::string> cuda_kernels_in_use() { return {}; }
+
 bool channels_last_pays(const c10::Device&) { return false; }
 
 bool group_norm_nhwc_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }

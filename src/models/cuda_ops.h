@@ -3,7 +3,22 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <set>
+#include <string>
+#include <vector>
+
 namespace vdm::models {
+
+// The kernels by name: "group_norm" (channels-last GroupNorm; without it channels-last does not pay
+// and the UNet stays NCHW), "layer_norm", "geglu". The environment variable VDM_DISABLE_CUDA_KERNELS
+// (a comma-separated list of these names, or "all") turns kernels off, to compare them with
+// LibTorch's operators or to work around one; read once.
+const std::vector<std::string>& cuda_kernel_names();
+// Parses a VDM_DISABLE_CUDA_KERNELS value (null or empty: none); throws InputError naming an unknown
+// kernel and the known ones.
+std::set<std::string> parse_disabled_cuda_kernels(const char* value);
+// The kernels this process uses: built, and not disabled (empty in a build without CUDA kernels).
+std::vector<std::string> cuda_kernels_in_use();
 
 // True where a network on `device` runs faster channels-last: a CUDA device in a build with vdm's CUDA
 // kernels (without them, every group norm would convert the layout twice).

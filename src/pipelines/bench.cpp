@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -48,6 +49,7 @@ nlohmann::json BenchReport::to_json() const {
   nlohmann::json j = {{"device", device_name},         {"dtype", dtype},
                       {"source", source},              {"unet_parameters", unet_parameters},
                       {"batch", batch},                {"layout", layout},
+                      {"cuda_kernels", cuda_kernels},
                       {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
                       {"peak_device_mb", peak_device_mb}};
@@ -67,6 +69,7 @@ std::string BenchReport::to_table() const {
   for (const auto& s : stages)
     out += fmt::format("{:<16} {:>10.2f} {:>10.2f} {:>10.2f} {:>6}\n", s.stage, s.median(), s.min(),
                        s.max(), s.ms.size());
+  if (!cuda_kernels.empty()) out += fmt::format("vdm's CUDA kernels: {}\n", fmt::join(cuda_kernels, ", "));
   out += fmt::format("peak host memory {:.0f} MB", peak_host_mb);
   if (peak_device_mb > 0) out += fmt::format(", peak device memory {:.0f} MB", peak_device_mb);
   out += "\n";
@@ -151,6 +154,7 @@ BenchReport run_bench(const BenchOptions& o) {
   unet->set_channels_last(channels_last);
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(o.cudnn_benchmark);
   report.layout = channels_last ? "channels-last" : "nchw";
+  if (device.is_cuda()) report.cuda_kernels = models::cuda_kernels_in_use();
   report.device_name = device.str();
   report.threads = at::get_num_threads();
   report.kernel_threads = parallel_for_threads();

@@ -47,6 +47,7 @@ struct BenchReport {
   int64_t unet_parameters = 0;
   int64_t batch = 1;
   std::string layout = "nchw";  // the UNet's activation layout: nchw or channels-last
+  std::vector<std::string> cuda_kernels;  // vdm's CUDA kernels in use (CUDA runs)
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
   std::vector<StageTiming> stages;

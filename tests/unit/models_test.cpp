@@ -19,6 +19,7 @@
 #include "models/activations_cpu.h"
 #include "models/attention.h"
 #include "models/attention_cpu.h"
+#include "models/cuda_ops.h"
 #include "models/autoencoder_kl.h"
 #include "models/linear.h"
 #include "models/linear_onednn.h"
@@ -779,6 +780,25 @@ TEST(UNet3D, ChannelsLastKeepsTheLayoutAndTheOutput) {
   EXPECT_LT(max_abs_diff(out, ref), 1e-4);
   unet->set_channels_last(false);
   EXPECT_TRUE(at::equal(unet->forward(x, t, ehs), ref));
+}
+
+// VDM_DISABLE_CUDA_KERNELS names kernels to turn off; a typo must not pass silently.
+TEST(CudaKernels, DisableListIsParsedAndChecked) {
+  EXPECT_TRUE(parse_disabled_cuda_kernels(nullptr).empty());
+  EXPECT_TRUE(parse_disabled_cuda_kernels("").empty());
+  EXPECT_EQ(parse_disabled_cuda_kernels("layer_norm,geglu"), (std::set<std::string>{"layer_norm", "geglu"}));
+  EXPECT_EQ(parse_disabled_cuda_kernels("all").size(), cuda_kernel_names().size());
+  try {
+    parse_disabled_cuda_kernels("group_norm,layernorm");
+    ADD_FAILURE() << "an unknown kernel name was accepted";
+  } catch (const vdm::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'layernorm'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layer_norm"), std::string::npos) << e.what();
+  }
+#ifndef VDM_WITH_CUDA_KERNELS
+  EXPECT_TRUE(cuda_kernels_in_use().empty());
+  EXPECT_FALSE(channels_last_pays(c10::Device(c10::kCUDA, 0)));
+#endif
 }
 
 }  // namespace
