@@ -4,12 +4,13 @@
 #   1. builds vdm (FFmpeg off) with vdm's CUDA kernels, and the CUDA test suite;
 #   2. runs the CUDA tests (the channels-last group norm and UNet against LibTorch's NCHW path);
 #   3. times the ModelScope 1.7B UNet3D step (random weights from configs/) at batch 2 (guidance),
-#      16 frames at 256x256: float16 and bfloat16, NCHW and channels-last, eager and as a CUDA graph;
+#      16 frames at 256x256: float16 and bfloat16, NCHW and channels-last, eager and as a CUDA graph,
+#      and with single vdm kernels left out (VDM_DISABLE_CUDA_KERNELS) against LibTorch's operators;
 #   4. profiles the device time per CUDA kernel of a few eager steps in each layout.
 # Prints one table row per run for docs/performance.md and the top kernels; JSON reports and logs
 # land in OUT_DIR.
 #
-#   configs/gpu/bench.sh OUT_DIR [STEPS=20]        (QUICK=1: the channels-last runs alone)
+#   configs/gpu/bench.sh OUT_DIR [STEPS=20]        (QUICK=1: fewer rows)
 #
 # Missing header-only dependencies (nlohmann/json.hpp, CLI/CLI.hpp) are taken from
 # .gpu-deps/include, and GoogleTest's sources from .gpu-deps/googletest, when those folders exist.
@@ -71,18 +72,20 @@ PY
 }
 echo "| dtype | layout | mode | UNet step median (ms) | min | max | peak memory |"
 echo "|---|---|---|---|---|---|---|"
-# name dtype channels-last graph: the full set, or with QUICK=1 the channels-last rows alone.
-RUNS=("float16 on eager" "float16 on graph" "float16 off eager" "float16 off graph" "bfloat16 on graph"
-      "float16 on graph nobench")
-[ "${QUICK:-0}" = 1 ] && RUNS=("float16 on eager" "float16 on graph" "bfloat16 on graph")
+# dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off) or "no:KERNELS" (vdm's
+# CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS). QUICK=1: the channels-last rows and one A/B.
+RUNS=("float16 on graph" "float16 on eager" "float16 off eager" "float16 off graph" "bfloat16 on graph"
+      "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu")
+[ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager" "bfloat16 on graph" "float16 on graph no:layer_norm")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
   [ "$mode" = graph ] && flags+=(--cuda-graph)
   [ "${extra:-}" = nobench ] && flags+=(--no-cudnn-benchmark)
-  name="unet_${dtype}_cl-${layout}_${mode}${extra:+_$extra}"
+  disable=""; [[ "${extra:-}" == no:* ]] && disable=${extra#no:}
+  name="unet_${dtype}_cl-${layout}_${mode}${extra:+_${extra/:/-}}"
   label=$([ "$layout" = on ] && echo channels-last || echo nchw)${extra:+ ($extra)}
-  bench "$name" "${flags[@]}" && row "$name" "$dtype" "$label" "$mode"
+  VDM_DISABLE_CUDA_KERNELS=$disable bench "$name" "${flags[@]}" && row "$name" "$dtype" "$label" "$mode"
 done
 echo "benchmarks $(elapsed)"
 LAYOUTS=(on off); [ "${QUICK:-0}" = 1 ] && LAYOUTS=(on)
