@@ -35,6 +35,7 @@ struct BatchArgs {
   bool force = false;
   std::string progress = "text";
   std::string device = "cpu";
+  bool cuda_graph = false;
   std::string dtype = "float32";
   int crf = 18;
   std::string preset = "medium";
@@ -69,6 +70,7 @@ void run_batch(const BatchArgs& a) {
   ro.pipeline.model_dir = model;
   ro.pipeline.device = a.device;
   ro.pipeline.dtype = a.dtype;
+  ro.pipeline.cuda_graph = a.cuda_graph;
   if (!a.max_memory.empty()) ro.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
   ro.crf = a.crf;
   ro.preset = a.preset;
@@ -148,6 +150,7 @@ void register_batch(CLI::App& app) {
   cmd->add_option("--progress", args->progress, "Progress on stderr: text, json or none")
       ->capture_default_str();
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
+  cmd->add_flag("--cuda-graph", args->cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
   cmd->add_option("--dtype", args->dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--crf", args->crf, "Quality for MP4/WebM (lower is better)")->capture_default_str();
   cmd->add_option("--preset", args->preset, "x264 preset for MP4")->capture_default_str();

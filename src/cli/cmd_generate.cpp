@@ -62,6 +62,7 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   cmd->add_option("--format", a.format, "Output format: mp4, webm, gif, png (default: by extension)");
   cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
+  cmd->add_flag("--cuda-graph", a.pipeline.cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
   cmd->add_option("--decode-chunk", o.decode_chunk, "Frames per VAE decode call (0 = automatic)");
   cmd->add_option("--max-memory", a.max_memory,
                   "Memory the render may use beyond the loaded model, e.g. 8G or 512M; a job whose "

@@ -21,6 +21,7 @@
 #include "pipelines/conditioning.h"
 #include "pipelines/latent_preview.h"
 #include "pipelines/model_folder.h"
+#include "pipelines/unet_graph.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_text_model.h"
 #include "text/clip_tokenizer.h"
@@ -45,6 +46,7 @@ struct VideoPipeline::Components {
   c10::Device device{c10::kCPU};
   c10::ScalarType dtype = at::kFloat;
   std::optional<uint64_t> max_memory;  // PipelineConfig::max_memory
+  std::unique_ptr<UNetGraph> unet_graph;  // with PipelineConfig::cuda_graph
 };
 
 namespace {
@@ -89,6 +91,8 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   // Validate everything cheap before loading weights.
   c10::Device device = parse_device(config.device);
   c10::ScalarType dtype = parse_dtype(config.dtype);
+  if (config.cuda_graph && !device.is_cuda())
+    throw InputError(fmt::format("--cuda-graph needs --device cuda (got --device {})", config.device));
   ModelFolder folder = ModelFolder::open(config.model_dir);
   io::JsonConfig scheduler_config =
       io::JsonConfig::load(folder.component("scheduler").config_path);
@@ -96,7 +100,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
 
   auto c = std::make_unique<Components>(Components{
       folder, scheduler_config, text::ClipTokenizer::load(folder.component("tokenizer").dir),
-      nullptr, nullptr, nullptr, device, dtype, config.max_memory});
+      nullptr, nullptr, nullptr, device, dtype, config.max_memory, nullptr});
   c->text_encoder = text::load_clip_text_model(folder.component("text_encoder").dir);
   c->unet = models::load_unet3d(folder.component("unet").dir);
   c->vae = models::load_autoencoder_kl(folder.component("vae").dir);
@@ -127,6 +131,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   c->unet->set_channels_last(models::channels_last_pays(device));
   // Every denoising step has the same shapes: cuDNN's timed choice of algorithms pays from step 2.
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
+  if (config.cuda_graph) c->unet_graph = std::make_unique<UNetGraph>(c->unet);
   return std::unique_ptr<VideoPipeline>(new VideoPipeline(std::move(c)));
 }
 
@@ -287,7 +292,9 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
     at::Tensor model_input = guidance ? at::cat({latents, latents}, 0) : latents;
     model_input = scheduler->scale_model_input(model_input, i);
     if (cond_batch.defined()) model_input = at::cat({model_input.to(opts), cond_batch}, 1);
-    at::Tensor noise_pred = c_->unet->forward(model_input.to(opts), t.to(c_->device), text).to(at::kFloat);
+    const at::Tensor x = model_input.to(opts), t_device = t.to(c_->device);
+    at::Tensor noise_pred =
+        (c_->unet_graph ? (*c_->unet_graph)(x, t_device, text) : c_->unet->forward(x, t_device, text)).to(at::kFloat);
     if (guidance) {
       auto parts = noise_pred.chunk(2, 0);
       noise_pred = parts[0] + o.guidance * (parts[1] - parts[0]);

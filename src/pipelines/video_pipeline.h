@@ -54,6 +54,8 @@ struct PipelineConfig {
   // Memory a render may use on top of the loaded model, in bytes: unset = what the machine has
   // free (MemAvailable or the cgroup limit on CPU, free device memory on CUDA); 0 = no check.
   std::optional<uint64_t> max_memory;
+  // Replay the UNet step as a CUDA graph (pipelines/unet_graph.h); CUDA devices only.
+  bool cuda_graph = false;
 };
 
 class VideoPipeline {

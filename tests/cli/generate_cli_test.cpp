@@ -126,6 +126,7 @@ TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
       {"size the model cannot take", model, "--width 30", dir + "/w.mp4", "--width 30"},
       {"missing model folder", dir + "/no-model", "", dir + "/m.mp4", "does not exist"},
       {"unknown sampler", model, "--sampler heun9", dir + "/u.mp4", "heun9"},
+      {"CUDA graph on the CPU", model, "--cuda-graph", dir + "/cg.mp4", "--cuda-graph needs --device cuda"},
       {"unknown output extension", model, "", dir + "/x.avi", ".avi"},
       {"output folder missing", model, "", dir + "/no/such/dir/o.mp4", "does not exist"},
       // Encoder settings are checked before the model is even read (the folder here does not exist).
