@@ -1,4 +1,4 @@
-// vdm's CUDA kernels against LibTorch's operators. They run only on a machine with a CUDA device and
+// vdm's CUDA kernels against LibTorch's operators, and the UNet step as a CUDA graph. They run only on a machine with a CUDA device and
 // a build with the kernels (CMake VDM_CUDA_KERNELS, LibTorch with CUDA, nvcc); elsewhere they skip.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -10,6 +10,7 @@
 
 #include "models/cuda_ops.h"
 #include "models/unet_3d_condition.h"
+#include "pipelines/unet_graph.h"
 #include "tests/support/test_support.h"
 
 namespace {
@@ -153,6 +154,19 @@ TEST(CudaUNet, MatchesTheCpuInBothLayouts) {
   EXPECT_LT(relative_error(nchw, ref), 1e-4);
   EXPECT_LT(relative_error(channels_last, ref), 1e-4);
   EXPECT_LT(relative_error(channels_last, nchw), 1e-5);
+
+  // The same step replayed as a CUDA graph: new inputs each call, as in the denoising loop, and a
+  // new graph when the shapes change.
+  unet->set_channels_last(true);
+  vdm::pipelines::UNetGraph graph(unet);
+  const auto cuda = at::TensorOptions().device(kCuda);
+  for (const int64_t frames : {4, 4, 2}) {
+    const at::Tensor xi = at::randn({2, 4, frames, 16, 16}, cuda), ti = at::full({}, 100L * frames, cuda.dtype(at::kLong));
+    const at::Tensor ei = at::randn({2, 7, 32}, cuda);
+    const at::Tensor replayed = graph(xi, ti, ei);
+    EXPECT_LT(relative_error(replayed, unet->forward(xi, ti, ei)), 1e-6) << frames << " frames";
+  }
+  unet->set_channels_last(false);
   at::globalContext().setAllowTF32CuDNN(true);
 }
 
