@@ -22,6 +22,10 @@ bool parameters_need_no_grad(const at::Tensor& weight, const at::Tensor& bias) {
 bool group_norm_fused(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   return fused_group_norm_cpu_applies(x) && parameters_need_no_grad(weight, bias);
 }
+// Channels-last CUDA inference: vdm's NHWC kernels, which keep the layout.
+bool group_norm_nhwc_runs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return group_norm_nhwc_applies(x, weight, bias) && parameters_need_no_grad(weight, bias);
+}
 }  // namespace
 
 bool norm_runs_in_float32(const at::Tensor& x) {
@@ -29,22 +33,20 @@ bool norm_runs_in_float32(const at::Tensor& x) {
 }
 
 at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
-  // Inference over the last dimension: the fused kernel (float32 statistics, bfloat16 read and
-  // written directly).
+  // Inference over the last dimension: vdm's kernels, on CUDA or the fused CPU one (float32
+  // statistics, bfloat16 read and written directly).
   const auto& shape = options.normalized_shape();
-  if (shape.size() == 1 && x.dim() >= 1 && x.size(-1) == shape[0] && layer_norm_cuda_applies(x, weight, bias) &&
-      parameters_need_no_grad(weight, bias))
-    return layer_norm_cuda(x, weight, bias, options.eps());
-  if (shape.size() == 1 && x.dim() >= 1 && x.size(-1) == shape[0] && fused_layer_norm_cpu_applies(x) &&
-      parameters_need_no_grad(weight, bias))
-    return fused_layer_norm_cpu(x, weight, bias, options.eps());
+  if (shape.size() == 1 && x.dim() >= 1 && x.size(-1) == shape[0] && parameters_need_no_grad(weight, bias)) {
+    if (layer_norm_cuda_applies(x, weight, bias)) return layer_norm_cuda(x, weight, bias, options.eps());
+    if (fused_layer_norm_cpu_applies(x)) return fused_layer_norm_cpu(x, weight, bias, options.eps());
+  }
   if (!norm_runs_in_float32(x)) return torch::nn::LayerNormImpl::forward(x);
   return at::layer_norm(x.to(at::kFloat), options.normalized_shape(), widened(weight), widened(bias), options.eps())
       .to(x.scalar_type());
 }
 
 at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
-  if (group_norm_nhwc_applies(x, weight, bias) && parameters_need_no_grad(weight, bias))
+  if (group_norm_nhwc_runs(x, weight, bias))
     return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/false);
   if (group_norm_fused(x, weight, bias))
     return fused_group_norm_cpu(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/false);
@@ -54,7 +56,7 @@ at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
 }
 
 at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x) {
-  if (group_norm_nhwc_applies(x, weight, bias) && parameters_need_no_grad(weight, bias))
+  if (group_norm_nhwc_runs(x, weight, bias))
     return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true);
   if (group_norm_fused(x, weight, bias))
     return fused_group_norm_cpu(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true);
@@ -64,7 +66,7 @@ at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x) {
 at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x, const at::Tensor& add) {
   const bool fits = add.dim() == 2 && add.size(0) == x.size(0) && add.size(1) == x.size(1) &&
                     add.scalar_type() == x.scalar_type() && add.is_contiguous();
-  if (fits && group_norm_nhwc_applies(x, weight, bias) && parameters_need_no_grad(weight, bias))
+  if (fits && group_norm_nhwc_runs(x, weight, bias))
     return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true, add);
   std::vector<int64_t> shape(x.dim(), 1);
   shape[0] = add.size(0);
