@@ -276,6 +276,8 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
   const bool guidance = text_embeddings.size(0) == 2;
   at::Generator gen = make_generator(o.seed ^ 0x5eedULL);
   const at::Tensor timesteps = scheduler->timesteps().to(at::kCPU);
+  // The UNet reads each step's timestep from the device: one upload here, none in the loop.
+  const at::Tensor timesteps_on_device = timesteps.to(c_->device);
   const int64_t n = timesteps.size(0);
   ProgressMeter meter("denoise", n - start_step, o.progress);
   const auto opts = at::TensorOptions().device(c_->device).dtype(c_->dtype);
@@ -288,11 +290,10 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
   latents = latents.to(c_->device, at::kFloat);
   for (int64_t i = start_step; i < n; ++i) {
     throw_if_interrupted();
-    const at::Tensor t = timesteps.index({i});
     at::Tensor model_input = guidance ? at::cat({latents, latents}, 0) : latents;
     model_input = scheduler->scale_model_input(model_input, i);
     if (cond_batch.defined()) model_input = at::cat({model_input.to(opts), cond_batch}, 1);
-    const at::Tensor x = model_input.to(opts), t_device = t.to(c_->device);
+    const at::Tensor x = model_input.to(opts), t_device = timesteps_on_device[i];
     at::Tensor noise_pred =
         (c_->unet_graph ? (*c_->unet_graph)(x, t_device, text) : c_->unet->forward(x, t_device, text)).to(at::kFloat);
     if (guidance) {
