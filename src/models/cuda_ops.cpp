@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 
 #include <string>
@@ -121,7 +122,10 @@ bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, cons
     return !p.defined() || (p.scalar_type() == x.scalar_type() && p.is_contiguous() && p.device() == x.device() &&
                             p.numel() == x.size(-1));
   };
-  return cuda::layer_norm_rows_supported(x.size(-1), x.element_size()) && fits(weight) && fits(bias);
+  // Rows wider than 256 elements are read in 16-byte packs: every pointer 16-byte aligned.
+  auto aligned = [](const at::Tensor& p) { return !p.defined() || reinterpret_cast<uintptr_t>(p.data_ptr()) % 16 == 0; };
+  const bool packs_ok = x.size(-1) <= 256 || (aligned(x) && aligned(weight) && aligned(bias));
+  return cuda::layer_norm_rows_supported(x.size(-1), x.element_size()) && packs_ok && fits(weight) && fits(bias);
 }
 
 at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {

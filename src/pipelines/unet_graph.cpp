@@ -39,6 +39,7 @@ at::Tensor UNetGraph::operator()(const at::Tensor& x, const at::Tensor& t, const
     s->x = x.clone();
     s->t = t.clone();
     s->text = text.clone();
+    c10::cuda::getCurrentCUDAStream().synchronize();  // the copies above are done before the side stream reads them
     {
       // Capture on a side stream after one step there, as CUDA graphs require; the warm-up step
       // also lets cuDNN choose its algorithms outside the capture.

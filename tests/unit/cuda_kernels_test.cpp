@@ -101,6 +101,9 @@ TEST(CudaLayerNorm, MatchesTorch) {
     }
   }
   EXPECT_FALSE(layer_norm_cuda_applies(at::randn({2, 4000}, at::TensorOptions().device(kCuda)), {}, {}));
+  // A contiguous view that starts one element into its storage cannot be read in 16-byte packs.
+  const at::Tensor shifted = at::randn({4 * 320 + 1}, at::TensorOptions().device(kCuda)).narrow(0, 1, 4 * 320);
+  EXPECT_FALSE(layer_norm_cuda_applies(shifted.view({4, 320}), {}, {}));
 }
 
 TEST(CudaGeglu, MatchesTorch) {
