@@ -6,6 +6,7 @@
 #include <torch/nn/modules/dropout.h>
 
 #include "core/error.h"
+#include "models/cuda_ops.h"
 #include "models/normalization.h"
 
 namespace vdm::temporal {
@@ -16,14 +17,31 @@ models::GroupNorm norm(int64_t groups, int64_t channels) {
     throw ConfigError(fmt::format("TemporalConvLayer: {} channels cannot be split into {} groups", channels, groups));
   return models::GroupNorm(torch::nn::GroupNormOptions(groups, channels));
 }
+// Each convolution mixes three frames: kernel (3, 1, 1), padding (1, 0, 0).
+const std::vector<int64_t> kKernel{3, 1, 1}, kPadding{1, 0, 0};
+
 torch::nn::Conv3d conv(int64_t in, int64_t out) {
-  return torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, {3, 1, 1}).padding({1, 0, 0}));
+  return torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, {kKernel[0], kKernel[1], kKernel[2]})
+                               .padding({kPadding[0], kPadding[1], kPadding[2]}));
 }
-// One stage: GroupNorm, SiLU, [Dropout,] Conv3d, with the norm and SiLU fused.
-at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x) {
+
+// One stage: GroupNorm, SiLU, [Dropout,] Conv3d, with the norm and SiLU fused. `bias` carries a
+// convolution bias from one stage to the next norm, which adds it as it reads (channels-last CUDA,
+// models::norm_takes_conv_bias); the last stage (keep_bias false) adds its own.
+at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x, at::Tensor& bias, bool keep_bias) {
   auto it = stage->begin();
-  at::Tensor h = it->get<models::GroupNorm>()->forward_silu(x);
-  for (it += 2; it != stage->end(); ++it) h = it->forward(h);
+  models::GroupNorm norm = it->get<models::GroupNorm>();
+  at::Tensor h = bias.defined() ? norm->forward_silu(x, bias) : norm->forward_silu(x);
+  bias = at::Tensor();
+  for (it += 2; it != stage->end(); ++it) {
+    auto* c = it->ptr()->as<torch::nn::Conv3dImpl>();
+    if (c && keep_bias && c->options.bias() && models::norm_takes_conv_bias(h)) {
+      h = at::conv3d(h, c->weight, {}, 1, kPadding);
+      bias = c->bias;
+    } else {
+      h = it->forward(h);
+    }
+  }
   return h;
 }
 }  // namespace
@@ -47,10 +65,11 @@ at::Tensor TemporalConvLayerImpl::forward(const at::Tensor& x, int64_t num_frame
     throw Error(fmt::format("TemporalConvLayer: {} frames in the batch is not a multiple of num_frames {}", BF, num_frames));
   // [B*F, C, H, W] -> [B, C, F, H, W]
   at::Tensor identity = x.reshape({BF / num_frames, num_frames, C, H, W}).permute({0, 2, 1, 3, 4});
-  at::Tensor h = run_stage(conv1_, identity);
-  h = run_stage(conv2_, h);
-  h = run_stage(conv3_, h);
-  h = run_stage(conv4_, h);
+  at::Tensor bias;
+  at::Tensor h = run_stage(conv1_, identity, bias, true);
+  h = run_stage(conv2_, h, bias, true);
+  h = run_stage(conv3_, h, bias, true);
+  h = run_stage(conv4_, h, bias, false);
   h = identity + h;
   // [B, C, F, H, W] -> [B*F, C, H, W]
   return h.permute({0, 2, 1, 3, 4}).reshape({BF, h.size(1), H, W});

@@ -19,15 +19,16 @@ struct GroupNormNhwcShape {
   int64_t rows = 0;      // spatial positions per sample (H*W, or F*H*W)
   int64_t channels = 0;  // C, the innermost dimension
   int64_t groups = 0;    // G; C % G == 0
+  int64_t add_sample_stride = 0;  // of the added term: C for [N, C], 0 for [C]
 };
 
 // Floats of workspace group_norm_nhwc needs (float32 partial statistics per chunk of rows).
 int64_t group_norm_nhwc_workspace(const GroupNormNhwcShape& s);
 
-// x, y: [N, rows, C] contiguous, of `dtype`; add: [N, C] or null; gamma, beta: [C] or null; all of
-// `dtype`; workspace: device floats of group_norm_nhwc_workspace(s). y = GroupNorm(x + add) (biased
-// variance, as torch), then SiLU when `silu`; statistics in float32 (Welford merges of shifted
-// sums). At most 65535 samples, 6144 groups and 2^31 elements per sample.
+// x, y: [N, rows, C] contiguous; add: [N, C] or [C] (s.add_sample_stride) or null; gamma, beta:
+// [C] or null; all of `dtype`. workspace: device floats of group_norm_nhwc_workspace(s).
+// y = GroupNorm(x + add) (biased variance, as torch), then SiLU when `silu`; statistics in float32
+// (Welford merges of shifted sums). At most 65535 samples, 6144 groups and 2^31 elements per sample.
 void group_norm_nhwc(const GroupNormNhwcShape& s, DType dtype, const void* x, const void* add, const void* gamma,
                      const void* beta, double eps, bool silu, void* y, float* workspace, void* stream);
 

@@ -83,6 +83,12 @@ std::vector<std::string> cuda_kernels_in_use() {
 
 bool channels_last_pays(const c10::Device& device) { return device.is_cuda() && enabled("group_norm"); }
 
+bool norm_takes_conv_bias(const at::Tensor& conv_input) {
+  const at::Tensor& x = conv_input;
+  return x.is_cuda() && !x.requires_grad() && kernel_dtype(x) && channels_last_dense(x) && !x.is_contiguous() &&
+         enabled("group_norm");
+}
+
 bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) || x.is_contiguous() ||
       !enabled("group_norm"))
@@ -96,15 +102,19 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor
     throw Error(fmt::format("group_norm_nhwc: expected a channels-last CUDA tensor of float32, float16 or bfloat16 "
                             "with parameters of its dtype; got {}",
                             describe(x)));
-  if (add.defined() && (add.sizes() != at::IntArrayRef{x.size(0), x.size(1)} || !add.is_contiguous() ||
-                        add.scalar_type() != x.scalar_type() || add.device() != x.device()))
-    throw Error(fmt::format("group_norm_nhwc: the added term must be a contiguous [{}, {}] tensor like x; got {}",
-                            x.size(0), x.size(1), describe(add)));
+  const bool per_sample = add.defined() && add.dim() == 2;
+  if (add.defined() && (!(add.sizes() == at::IntArrayRef{x.size(0), x.size(1)} ||
+                          add.sizes() == at::IntArrayRef{x.size(1)}) ||
+                        !add.is_contiguous() || add.scalar_type() != x.scalar_type() || add.device() != x.device()))
+    throw Error(fmt::format("group_norm_nhwc: the added term must be a contiguous [{}, {}] or [{}] tensor like x; "
+                            "got {}",
+                            x.size(0), x.size(1), x.size(1), describe(add)));
   cuda::GroupNormNhwcShape s;
   s.samples = x.size(0);
   s.channels = x.size(1);
   s.rows = x.numel() / std::max<int64_t>(1, s.samples * s.channels);
   s.groups = groups;
+  s.add_sample_stride = per_sample ? s.channels : 0;
   if (groups <= 0 || s.channels % groups != 0)
     throw Error(fmt::format("group_norm_nhwc: {} channels cannot be split into {} groups", s.channels, groups));
   at::Tensor y = at::empty_like(x);  // preserves x's strides: dense, channels innermost
@@ -162,6 +172,8 @@ at::Tensor geglu_cuda(const at::Tensor& h) {
 std::vector<std::string> cuda_kernels_in_use() { return {}; }
 
 bool channels_last_pays(const c10::Device&) { return false; }
+
+bool norm_takes_conv_bias(const at::Tensor&) { return false; }
 
 bool group_norm_nhwc_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
 

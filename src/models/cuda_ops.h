@@ -24,14 +24,18 @@ std::vector<std::string> cuda_kernels_in_use();
 // kernels (without them, every group norm would convert the layout twice).
 bool channels_last_pays(const c10::Device& device);
 
+// True where a GroupNorm after a convolution of `conv_input` adds the convolution's bias itself (the
+// NHWC kernel's added term), so the convolution can run without one: channels-last CUDA inference.
+bool norm_takes_conv_bias(const at::Tensor& conv_input);
+
 // True for an inference call the NHWC group norm takes: a CUDA tensor of float32, float16 or
 // bfloat16 laid out channels-last ([N, C, *] whose memory is [N, *, C]; NCHW-contiguous tensors stay
 // with LibTorch's group norm), affine parameters of its dtype or none, no gradient.
 bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // x: [N, C, *] channels-last -> GroupNorm(x + add) (then SiLU when `silu`), same shape, dtype and
-// strides. add: undefined, or [N, C] of x's dtype, broadcast over the spatial positions (the sum is
-// never written).
+// strides. add: undefined, or [N, C] or [C] of x's dtype, broadcast over the positions (and the
+// samples); the sum is never written.
 at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                            double eps, bool silu, const at::Tensor& add = {});
 

@@ -5,8 +5,8 @@
 //      each thread folds them with gamma and beta into the scale and shift of its own pack of
 //      channels (registers), then streams its rows in 16-byte packs: one multiply-add (and SiLU) per
 //      element.
-// An optional per-(sample, channel) term is added to x before the norm (a ResNet block's time
-// embedding), without writing the sum.
+// An optional per-channel or per-(sample, channel) term is added to x before the norm (a
+// convolution's bias, a ResNet block's time embedding), without writing the sum.
 #include "models/cuda_common.cuh"
 #include "models/cuda_kernels.h"
 
@@ -87,7 +87,8 @@ struct ShiftedSums {
 // g*D + t % lanes of every rows_per_iter-th row.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    partial_stats(const T* __restrict__ x, const T* __restrict__ add, int rows, int C, int D, int rows_per_chunk,
+    partial_stats(const T* __restrict__ x, const T* __restrict__ add, int add_stride, int rows, int C, int D,
+                  int rows_per_chunk,
                   float* __restrict__ partial) {
   const int chunk = blockIdx.x, g = blockIdx.y, n = blockIdx.z;
   const int r0 = chunk * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(kThreads)
   if (first < step) {
     const T* base = x + int64_t(n) * rows * C + g * D;
     for (int d = lane; d < D; d += lanes) {
-      const float a = add ? to_float(add[int64_t(n) * C + g * D + d]) : 0.f;
+      const float a = add ? to_float(add[int64_t(n) * add_stride + g * D + d]) : 0.f;
       int r = r0 + first;
       for (; r + 3 * step < r1; r += 4 * step) {  // four independent loads in flight
         const float v0 = to_float(base[int64_t(r) * C + d]);
@@ -126,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
 // pack's scale and shift in registers, and streams its rows.
 template <typename T, int Vec>
 __global__ void __launch_bounds__(kThreads)
-    apply_norm(const T* __restrict__ x, const T* __restrict__ add, const T* __restrict__ gamma,
+    apply_norm(const T* __restrict__ x, const T* __restrict__ add, int add_stride, const T* __restrict__ gamma,
                const T* __restrict__ beta, const float* __restrict__ partial, int rows, int C, int D, int G,
                int stat_chunks, int rows_per_block, float eps, bool silu, T* __restrict__ y) {
   extern __shared__ float shared[];
@@ -155,7 +156,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < Vec; ++k) {
       const int c = c0 + k, g = c / D;
       const float s = rstd[g] * (gamma ? to_float(gamma[c]) : 1.f);
-      const float a = add ? to_float(add[int64_t(n) * C + c]) : 0.f;
+      const float a = add ? to_float(add[int64_t(n) * add_stride + c]) : 0.f;
       scale[k] = s;
       shift[k] = (beta ? to_float(beta[c]) : 0.f) + (a - mean[g]) * s;
     }
@@ -185,10 +186,11 @@ template <typename T>
 void launch(const GroupNormNhwcShape& s, const T* x, const T* add, const T* gamma, const T* beta, double eps,
             bool silu, T* y, float* partial, cudaStream_t stream) {
   const int rows = int(s.rows), C = int(s.channels), G = int(s.groups), D = C / G;
+  const int add_stride = int(s.add_sample_stride);
   const int64_t chunks = stat_chunks(s);
   const int rows_per_chunk = int(ceil_div(s.rows, chunks));
   partial_stats<T><<<dim3(unsigned(ceil_div(s.rows, rows_per_chunk)), unsigned(G), unsigned(s.samples)), kThreads, 0,
-                     stream>>>(x, add, rows, C, D, rows_per_chunk, partial);
+                     stream>>>(x, add, add_stride, rows, C, D, rows_per_chunk, partial);
   detail::check_launch("group_norm_nhwc partial_stats");
   const int stat_blocks = int(ceil_div(s.rows, rows_per_chunk));
   const int64_t per_sample = std::clamp<int64_t>(kTargetApplyBlocks / s.samples, 1, s.rows);
@@ -197,11 +199,11 @@ void launch(const GroupNormNhwcShape& s, const T* x, const T* add, const T* gamm
   const size_t shared = sizeof(float) * size_t(2 * G);
   constexpr int kVec = 16 / sizeof(T);
   if (C % kVec == 0 && detail::aligned16(x) && detail::aligned16(y))
-    apply_norm<T, kVec><<<grid, kThreads, shared, stream>>>(x, add, gamma, beta, partial, rows, C, D, G, stat_blocks,
-                                                            rows_per_block, float(eps), silu, y);
+    apply_norm<T, kVec><<<grid, kThreads, shared, stream>>>(x, add, add_stride, gamma, beta, partial, rows, C, D, G,
+                                                            stat_blocks, rows_per_block, float(eps), silu, y);
   else
-    apply_norm<T, 1><<<grid, kThreads, shared, stream>>>(x, add, gamma, beta, partial, rows, C, D, G, stat_blocks,
-                                                         rows_per_block, float(eps), silu, y);
+    apply_norm<T, 1><<<grid, kThreads, shared, stream>>>(x, add, add_stride, gamma, beta, partial, rows, C, D, G,
+                                                         stat_blocks, rows_per_block, float(eps), silu, y);
   detail::check_launch("group_norm_nhwc apply_norm");
 }
 

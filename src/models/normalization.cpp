@@ -64,13 +64,15 @@ at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x) {
 }
 
 at::Tensor GroupNormImpl::forward_silu(const at::Tensor& x, const at::Tensor& add) {
-  const bool fits = add.dim() == 2 && add.size(0) == x.size(0) && add.size(1) == x.size(1) &&
+  const bool per_sample = add.dim() == 2;
+  const bool fits = (per_sample ? add.size(0) == x.size(0) && add.size(1) == x.size(1)
+                                : add.dim() == 1 && add.size(0) == x.size(1)) &&
                     add.scalar_type() == x.scalar_type() && add.is_contiguous();
   if (fits && group_norm_nhwc_runs(x, weight, bias))
     return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/true, add);
   std::vector<int64_t> shape(x.dim(), 1);
-  shape[0] = add.size(0);
-  shape[1] = add.size(1);
+  shape[0] = per_sample ? add.size(0) : 1;
+  shape[1] = add.size(-1);
   return forward_silu(x + add.view(shape));
 }
 

@@ -38,8 +38,8 @@ class GroupNormImpl : public torch::nn::GroupNormImpl {
   at::Tensor forward(const at::Tensor& x);
   // x: [N, C, *] -> SiLU(GroupNorm(x)), same shape and dtype.
   at::Tensor forward_silu(const at::Tensor& x);
-  // x: [N, C, *], add: [N, C] -> SiLU(GroupNorm(x + add)), add broadcast over the positions; on a
-  // channels-last CUDA tensor in one kernel pair that never writes the sum.
+  // x: [N, C, *], add: [N, C] or [C] -> SiLU(GroupNorm(x + add)), add broadcast over the positions
+  // (and samples); on a channels-last CUDA tensor in one kernel pair that never writes the sum.
   at::Tensor forward_silu(const at::Tensor& x, const at::Tensor& add);
 };
 TORCH_MODULE(GroupNorm);

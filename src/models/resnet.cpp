@@ -3,10 +3,14 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "models/cuda_ops.h"
 
 namespace vdm::models {
 
 namespace {
+// conv1 and conv2: 3x3, stride 1, padding 1.
+constexpr int64_t kConvKernel = 3, kConvPadding = 1;
+
 GroupNorm group_norm(int64_t groups, int64_t channels, double eps, const char* who) {
   if (groups <= 0 || channels % groups != 0)
     throw ConfigError(fmt::format("{}: {} channels cannot be split into {} groups", who, channels, groups));
@@ -18,11 +22,13 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options_(o
   const int64_t in = o.in_channels;
   const int64_t out = o.out_channels.value_or(in);
   norm1_ = register_module("norm1", group_norm(o.groups, in, o.eps, "ResnetBlock2D norm1"));
-  conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1)));
+  conv1_ = register_module(
+      "conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kConvKernel).stride(1).padding(kConvPadding)));
   if (o.temb_channels) time_emb_proj_ = register_module("time_emb_proj", Linear(*o.temb_channels, out));
   norm2_ = register_module("norm2", group_norm(o.groups_out.value_or(o.groups), out, o.eps, "ResnetBlock2D norm2"));
   dropout_ = register_module("dropout", torch::nn::Dropout(torch::nn::DropoutOptions(o.dropout)));
-  conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).stride(1).padding(1)));
+  conv2_ = register_module(
+      "conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, kConvKernel).stride(1).padding(kConvPadding)));
   if (o.use_in_shortcut.value_or(in != out))
     conv_shortcut_ = register_module(
         "conv_shortcut", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1).stride(1).padding(0).bias(o.conv_shortcut_bias)));
@@ -35,17 +41,19 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& tem
     return act == Activation::kSilu ? norm->forward_silu(t) : apply_activation(act, norm->forward(t));
   };
   at::Tensor h = norm_act(norm1_, x);
-  h = conv1_->forward(h);
+  // With SiLU, norm2 takes conv1's bias and the time embedding as one added term: on channels-last
+  // CUDA its kernel adds them while it reads conv1's output, instead of two passes over it.
+  const bool bias_in_norm = act == Activation::kSilu && conv1_->options.bias() && norm_takes_conv_bias(h);
+  h = bias_in_norm ? at::conv2d(h, conv1_->weight, {}, 1, kConvPadding) : conv1_->forward(h);
+  at::Tensor added = bias_in_norm ? conv1_->bias : at::Tensor();  // [C] or [N, C]
   if (time_emb_proj_ && temb.defined()) {
     at::Tensor t = time_emb_proj_->forward(apply_activation(act, temb));  // [N, C]
-    // With SiLU the norm takes the time embedding as an added term (one pass on CUDA).
     if (act == Activation::kSilu)
-      h = norm2_->forward_silu(h, t);
+      added = added.defined() ? t + added : t;
     else
-      h = norm_act(norm2_, h + t.unsqueeze(-1).unsqueeze(-1));
-  } else {
-    h = norm_act(norm2_, h);
+      h = h + t.unsqueeze(-1).unsqueeze(-1);
   }
+  h = added.defined() ? norm2_->forward_silu(h, added) : norm_act(norm2_, h);
   h = conv2_->forward(dropout_->forward(h));
   at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
   at::Tensor out = shortcut + h;

@@ -72,6 +72,11 @@ TEST(CudaGroupNorm, ChannelsLastMatchesTorchAndKeepsTheLayout) {
   const at::Tensor ref = at::silu(at::group_norm((x + add.view({6, 64, 1, 1})).to(at::kDouble).contiguous(), 8,
                                                  w.to(at::kDouble), {}, 1e-6));
   EXPECT_LT(relative_error(group_norm_nhwc(x, 8, w, {}, 1e-6, true, add), ref), 1e-5);
+  // A per-channel term (a convolution's bias), the same for every sample.
+  const at::Tensor bias = at::randn({64}, x.options()) * 4;
+  const at::Tensor ref_bias = at::silu(at::group_norm((x + bias.view({1, 64, 1, 1})).to(at::kDouble).contiguous(), 8,
+                                                      w.to(at::kDouble), {}, 1e-6));
+  EXPECT_LT(relative_error(group_norm_nhwc(x, 8, w, {}, 1e-6, true, bias), ref_bias), 1e-5);
   // NCHW-contiguous tensors and tensors needing gradients stay with LibTorch's group norm.
   const at::Tensor nchw = at::randn({2, 8, 4, 4}, at::TensorOptions().device(kCuda));
   EXPECT_FALSE(group_norm_nhwc_applies(nchw, at::Tensor(), at::Tensor()));
@@ -127,8 +132,9 @@ TEST(CudaGeglu, MatchesTorch) {
   EXPECT_FALSE(geglu_cuda_applies(at::randn({4, 8}, at::TensorOptions().device(kCuda)).t()));
 }
 
-// The whole UNet on CUDA (cuDNN convolutions; vdm's group norm, layer norm and GEGLU kernels), NCHW
-// and channels-last, against the same weights on the CPU, all float32 (TF32 off).
+// The whole UNet on CUDA (cuDNN convolutions; vdm's group norm, layer norm and GEGLU kernels; in
+// channels-last the convolution biases added by the next group norm), NCHW and channels-last,
+// against the same weights on the CPU, all float32 (TF32 off).
 TEST(CudaUNet, MatchesTheCpuInBothLayouts) {
   if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
   c10::InferenceMode inference;

@@ -801,4 +801,20 @@ TEST(CudaKernels, DisableListIsParsedAndChecked) {
 #endif
 }
 
+// SiLU(GroupNorm(x + add)) for a per-sample [N, C] and a per-channel [C] term (the CPU computes the
+// sum; the CUDA kernel adds it as it reads, cuda_kernels_test).
+TEST(Normalization, GroupNormSiluWithAddedTerm) {
+  at::manual_seed(12);
+  GroupNorm norm(torch::nn::GroupNormOptions(4, 8));
+  c10::InferenceMode inference;
+  const at::Tensor x = at::randn({3, 8, 5, 6});
+  const at::Tensor per_sample = at::randn({3, 8}), per_channel = at::randn({8});
+  auto ref = [&](const at::Tensor& sum) {
+    return at::silu(at::group_norm(sum, 4, norm->weight, norm->bias, norm->options.eps()));
+  };
+  EXPECT_LT(max_abs_diff(norm->forward_silu(x, per_sample), ref(x + per_sample.view({3, 8, 1, 1}))), 1e-5);
+  EXPECT_LT(max_abs_diff(norm->forward_silu(x, per_channel), ref(x + per_channel.view({1, 8, 1, 1}))), 1e-5);
+  EXPECT_GT(max_abs_diff(norm->forward_silu(x, per_channel), norm->forward_silu(x)), 1e-2);
+}
+
 }  // namespace
