@@ -282,18 +282,20 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
   ProgressMeter meter("denoise", n - start_step, o.progress);
   const auto opts = at::TensorOptions().device(c_->device).dtype(c_->dtype);
   const at::Tensor text = text_embeddings.to(opts);
-  // Conditioning channels do not change across steps: build the batched tensor once.
-  at::Tensor cond_batch;
-  if (condition.defined()) cond_batch = (guidance ? condition.repeat({2, 1, 1, 1, 1}) : condition).to(opts);
-
   // latents: [1, C, F, h, w], float32 on the pipeline device
   latents = latents.to(c_->device, at::kFloat);
+  // The UNet's input, allocated once: [batch, C + conditioning channels, F, h, w] in the model's
+  // dtype, batch 2 with guidance. The conditioning channels do not change across steps and are
+  // written here; each step writes its scaled latents into every copy of the batch.
+  const int64_t C = latents.size(1), condition_channels = condition.defined() ? condition.size(1) : 0;
+  at::Tensor model_input = at::empty(
+      {guidance ? 2 : 1, C + condition_channels, latents.size(2), latents.size(3), latents.size(4)}, opts);
+  if (condition.defined()) model_input.narrow(1, C, condition_channels).copy_(condition);
   for (int64_t i = start_step; i < n; ++i) {
     throw_if_interrupted();
-    at::Tensor model_input = guidance ? at::cat({latents, latents}, 0) : latents;
-    model_input = scheduler->scale_model_input(model_input, i);
-    if (cond_batch.defined()) model_input = at::cat({model_input.to(opts), cond_batch}, 1);
-    const at::Tensor x = model_input.to(opts), t_device = timesteps_on_device[i];
+    model_input.narrow(1, 0, C).copy_(scheduler->scale_model_input(latents, i));
+    const at::Tensor& x = model_input;
+    const at::Tensor t_device = timesteps_on_device[i];
     at::Tensor noise_pred =
         (c_->unet_graph ? (*c_->unet_graph)(x, t_device, text) : c_->unet->forward(x, t_device, text)).to(at::kFloat);
     if (guidance) {
