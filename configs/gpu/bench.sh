@@ -58,7 +58,7 @@ fi
 bench() {  # name, then vdm bench flags
   local name=$1; shift
   timeout 240 ./build-gpu/vdm bench --config configs/modelscope-t2v-1.7b --frames 16 --width 256 --height 256 \
-    --guidance 7.5 --device cuda --skip-vae --json "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" \
+    --guidance 7.5 --device cuda --json "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" \
     || { echo "$name failed: $(tail -3 "$OUT/$name.log")"; return 1; }
 }
 row() {  # name, dtype, layout, mode
@@ -67,14 +67,17 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 st = next(v for k, v in r["stages"].items() if k.startswith("unet_step"))
 mem = r.get("peak_device_mb", 0) / 1024
-print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {st['median_ms']:.1f} | {st['min_ms']:.1f} | {st['max_ms']:.1f} | {mem:.1f} GiB |", flush=True)
+vae = r["stages"].get("vae_decode")
+extra = f" (VAE decode of the 16 frames {vae['median_ms']:.1f} ms)" if vae else ""
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {st['median_ms']:.1f} | {st['min_ms']:.1f} | {st['max_ms']:.1f} | {mem:.1f} GiB |{extra}", flush=True)
 PY
 }
 echo "| dtype | layout | mode | UNet step median (ms) | min | max | peak memory |"
 echo "|---|---|---|---|---|---|---|"
-# dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off) or "no:KERNELS" (vdm's
-# CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS). QUICK=1: the channels-last rows and one A/B.
-RUNS=("float16 on graph" "float16 on eager" "float16 off eager" "float16 off graph" "bfloat16 on graph"
+# dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off), "no:KERNELS" (vdm's
+# CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS) or "vae" (the VAE decode timed too, 3 runs).
+# QUICK=1: the channels-last rows and one A/B.
+RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager" "float16 off graph" "bfloat16 on graph"
       "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu")
 [ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager" "bfloat16 on graph" "float16 on graph no:layer_norm")
 for run in "${RUNS[@]}"; do
@@ -82,6 +85,7 @@ for run in "${RUNS[@]}"; do
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
   [ "$mode" = graph ] && flags+=(--cuda-graph)
   [ "${extra:-}" = nobench ] && flags+=(--no-cudnn-benchmark)
+  if [ "${extra:-}" = vae ]; then flags+=(--repeat 3); else flags+=(--skip-vae); fi
   disable=""; [[ "${extra:-}" == no:* ]] && disable=${extra#no:}
   name="unet_${dtype}_cl-${layout}_${mode}${extra:+_${extra/:/-}}"
   label=$([ "$layout" = on ] && echo channels-last || echo nchw)${extra:+ ($extra)}
@@ -91,7 +95,7 @@ echo "benchmarks $(elapsed)"
 LAYOUTS=(on off); [ "${QUICK:-0}" = 1 ] && LAYOUTS=(on)
 for layout in "${LAYOUTS[@]}"; do
   name="profile_float16_cl-${layout}"
-  bench "$name" --dtype float16 --channels-last "$layout" --steps 3 --profile || continue
+  bench "$name" --dtype float16 --channels-last "$layout" --steps 3 --profile --skip-vae || continue
   python3 - "$OUT/$name.json" "$layout" <<'PY'
 import json, sys, re
 r = json.load(open(sys.argv[1]))
