@@ -62,9 +62,10 @@ cuda::DType dtype_of(const at::Tensor& x) {
 }
 void* stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
 bool channels_last_dense(const at::Tensor& x) { return x.dim() >= 3 && x.movedim(1, -1).is_contiguous(); }
-bool parameter_fits(const at::Tensor& p, const at::Tensor& x) {
+// An affine parameter of a norm over x's `channels`: none, or contiguous [channels] like x.
+bool parameter_fits(const at::Tensor& p, const at::Tensor& x, int64_t channels) {
   return !p.defined() || (p.scalar_type() == x.scalar_type() && p.is_contiguous() && p.device() == x.device() &&
-                          p.numel() == x.size(1));
+                          p.numel() == channels);
 }
 std::string describe(const at::Tensor& x) {
   std::string strides;
@@ -93,7 +94,7 @@ bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, cons
   if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) || x.is_contiguous() ||
       !enabled("group_norm"))
     return false;
-  return x.size(1) <= 4096 && parameter_fits(weight, x) && parameter_fits(bias, x);
+  return x.size(1) <= 4096 && parameter_fits(weight, x, x.size(1)) && parameter_fits(bias, x, x.size(1));
 }
 
 at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
@@ -128,14 +129,11 @@ bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, cons
   if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || x.dim() < 1 || !x.is_contiguous() ||
       !enabled("layer_norm"))
     return false;
-  auto fits = [&](const at::Tensor& p) {
-    return !p.defined() || (p.scalar_type() == x.scalar_type() && p.is_contiguous() && p.device() == x.device() &&
-                            p.numel() == x.size(-1));
-  };
   // Rows wider than 256 elements are read in 16-byte packs: every pointer 16-byte aligned.
   auto aligned = [](const at::Tensor& p) { return !p.defined() || reinterpret_cast<uintptr_t>(p.data_ptr()) % 16 == 0; };
   const bool packs_ok = x.size(-1) <= 256 || (aligned(x) && aligned(weight) && aligned(bias));
-  return cuda::layer_norm_rows_supported(x.size(-1), x.element_size()) && packs_ok && fits(weight) && fits(bias);
+  return cuda::layer_norm_rows_supported(x.size(-1), x.element_size()) && packs_ok &&
+         parameter_fits(weight, x, x.size(-1)) && parameter_fits(bias, x, x.size(-1));
 }
 
 at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
