@@ -15,16 +15,35 @@ namespace vdm::pipelines {
 
 namespace prof = torch::autograd::profiler;
 
-OpProfile profile_ops(const std::function<void()>& work) {
-  prof::enableProfilerLegacy(prof::ProfilerConfig(prof::ProfilerState::CPU));
+namespace {
+// Runs `work` under a profiler already started; on an exception stops it with `stop` and rethrows.
+// Returns the wall time of the work in milliseconds.
+template <typename Stop>
+double run_profiled(const std::function<void()>& work, Stop&& stop) {
   const auto t0 = std::chrono::steady_clock::now();
   try {
     work();
   } catch (...) {
-    prof::disableProfilerLegacy();
+    stop();
     throw;
   }
-  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The profile of `by_name`, largest self time first.
+OpProfile sorted_profile(std::map<std::string, OpTime> by_name, double wall_ms, std::string kind) {
+  OpProfile p;
+  p.kind = std::move(kind);
+  p.wall_ms = wall_ms;
+  for (auto& [name, t] : by_name) p.ops.push_back(std::move(t));
+  std::sort(p.ops.begin(), p.ops.end(), [](const OpTime& a, const OpTime& b) { return a.self_ms > b.self_ms; });
+  return p;
+}
+}  // namespace
+
+OpProfile profile_ops(const std::function<void()>& work) {
+  prof::enableProfilerLegacy(prof::ProfilerConfig(prof::ProfilerState::CPU));
+  const double wall_ms = run_profiled(work, [] { prof::disableProfilerLegacy(); });
   const prof::thread_event_lists threads = prof::disableProfilerLegacy();
 
   struct Open {
@@ -53,11 +72,7 @@ OpProfile profile_ops(const std::function<void()>& work) {
       }
     }
   }
-  OpProfile p;
-  p.wall_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
-  for (auto& [name, t] : by_name) p.ops.push_back(std::move(t));
-  std::sort(p.ops.begin(), p.ops.end(), [](const OpTime& a, const OpTime& b) { return a.self_ms > b.self_ms; });
-  return p;
+  return sorted_profile(std::move(by_name), wall_ms, "operator");
 }
 
 namespace {
@@ -78,14 +93,7 @@ OpProfile profile_cuda_kernels(const std::function<void()>& work) {
   const std::set<impl::ActivityType> activities{impl::ActivityType::CPU, impl::ActivityType::CUDA};
   prof::prepareProfiler(config, activities);
   prof::enableProfiler(config, activities);
-  const auto t0 = std::chrono::steady_clock::now();
-  try {
-    work();
-  } catch (...) {
-    prof::disableProfiler();
-    throw;
-  }
-  const auto t1 = std::chrono::steady_clock::now();
+  const double wall_ms = run_profiled(work, [] { prof::disableProfiler(); });
   const std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
   std::map<std::string, OpTime> by_name;
   for (const prof::KinetoEvent& e : result->events()) {
@@ -96,12 +104,7 @@ OpProfile profile_cuda_kernels(const std::function<void()>& work) {
     t.self_ms += duration_ms(e, 0);
     t.total_ms = t.self_ms;
   }
-  OpProfile p;
-  p.kind = "CUDA kernel";
-  p.wall_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
-  for (auto& [name, t] : by_name) p.ops.push_back(std::move(t));
-  std::sort(p.ops.begin(), p.ops.end(), [](const OpTime& a, const OpTime& b) { return a.self_ms > b.self_ms; });
-  return p;
+  return sorted_profile(std::move(by_name), wall_ms, "CUDA kernel");
 }
 
 std::string OpProfile::to_table(size_t top) const {
