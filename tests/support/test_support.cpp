@@ -136,4 +136,19 @@ int wait_exit(pid_t pid) {
   return -1;
 }
 
+models::UNet3DConditionConfig tiny_unet3d_config(int64_t width, int64_t groups, int64_t cross_attention_dim,
+                                                 int64_t head_dim) {
+  models::UNet3DConditionConfig c;
+  c.in_channels = 4;
+  c.out_channels = 4;
+  c.down_block_types = {"CrossAttnDownBlock3D", "DownBlock3D"};
+  c.up_block_types = {"UpBlock3D", "CrossAttnUpBlock3D"};
+  c.block_out_channels = {width, 2 * width};
+  c.layers_per_block = 1;
+  c.norm_num_groups = groups;
+  c.cross_attention_dim = cross_attention_dim;
+  c.attention_head_dim = {head_dim, head_dim};
+  return c;
+}
+
 }  // namespace vdm::test

@@ -10,7 +10,15 @@
 #include <string>
 #include <vector>
 
+#include "models/unet_3d_condition.h"
+
 namespace vdm::test {
+
+// A two-level UNet3D (CrossAttnDownBlock3D + DownBlock3D and back, one layer per block, 4 latent
+// channels) of `width` and 2 * `width` channels, `groups` norm groups, text of
+// `cross_attention_dim`, attention heads of `head_dim` channels.
+models::UNet3DConditionConfig tiny_unet3d_config(int64_t width, int64_t groups, int64_t cross_attention_dim,
+                                                 int64_t head_dim);
 
 // Root of the shared reference fixtures: $VDM_FIXTURES_ROOT, else ../shared/fixtures next to
 // the source tree. Empty string when absent.

@@ -141,17 +141,7 @@ TEST(CudaUNet, MatchesTheCpuInBothLayouts) {
   at::globalContext().setAllowTF32CuDNN(false);
   at::globalContext().setAllowTF32CuBLAS(false);
   at::manual_seed(6);
-  UNet3DConditionConfig cfg;
-  cfg.in_channels = 4;
-  cfg.out_channels = 4;
-  cfg.down_block_types = {"CrossAttnDownBlock3D", "DownBlock3D"};
-  cfg.up_block_types = {"UpBlock3D", "CrossAttnUpBlock3D"};
-  cfg.block_out_channels = {32, 64};
-  cfg.layers_per_block = 1;
-  cfg.norm_num_groups = 8;
-  cfg.cross_attention_dim = 32;
-  cfg.attention_head_dim = {8, 8};
-  UNet3DConditionModel unet(cfg);
+  UNet3DConditionModel unet(vdm::test::tiny_unet3d_config(32, 8, 32, 8));
   unet->eval();
   const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 7, 32});
   const at::Tensor ref = unet->forward(x, t, ehs);

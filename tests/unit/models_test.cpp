@@ -489,16 +489,7 @@ TEST(Attention, BFloat16StaysCloseAndKeepsDtype) {
 // ---- tiny models ----------------------------------------------------------------------------
 
 UNet3DConditionConfig tiny_unet_config() {
-  UNet3DConditionConfig c;
-  c.in_channels = 4;
-  c.out_channels = 4;
-  c.down_block_types = {"CrossAttnDownBlock3D", "DownBlock3D"};
-  c.up_block_types = {"UpBlock3D", "CrossAttnUpBlock3D"};
-  c.block_out_channels = {8, 16};
-  c.layers_per_block = 1;
-  c.norm_num_groups = 4;
-  c.cross_attention_dim = 12;
-  c.attention_head_dim = {4, 4};
+  UNet3DConditionConfig c = vdm::test::tiny_unet3d_config(8, 4, 12, 4);
   c.sample_size = 8;
   return c;
 }
