@@ -1,9 +1,16 @@
 // Helpers shared by vdm's CUDA kernels: float32 conversions of the storage types, 16-byte packs,
-// launch checks.
+// dynamic shared memory, launches.
+// With VDM_CUDA_EMULATION defined the kernels compile as C++ against tests/cuda_emulation, which runs
+// each block's threads on the CPU (tests/cuda_emulation/cuda_emulation.h); that is how the test
+// suite checks them on machines without a GPU.
 #pragma once
+#ifdef VDM_CUDA_EMULATION
+#include "cuda_emulation.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <stdexcept>
@@ -31,10 +38,32 @@ struct alignas(sizeof(T) * Vec) Pack {
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-inline void check_launch(const char* kernel) {
+// The block's dynamic shared memory (the launch's `shared` bytes), as T.
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+#ifdef VDM_CUDA_EMULATION
+  return static_cast<T*>(::vdm::cuda_emulation::dynamic_shared());
+#else
+  extern __shared__ float4 vdm_dynamic_shared[];  // one type for every T: 16-byte aligned
+  return reinterpret_cast<T*>(vdm_dynamic_shared);
+#endif
+}
+
+// kernel<<<grid, block, shared, stream>>>(args...), then throws std::runtime_error naming `name`
+// when the launch failed.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+            Args... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "launch: one argument per kernel parameter");
+#ifdef VDM_CUDA_EMULATION
+  (void)stream;
+  ::vdm::cuda_emulation::run_grid(name, grid, block, shared, [&] { kernel(Params(args)...); });
+#else
+  kernel<<<grid, block, shared, stream>>>(Params(args)...);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string("vdm CUDA kernel ") + kernel + ": launch failed: " + cudaGetErrorString(err));
+    throw std::runtime_error(std::string("vdm CUDA kernel ") + name + ": launch failed: " + cudaGetErrorString(err));
+#endif
 }
 
 }  // namespace vdm::models::cuda::detail

@@ -40,11 +40,10 @@ void launch(const T* h, T* out, int64_t rows, int64_t inner, cudaStream_t stream
   auto grid = [](int64_t packs) { return unsigned(std::min<int64_t>((packs + kThreads - 1) / kThreads, 1 << 16)); };
   if (inner % kVec == 0 && detail::aligned16(h) && detail::aligned16(out)) {
     const int64_t packs = rows * inner / kVec;
-    geglu_kernel<T, kVec><<<grid(packs), kThreads, 0, stream>>>(h, out, inner, packs);
+    detail::launch("geglu", geglu_kernel<T, kVec>, grid(packs), kThreads, 0, stream, h, out, inner, packs);
   } else {
-    geglu_kernel<T, 1><<<grid(rows * inner), kThreads, 0, stream>>>(h, out, inner, rows * inner);
+    detail::launch("geglu", geglu_kernel<T, 1>, grid(rows * inner), kThreads, 0, stream, h, out, inner, rows * inner);
   }
-  detail::check_launch("geglu");
 }
 
 }  // namespace

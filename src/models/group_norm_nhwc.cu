@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kThreads)
     apply_norm(const T* __restrict__ x, const T* __restrict__ add, int add_stride, const T* __restrict__ gamma,
                const T* __restrict__ beta, const float* __restrict__ partial, int rows, int C, int D, int G,
                int stat_chunks, int rows_per_block, float eps, bool silu, T* __restrict__ y) {
-  extern __shared__ float shared[];
+  float* const shared = detail::dynamic_shared<float>();
   float* mean = shared;
   float* rstd = shared + G;
   const int n = blockIdx.y;
@@ -189,9 +189,9 @@ void launch(const GroupNormNhwcShape& s, const T* x, const T* add, const T* gamm
   const int add_stride = int(s.add_sample_stride);
   const int64_t chunks = stat_chunks(s);
   const int rows_per_chunk = int(ceil_div(s.rows, chunks));
-  partial_stats<T><<<dim3(unsigned(ceil_div(s.rows, rows_per_chunk)), unsigned(G), unsigned(s.samples)), kThreads, 0,
-                     stream>>>(x, add, add_stride, rows, C, D, rows_per_chunk, partial);
-  detail::check_launch("group_norm_nhwc partial_stats");
+  detail::launch("group_norm_nhwc partial_stats", partial_stats<T>,
+                 dim3(unsigned(ceil_div(s.rows, rows_per_chunk)), unsigned(G), unsigned(s.samples)), kThreads, 0, stream,
+                 x, add, add_stride, rows, C, D, rows_per_chunk, partial);
   const int stat_blocks = int(ceil_div(s.rows, rows_per_chunk));
   const int64_t per_sample = std::clamp<int64_t>(kTargetApplyBlocks / s.samples, 1, s.rows);
   const int rows_per_block = int(ceil_div(s.rows, per_sample));
@@ -199,12 +199,11 @@ void launch(const GroupNormNhwcShape& s, const T* x, const T* add, const T* gamm
   const size_t shared = sizeof(float) * size_t(2 * G);
   constexpr int kVec = 16 / sizeof(T);
   if (C % kVec == 0 && detail::aligned16(x) && detail::aligned16(y))
-    apply_norm<T, kVec><<<grid, kThreads, shared, stream>>>(x, add, add_stride, gamma, beta, partial, rows, C, D, G,
-                                                            stat_blocks, rows_per_block, float(eps), silu, y);
+    detail::launch("group_norm_nhwc apply_norm", apply_norm<T, kVec>, grid, kThreads, shared, stream, x, add,
+                   add_stride, gamma, beta, partial, rows, C, D, G, stat_blocks, rows_per_block, float(eps), silu, y);
   else
-    apply_norm<T, 1><<<grid, kThreads, shared, stream>>>(x, add, add_stride, gamma, beta, partial, rows, C, D, G,
-                                                         stat_blocks, rows_per_block, float(eps), silu, y);
-  detail::check_launch("group_norm_nhwc apply_norm");
+    detail::launch("group_norm_nhwc apply_norm", apply_norm<T, 1>, grid, kThreads, shared, stream, x, add, add_stride,
+                   gamma, beta, partial, rows, C, D, G, stat_blocks, rows_per_block, float(eps), silu, y);
 }
 
 }  // namespace

@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (row >= rows) return;
   const int per_row = C / Vec;
   const T* xr = x + row * C;
-  float v[Packs][Vec];
+  float v[Packs][Vec] = {};  // read only where written; the initialiser costs nothing once unrolled
   float sum = 0.f;
 #pragma unroll
   for (int i = 0; i < Packs; ++i) {
@@ -81,14 +81,17 @@ void launch_vec(const T* x, const T* gamma, const T* beta, int64_t rows, int C, 
   const unsigned blocks = unsigned((rows + kWarps - 1) / kWarps);
   const int packs = (C / Vec + 31) / 32;
   if (packs <= 1)
-    layer_norm_kernel<T, Vec, 1><<<blocks, kWarps * 32, 0, st>>>(x, gamma, beta, rows, C, eps, y);
+    detail::launch("layer_norm_rows", layer_norm_kernel<T, Vec, 1>, blocks, kWarps * 32, 0, st, x, gamma, beta, rows,
+                   C, eps, y);
   else if (packs <= 2)
-    layer_norm_kernel<T, Vec, 2><<<blocks, kWarps * 32, 0, st>>>(x, gamma, beta, rows, C, eps, y);
+    detail::launch("layer_norm_rows", layer_norm_kernel<T, Vec, 2>, blocks, kWarps * 32, 0, st, x, gamma, beta, rows,
+                   C, eps, y);
   else if (packs <= 4)
-    layer_norm_kernel<T, Vec, 4><<<blocks, kWarps * 32, 0, st>>>(x, gamma, beta, rows, C, eps, y);
+    detail::launch("layer_norm_rows", layer_norm_kernel<T, Vec, 4>, blocks, kWarps * 32, 0, st, x, gamma, beta, rows,
+                   C, eps, y);
   else
-    layer_norm_kernel<T, Vec, 8><<<blocks, kWarps * 32, 0, st>>>(x, gamma, beta, rows, C, eps, y);
-  detail::check_launch("layer_norm_rows");
+    detail::launch("layer_norm_rows", layer_norm_kernel<T, Vec, 8>, blocks, kWarps * 32, 0, st, x, gamma, beta, rows,
+                   C, eps, y);
 }
 
 template <typename T>

@@ -1,0 +1,257 @@
+// vdm's CUDA kernels (src/models/cuda_kernels.h), their own source compiled as C++ and run on the
+// CPU by the CUDA emulation (cuda_emulation.h), against LibTorch's operators in float64. Every case
+// runs with the threads of a block in ascending and in descending order, and reads and writes
+// through buffers fenced with NaN, so indexing past a tensor, a missing barrier and a broken
+// reduction fail here on machines without a GPU.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cuda_emulation.h"
+#include "models/cuda_kernels.h"
+
+namespace {
+
+namespace emu = vdm::cuda_emulation;
+namespace kernels = vdm::models::cuda;
+
+// A tensor's elements in the middle of a larger allocation whose 64 bytes (plus `misalign` elements)
+// either side are NaN: a kernel that reads past its input turns its output NaN, and one that writes
+// past its output changes a fence.
+class Fenced {
+ public:
+  explicit Fenced(const at::Tensor& values, int64_t misalign = 0)
+      : shape_(values.sizes().vec()), fence_(64 / values.element_size() + misalign) {
+    storage_ = at::full({values.numel() + 2 * fence_}, std::numeric_limits<double>::quiet_NaN(), values.options());
+    inner().copy_(values.flatten());
+  }
+  void* data() { return inner().data_ptr(); }
+  at::Tensor tensor() const { return inner().view(shape_).clone(); }
+  bool fences_intact() const {
+    const int64_t n = storage_.numel();
+    return storage_.narrow(0, 0, fence_).isnan().all().item<bool>() &&
+           storage_.narrow(0, n - fence_, fence_).isnan().all().item<bool>();
+  }
+
+ private:
+  at::Tensor inner() const { return storage_.narrow(0, fence_, storage_.numel() - 2 * fence_); }
+  std::vector<int64_t> shape_;
+  int64_t fence_;
+  at::Tensor storage_;
+};
+
+kernels::DType dtype_of(at::ScalarType t) {
+  return t == at::kFloat ? kernels::DType::kFloat : t == at::kHalf ? kernels::DType::kHalf : kernels::DType::kBFloat16;
+}
+
+double tolerance(at::ScalarType t) { return t == at::kFloat ? 1e-5 : t == at::kHalf ? 2e-3 : 1e-2; }
+
+double relative_error(const at::Tensor& out, const at::Tensor& ref) {
+  const at::Tensor a = out.to(at::kDouble), b = ref.to(at::kDouble);
+  if (!a.isfinite().all().item<bool>()) return std::numeric_limits<double>::infinity();
+  return (a - b).norm().item<double>() / b.norm().item<double>();
+}
+
+const std::vector<at::ScalarType> kDtypes = {at::kFloat, at::kHalf, at::kBFloat16};
+
+class EmulatedKernels : public ::testing::TestWithParam<emu::ThreadOrder> {
+ protected:
+  void SetUp() override { emu::set_thread_order(GetParam()); }
+  void TearDown() override { emu::set_thread_order(emu::ThreadOrder::kAscending); }
+};
+
+// y = GroupNorm(x + add) (+ SiLU) over channels-last x [N, rows, C], as LibTorch computes it on the
+// NCHW view.
+at::Tensor group_norm_reference(const at::Tensor& x, const at::Tensor& add, const at::Tensor& w, const at::Tensor& b,
+                                int64_t groups, double eps, bool silu) {
+  at::Tensor h = x.to(at::kDouble);
+  if (add.defined()) h = h + (add.dim() == 2 ? add.unsqueeze(1) : add.view({1, 1, -1})).to(at::kDouble);
+  at::Tensor y = at::group_norm(h.permute({0, 2, 1}).contiguous(), groups, w.to(at::kDouble), b.to(at::kDouble), eps)
+                     .permute({0, 2, 1});
+  return silu ? at::silu(y) : y;
+}
+
+TEST_P(EmulatedKernels, GroupNormNhwcMatchesTorch) {
+  at::manual_seed(11);
+  struct Case {
+    int64_t samples, rows, channels, groups;
+    const char* what;
+  };
+  const std::vector<Case> cases = {
+      {2, 12, 64, 8, "16-byte packs, a statistics chunk per row"},
+      {3, 7, 12, 4, "12 channels: packs of 4 floats, single elements for 16-bit types"},
+      {1, 5, 640, 2, "320 channels per group: more than a block's threads"},
+      {1, 600, 32, 32, "one channel per group, 38 rows per statistics chunk"},
+      {16, 60, 512, 32, "one statistics chunk of 60 rows per group: the loop of four loads in flight"},
+  };
+  for (const Case& c : cases) {
+    for (const at::ScalarType dtype : kDtypes) {
+      for (int variant = 0; variant < 3; ++variant) {
+        // variant 0: no added term, SiLU; 1: a per-(sample, channel) term, no SiLU, misaligned
+        // buffers; 2: a per-channel term, SiLU.
+        const bool silu = variant != 1;
+        const int64_t misalign = variant == 1 ? 1 : 0;
+        const auto opts = at::TensorOptions().dtype(dtype);
+        // An offset mean checks that the float32 statistics do not cancel.
+        const at::Tensor x = (at::randn({c.samples, c.rows, c.channels}) * 3 + 20).to(dtype);
+        const at::Tensor w = at::randn({c.channels}, opts), b = at::randn({c.channels}, opts);
+        const at::Tensor add = variant == 0   ? at::Tensor()
+                               : variant == 1 ? at::randn({c.samples, c.channels}, opts) * 4
+                                              : at::randn({c.channels}, opts) * 4;
+        kernels::GroupNormNhwcShape shape;
+        shape.samples = c.samples;
+        shape.rows = c.rows;
+        shape.channels = c.channels;
+        shape.groups = c.groups;
+        shape.add_sample_stride = variant == 1 ? c.channels : 0;
+        Fenced in(x, misalign), out(at::empty_like(x), misalign), gamma(w), beta(b);
+        Fenced added(add.defined() ? add : at::zeros({1}, opts));
+        Fenced workspace(at::zeros({kernels::group_norm_nhwc_workspace(shape)}));
+        kernels::group_norm_nhwc(shape, dtype_of(dtype), in.data(), add.defined() ? added.data() : nullptr,
+                                 gamma.data(), beta.data(), 1e-5, silu, out.data(),
+                                 static_cast<float*>(workspace.data()), nullptr);
+        const std::string where = std::string(c.what) + ", " + c10::toString(dtype) + ", variant " +
+                                  std::to_string(variant);
+        EXPECT_LT(relative_error(out.tensor(), group_norm_reference(x, add, w, b, c.groups, 1e-5, silu)),
+                  tolerance(dtype))
+            << where;
+        EXPECT_TRUE(out.fences_intact() && workspace.fences_intact()) << "wrote outside its buffers: " << where;
+      }
+    }
+  }
+}
+
+TEST_P(EmulatedKernels, GroupNormNhwcRejectsShapesItCannotTake) {
+  kernels::GroupNormNhwcShape shape;
+  shape.samples = 2;
+  shape.rows = 4;
+  shape.channels = 10;
+  shape.groups = 4;  // 10 % 4 != 0
+  float x[80], y[80], ws[64];
+  EXPECT_THROW(kernels::group_norm_nhwc(shape, kernels::DType::kFloat, x, nullptr, nullptr, nullptr, 1e-5, false, y, ws,
+                                        nullptr),
+               std::invalid_argument);
+}
+
+TEST_P(EmulatedKernels, LayerNormRowsMatchesTorch) {
+  at::manual_seed(12);
+  // Widths of one 16-byte pack per lane, two, up to eight (the UNet's 320 and 1280), an odd width
+  // read element by element, and a block whose last warps have no rows.
+  const std::vector<std::vector<int64_t>> shapes = {{37, 320}, {5, 1280}, {9, 33}, {3, 200}, {2, 2048}};
+  for (const auto& shape : shapes) {
+    const int64_t rows = shape[0], C = shape[1];
+    for (const at::ScalarType dtype : kDtypes) {
+      // At most 256 elements, or 256 16-byte packs (1024 float32, 2048 16-bit).
+      const int64_t element = int64_t(c10::elementSize(dtype));
+      ASSERT_EQ(kernels::layer_norm_rows_supported(C, element), C <= 256 * 16 / element) << C << " " << dtype;
+      if (C > 256 * 16 / element) continue;
+      for (const bool affine : {true, false}) {
+        const auto opts = at::TensorOptions().dtype(dtype);
+        const at::Tensor x = (at::randn({rows, C}) * 2 + 5).to(dtype);
+        const at::Tensor w = at::randn({C}, opts), b = at::randn({C}, opts);
+        Fenced in(x), out(at::empty_like(x)), gamma(w), beta(b);
+        kernels::layer_norm_rows(dtype_of(dtype), in.data(), affine ? gamma.data() : nullptr,
+                                 affine ? beta.data() : nullptr, rows, C, 1e-5, out.data(), nullptr);
+        const at::Tensor ref = at::layer_norm(x.to(at::kDouble), {C}, affine ? w.to(at::kDouble) : at::Tensor(),
+                                              affine ? b.to(at::kDouble) : at::Tensor(), 1e-5);
+        EXPECT_LT(relative_error(out.tensor(), ref), tolerance(dtype)) << rows << "x" << C << " " << dtype;
+        EXPECT_TRUE(out.fences_intact()) << "wrote outside its output: " << rows << "x" << C << " " << dtype;
+      }
+    }
+  }
+  EXPECT_FALSE(kernels::layer_norm_rows_supported(4000, 2));
+  EXPECT_FALSE(kernels::layer_norm_rows_supported(257 * 8, 2));
+}
+
+TEST_P(EmulatedKernels, GegluMatchesTorch) {
+  at::manual_seed(13);
+  // 16-byte packs (96 = 12 packs of 8 halves) and an odd width read element by element.
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{20, 192}, std::vector<int64_t>{7, 26}}) {
+    for (const at::ScalarType dtype : kDtypes) {
+      const int64_t rows = shape[0], inner = shape[1] / 2;
+      const at::Tensor h = (at::randn(shape) * 2).to(dtype);
+      Fenced in(h), out(at::empty({rows, inner}, h.options()));
+      kernels::geglu(dtype_of(dtype), in.data(), out.data(), rows, inner, nullptr);
+      const auto parts = h.to(at::kDouble).chunk(2, -1);
+      EXPECT_LT(relative_error(out.tensor(), parts[0] * at::gelu(parts[1])), tolerance(dtype))
+          << shape[0] << "x" << shape[1] << " " << dtype;
+      EXPECT_TRUE(out.fences_intact()) << "wrote outside its output";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(ThreadOrders, EmulatedKernels,
+                         ::testing::Values(emu::ThreadOrder::kAscending, emu::ThreadOrder::kDescending),
+                         [](const auto& info) {
+                           return info.param == emu::ThreadOrder::kAscending ? "Ascending" : "Descending";
+                         });
+
+// The emulation itself: it must catch what the kernel tests rely on it to catch.
+void reverse_in_block(const float* in, float* out, bool barrier) {
+  __shared__ float tile[64];
+  tile[threadIdx.x] = in[blockIdx.x * 64 + threadIdx.x];
+  if (barrier) __syncthreads();
+  out[blockIdx.x * 64 + threadIdx.x] = tile[63 - threadIdx.x];
+}
+
+TEST(CudaEmulation, ABlockBarrierOrdersSharedMemory) {
+  std::vector<float> in(128), out(128);
+  for (int i = 0; i < 128; ++i) in[i] = float(i);
+  for (const auto order : {emu::ThreadOrder::kAscending, emu::ThreadOrder::kDescending}) {
+    emu::set_thread_order(order);
+    emu::run_grid("reverse", dim3(2), dim3(64), 0, [&] { reverse_in_block(in.data(), out.data(), true); });
+    for (int i = 0; i < 128; ++i) ASSERT_EQ(out[i], float(i / 64 * 64 + 63 - i % 64)) << i;
+    // Without the barrier a thread reads a slot before its writer has run.
+    emu::run_grid("reverse", dim3(2), dim3(64), 0, [&] { reverse_in_block(in.data(), out.data(), false); });
+    int wrong = 0;
+    for (int i = 0; i < 128; ++i) wrong += out[i] != float(i / 64 * 64 + 63 - i % 64);
+    EXPECT_GT(wrong, 0);
+  }
+  emu::set_thread_order(emu::ThreadOrder::kAscending);
+}
+
+TEST(CudaEmulation, WarpShufflesExchangeLanes) {
+  std::vector<int> xor_out(64), down_out(64);
+  emu::run_grid("shuffle", dim3(1), dim3(64), 0, [&] {
+    const int t = int(threadIdx.x);
+    xor_out[t] = __shfl_xor_sync(0xffffffffu, t, 3);
+    down_out[t] = __shfl_down_sync(0xffffffffu, t * 10, 4);
+  });
+  for (int t = 0; t < 64; ++t) {
+    EXPECT_EQ(xor_out[t], t ^ 3);
+    EXPECT_EQ(down_out[t], (t % 32 + 4 < 32 ? t + 4 : t) * 10) << t;  // past the warp: the lane's own
+  }
+}
+
+TEST(CudaEmulation, ReportsUndefinedSynchronisation) {
+  // A full-warp shuffle after one lane has returned.
+  EXPECT_THROW(emu::run_grid("early return", dim3(1), dim3(32), 0,
+                             [] {
+                               if (threadIdx.x == 5) return;
+                               (void)__shfl_xor_sync(0xffffffffu, 1.f, 1);
+                             }),
+               std::runtime_error);
+  // One warp at a block barrier while the other waits in a shuffle, forever.
+  EXPECT_THROW(emu::run_grid("mismatched barriers", dim3(1), dim3(64), 0,
+                             [] {
+                               if (threadIdx.x < 32) {
+                                 __syncthreads();
+                               } else if (threadIdx.x != 40) {
+                                 (void)__shfl_xor_sync(0xffffffffu, 1, 1);
+                                 __syncthreads();
+                               } else {
+                                 __syncthreads();
+                               }
+                             }),
+               std::runtime_error);
+  EXPECT_THROW(emu::run_grid("odd block", dim3(1), dim3(48), 0, [] {}), std::runtime_error);
+  // A kernel's exception reaches the launch.
+  EXPECT_THROW(emu::run_grid("throws", dim3(1), dim3(32), 0, [] { throw std::invalid_argument("inside"); }),
+               std::invalid_argument);
+}
+
+}  // namespace
