@@ -78,8 +78,10 @@ echo "|---|---|---|---|---|---|---|"
 # CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS) or "vae" (the VAE decode timed too, 3 runs).
 # QUICK=1: the channels-last rows and one A/B.
 RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager" "float16 off graph" "bfloat16 on graph"
-      "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu")
-[ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager" "bfloat16 on graph" "float16 on graph no:layer_norm")
+      "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu"
+      "float16 on graph no:short_attention")
+[ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager" "bfloat16 on graph" "float16 on graph no:layer_norm"
+                                "float16 on graph no:short_attention")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")

@@ -92,6 +92,8 @@ at::Tensor scaled_dot_product_attention_chunked(const at::Tensor& q, const at::T
 
 at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         c10::optional<at::Tensor> mask) {
+  // Temporal attention on CUDA: a few frames per sequence, where a flash-attention tile is mostly padding.
+  if (short_attention_cuda_applies(q, k, v, mask && mask->defined())) return short_attention_cuda(q, k, v);
 #if TORCH_VERSION_MAJOR >= 2
   check_qkv(q, k, v);
   c10::optional<at::Tensor> m;

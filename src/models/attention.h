@@ -20,7 +20,8 @@ namespace vdm::models {
 // softmax(q k^T / sqrt(d) + mask) v, the one attention function of vdm.
 // q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv].
 // mask: broadcastable to [B, heads, Lq, Lk]; bool (true = attend) or additive float.
-// LibTorch >= 2 uses at::scaled_dot_product_attention (flash / memory-efficient kernels);
+// Unmasked CUDA inference over at most 64 keys (temporal attention) runs vdm's short-sequence kernel
+// (models/cuda_ops.h); otherwise LibTorch >= 2 uses at::scaled_dot_product_attention (flash / memory-efficient kernels);
 // LibTorch 1.x uses fused_attention_cpu (models/attention_cpu.h) for inference on float32 CPU
 // tensors with heads up to 64 wide and no mask, else scaled_dot_product_attention_chunked with the
 // default budget.

@@ -7,8 +7,12 @@
 //   layer_norm_rows.cu: LayerNorm over the last dimension, one warp per row.
 //   geglu.cu: GEGLU's a * GELU(b) over the halves of a projection, in one pass (LibTorch runs the
 //     GELU and the product as two strided passes over the halves).
+//   short_attention.cu: attention over at most 64 keys (temporal attention over frames), where a
+//     flash-attention tile would be mostly padding.
+// With VDM_CUDA_EMULATION the same sources build as C++ for the CPU (tests/cuda_emulation).
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 
 namespace vdm::models::cuda {
 
@@ -44,5 +48,27 @@ void layer_norm_rows(DType dtype, const void* x, const void* gamma, const void* 
 // h: [rows, 2 * inner] contiguous, of `dtype`; out: [rows, inner].
 // out = h[:, :inner] * GELU(h[:, inner:]) (the exact, erf form), computed in float32.
 void geglu(DType dtype, const void* h, void* out, int64_t rows, int64_t inner, void* stream);
+
+constexpr int64_t kShortAttentionMaxKeys = 64;
+
+struct ShortAttentionShape {
+  int64_t batch = 0, heads = 0, queries = 0, keys = 0, head_dim = 0;
+  // Element strides of q, k and v over (batch, head, position); a head's channels are contiguous.
+  int64_t q_strides[3] = {0, 0, 0};
+  int64_t k_strides[3] = {0, 0, 0};
+  int64_t v_strides[3] = {0, 0, 0};
+};
+
+// True when short_attention takes the shape: 1 to kShortAttentionMaxKeys keys, a head dimension that
+// is a multiple of 8 up to 256, strides of whole 16-byte packs, and every pointer 16-byte aligned.
+bool short_attention_supported(const ShortAttentionShape& s, int64_t element_size,
+                               std::initializer_list<const void*> pointers);
+
+// q: [batch, heads, queries, head_dim], k, v: [batch, heads, keys, head_dim] (s's strides), all of
+// `dtype`; out: [batch, queries, heads, head_dim] contiguous.
+// out = softmax(q k^T * scale) v per (batch, head), in float32 with an online softmax. Throws
+// std::invalid_argument where short_attention_supported is false.
+void short_attention(const ShortAttentionShape& s, DType dtype, const void* q, const void* k, const void* v,
+                     double scale, void* out, void* stream);
 
 }  // namespace vdm::models::cuda

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 
@@ -20,7 +21,7 @@
 namespace vdm::models {
 
 const std::vector<std::string>& cuda_kernel_names() {
-  static const std::vector<std::string> names{"group_norm", "layer_norm", "geglu"};
+  static const std::vector<std::string> names{"group_norm", "layer_norm", "geglu", "short_attention"};
   return names;
 }
 
@@ -166,6 +167,42 @@ at::Tensor geglu_cuda(const at::Tensor& h) {
               stream_of(h));
   return out;
 }
+namespace {
+cuda::ShortAttentionShape short_attention_shape(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  cuda::ShortAttentionShape s;
+  s.batch = q.size(0), s.heads = q.size(1), s.queries = q.size(2), s.keys = k.size(2), s.head_dim = q.size(3);
+  const std::pair<const at::Tensor*, int64_t*> views[] = {{&q, s.q_strides}, {&k, s.k_strides}, {&v, s.v_strides}};
+  for (const auto& [t, strides] : views)
+    for (int d = 0; d < 3; ++d) strides[d] = t->stride(d);
+  return s;
+}
+}  // namespace
+
+bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
+  if (has_mask || !q.is_cuda() || !kernel_dtype(q) || !enabled("short_attention")) return false;
+  for (const at::Tensor* t : {&q, &k, &v})
+    if (t->dim() != 4 || t->requires_grad() || t->scalar_type() != q.scalar_type() || t->device() != q.device() ||
+        t->stride(3) != 1)
+      return false;
+  if (k.size(0) != q.size(0) || v.size(0) != q.size(0) || k.size(1) != q.size(1) || v.size(1) != q.size(1) ||
+      k.size(2) != v.size(2) || k.size(3) != q.size(3) || v.size(3) != q.size(3))
+    return false;
+  return cuda::short_attention_supported(short_attention_shape(q, k, v), q.element_size(),
+                                         {q.data_ptr(), k.data_ptr(), v.data_ptr()});
+}
+
+at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (!short_attention_cuda_applies(q, k, v, false))
+    throw Error(fmt::format("short_attention_cuda: expected CUDA tensors q [B, H, Lq, D], k, v [B, H, Lk, D] of one "
+                            "dtype (float32, float16, bfloat16), Lk up to {}, D a multiple of 8 up to 256, 16-byte "
+                            "aligned rows; got q {} of shape {}, k of shape {}",
+                            cuda::kShortAttentionMaxKeys, describe(q), fmt::join(q.sizes(), "x"),
+                            fmt::join(k.sizes(), "x")));
+  at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
+  cuda::short_attention(short_attention_shape(q, k, v), dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                        1.0 / std::sqrt(double(q.size(3))), out.data_ptr(), stream_of(q));
+  return out.transpose(1, 2);  // [B, H, Lq, D], whose memory is [B, Lq, H, D]
+}
 #else
 std::vector<std::string> cuda_kernels_in_use() { return {}; }
 
@@ -190,6 +227,13 @@ bool geglu_cuda_applies(const at::Tensor&) { return false; }
 
 at::Tensor geglu_cuda(const at::Tensor& h) {
   throw Error(fmt::format("geglu_cuda: this build of vdm has no CUDA kernels (tensor on {})", h.device().str()));
+}
+
+bool short_attention_cuda_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) { return false; }
+
+at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor&, const at::Tensor&) {
+  throw Error(
+      fmt::format("short_attention_cuda: this build of vdm has no CUDA kernels (tensor on {})", q.device().str()));
 }
 #endif
 

@@ -10,7 +10,7 @@
 namespace vdm::models {
 
 // The kernels by name: "group_norm" (channels-last GroupNorm; without it channels-last does not pay
-// and the UNet stays NCHW), "layer_norm", "geglu". The environment variable VDM_DISABLE_CUDA_KERNELS
+// and the UNet stays NCHW), "layer_norm", "geglu", "short_attention". The environment variable VDM_DISABLE_CUDA_KERNELS
 // (a comma-separated list of these names, or "all") turns kernels off, to compare them with
 // LibTorch's operators or to work around one; read once.
 const std::vector<std::string>& cuda_kernel_names();
@@ -53,5 +53,14 @@ bool geglu_cuda_applies(const at::Tensor& h);
 
 // h: [..., 2 * inner] -> h[..., :inner] * GELU(h[..., inner:]) (exact GELU), [..., inner], one pass.
 at::Tensor geglu_cuda(const at::Tensor& h);
+
+// True for an unmasked inference attention the short-sequence kernel takes: CUDA tensors q [B, H, Lq,
+// D], k and v [B, H, Lk, D] of one dtype (float32, float16, bfloat16), channels contiguous, at most
+// 64 keys (temporal attention over frames), D a multiple of 8 up to 256, rows 16-byte aligned.
+bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask);
+
+// softmax(q k^T / sqrt(D)) v -> [B, H, Lq, D], a transposed view of a contiguous [B, Lq, H, D] (so
+// merging the heads back into [B, Lq, H * D] copies nothing).
+at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 }  // namespace vdm::models

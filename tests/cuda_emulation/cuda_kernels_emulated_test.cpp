@@ -184,6 +184,94 @@ TEST_P(EmulatedKernels, GegluMatchesTorch) {
   }
 }
 
+// softmax(q k^T / sqrt(D)) v in float64; q: [B, H, Lq, D], k, v: [B, H, Lk, D].
+at::Tensor attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::Tensor s = at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(-2, -1)) / std::sqrt(double(q.size(3)));
+  return at::matmul(at::softmax(s, -1), v.to(at::kDouble));
+}
+
+TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
+  at::manual_seed(14);
+  struct Case {
+    int64_t batch, heads, queries, keys, head_dim;
+    const char* what;
+  };
+  const std::vector<Case> cases = {
+      {6, 5, 16, 16, 64, "temporal attention: 16 frames, heads of 64 (8 threads per row)"},
+      {3, 2, 7, 7, 40, "heads of 40: 5 of a row's 8 threads hold channels"},
+      {2, 3, 5, 9, 8, "one thread per row, more keys than queries"},
+      {1, 2, 64, 64, 256, "64 keys, heads of 256 (a warp per row)"},
+  };
+  for (const Case& c : cases) {
+    for (const at::ScalarType dtype : kDtypes) {
+      // q, k and v as one projection [B, L, 3, H, D] (strided views), the way a fused projection
+      // leaves them; for unequal lengths, three contiguous [B, L, H, D] tensors.
+      const int64_t B = c.batch, H = c.heads, D = c.head_dim;
+      const bool fused = c.queries == c.keys;
+      at::Tensor q, k, v;
+      std::vector<Fenced> buffers;
+      kernels::ShortAttentionShape s;
+      s.batch = B;
+      s.heads = H;
+      s.queries = c.queries;
+      s.keys = c.keys;
+      s.head_dim = D;
+      const void *qp, *kp, *vp;
+      if (fused) {
+        const at::Tensor qkv = (at::randn({B, c.queries, 3, H, D}) * 2).to(dtype);
+        buffers.emplace_back(qkv);
+        auto* base = static_cast<char*>(buffers[0].data());
+        const int64_t e = qkv.element_size();
+        qp = base, kp = base + H * D * e, vp = base + 2 * H * D * e;
+        for (int64_t* st : {s.q_strides, s.k_strides, s.v_strides}) {
+          st[0] = c.queries * 3 * H * D;
+          st[1] = D;
+          st[2] = 3 * H * D;
+        }
+        q = qkv.select(2, 0).transpose(1, 2), k = qkv.select(2, 1).transpose(1, 2), v = qkv.select(2, 2).transpose(1, 2);
+      } else {
+        const at::Tensor qt = at::randn({B, c.queries, H, D}).to(dtype), kt = at::randn({B, c.keys, H, D}).to(dtype),
+                         vt = at::randn({B, c.keys, H, D}).to(dtype);
+        buffers.emplace_back(qt);
+        buffers.emplace_back(kt);
+        buffers.emplace_back(vt);
+        qp = buffers[0].data(), kp = buffers[1].data(), vp = buffers[2].data();
+        s.q_strides[0] = c.queries * H * D, s.q_strides[1] = D, s.q_strides[2] = H * D;
+        for (int64_t* st : {s.k_strides, s.v_strides}) st[0] = c.keys * H * D, st[1] = D, st[2] = H * D;
+        q = qt.transpose(1, 2), k = kt.transpose(1, 2), v = vt.transpose(1, 2);
+      }
+      Fenced out(at::empty({B, c.queries, H, D}, at::TensorOptions().dtype(dtype)));
+      ASSERT_TRUE(kernels::short_attention_supported(s, int64_t(c10::elementSize(dtype)), {qp, kp, vp, out.data()}))
+          << c.what;
+      kernels::short_attention(s, dtype_of(dtype), qp, kp, vp, 1.0 / std::sqrt(double(D)), out.data(), nullptr);
+      const std::string where = std::string(c.what) + ", " + c10::toString(dtype);
+      EXPECT_LT(relative_error(out.tensor().transpose(1, 2), attention_reference(q, k, v)), tolerance(dtype)) << where;
+      EXPECT_TRUE(out.fences_intact()) << "wrote outside its output: " << where;
+    }
+  }
+}
+
+TEST_P(EmulatedKernels, ShortAttentionRejectsShapesItCannotTake) {
+  kernels::ShortAttentionShape s;
+  s.batch = 2, s.heads = 2, s.queries = 16, s.keys = 16, s.head_dim = 64;
+  for (int64_t* st : {s.q_strides, s.k_strides, s.v_strides}) st[0] = 16 * 128, st[1] = 64, st[2] = 128;
+  alignas(16) static float buffer[8];
+  const void* p = buffer;
+  EXPECT_TRUE(kernels::short_attention_supported(s, 2, {p}));
+  kernels::ShortAttentionShape t = s;
+  t.keys = kernels::kShortAttentionMaxKeys + 1;
+  EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
+  t = s;
+  t.head_dim = 36;  // not whole slices of 8 channels
+  EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
+  t = s;
+  t.k_strides[2] = 100;  // rows not 16-byte aligned in float16
+  EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
+  EXPECT_FALSE(kernels::short_attention_supported(s, 2, {static_cast<const char*>(p) + 2}));
+  EXPECT_THROW(kernels::short_attention(t, kernels::DType::kHalf, p, p, p, 0.125, buffer, nullptr),
+               std::invalid_argument);
+}
+
 INSTANTIATE_TEST_SUITE_P(ThreadOrders, EmulatedKernels,
                          ::testing::Values(emu::ThreadOrder::kAscending, emu::ThreadOrder::kDescending),
                          [](const auto& info) {

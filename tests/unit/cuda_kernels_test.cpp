@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <cmath>
 #include <vector>
 
 #include "models/cuda_ops.h"
@@ -132,7 +133,35 @@ TEST(CudaGeglu, MatchesTorch) {
   EXPECT_FALSE(geglu_cuda_applies(at::randn({4, 8}, at::TensorOptions().device(kCuda)).t()));
 }
 
-// The whole UNet on CUDA (cuDNN convolutions; vdm's group norm, layer norm and GEGLU kernels; in
+// Temporal attention's shapes: 16 frames, heads of 64, q, k and v strided views of one projection
+// [B, L, 3, H, D] and of separate ones; against LibTorch's attention in float64.
+TEST(CudaShortAttention, MatchesTorch) {
+  if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
+  c10::InferenceMode inference;
+  at::manual_seed(9);
+  for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+    for (const std::vector<int64_t>& s : {std::vector<int64_t>{512, 5, 16, 64}, std::vector<int64_t>{7, 3, 24, 40}}) {
+      const int64_t B = s[0], H = s[1], L = s[2], D = s[3];
+      const at::Tensor qkv = at::randn({B, L, 3, H, D}, at::TensorOptions().device(kCuda)).to(dtype);
+      const at::Tensor q = qkv.select(2, 0).transpose(1, 2), k = qkv.select(2, 1).transpose(1, 2),
+                       v = qkv.select(2, 2).transpose(1, 2);
+      ASSERT_TRUE(short_attention_cuda_applies(q, k, v, false));
+      const at::Tensor out = short_attention_cuda(q, k, v);
+      const at::Tensor scores =
+          at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(-2, -1)) / std::sqrt(double(D));
+      const at::Tensor ref = at::matmul(at::softmax(scores, -1), v.to(at::kDouble));
+      EXPECT_EQ(out.sizes(), ref.sizes());
+      EXPECT_LT(relative_error(out, ref), dtype == at::kFloat ? 1e-5 : dtype == at::kHalf ? 2e-3 : 1e-2)
+          << "shape " << q.sizes() << " dtype " << dtype;
+    }
+  }
+  const at::Tensor long_keys = at::randn({2, 2, 65, 64}, at::TensorOptions().device(kCuda));
+  EXPECT_FALSE(short_attention_cuda_applies(long_keys, long_keys, long_keys, false));
+  const at::Tensor q = at::randn({2, 2, 16, 64}, at::TensorOptions().device(kCuda));
+  EXPECT_FALSE(short_attention_cuda_applies(q, q, q, true));  // masks stay with LibTorch
+}
+
+// The whole UNet on CUDA (cuDNN convolutions; vdm's group norm, layer norm, GEGLU and short-attention kernels; in
 // channels-last the convolution biases added by the next group norm), NCHW and channels-last,
 // against the same weights on the CPU, all float32 (TF32 off).
 TEST(CudaUNet, MatchesTheCpuInBothLayouts) {

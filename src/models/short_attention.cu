@@ -1,0 +1,176 @@
+// Attention over short key sequences (temporal attention: one sequence of frames per position and
+// head), without tensor cores. A flash-attention kernel gives each (sequence, head) a tile of 64 or
+// more queries and 128 keys; at 16 frames that tile is mostly padding, and the temporal layers have
+// tens of thousands of such sequences per call. Here each query row is a group of W threads, each
+// holding 8 of the head's channels; the group walks the keys once with an online softmax (running
+// maximum and sum in float32), its dot products summed by W-wide shuffles. Rows are independent: no
+// shared memory, no block barriers.
+#include "models/cuda_common.cuh"
+#include "models/cuda_kernels.h"
+
+#include <stdexcept>
+
+namespace vdm::models::cuda {
+
+namespace {
+
+using detail::from_float;
+using detail::Pack;
+using detail::to_float;
+
+constexpr int kThreads = 256;
+constexpr int kSlice = 8;  // channels per thread
+
+struct Strides {
+  int64_t batch, head, pos;
+};
+
+// Reads 8 channels starting at p (16-byte aligned) as float32.
+template <typename T>
+__device__ __forceinline__ void load_slice(const T* p, float (&out)[kSlice]) {
+  constexpr int kVec = 16 / sizeof(T);
+#pragma unroll
+  for (int i = 0; i < kSlice / kVec; ++i) {
+    const Pack<T, kVec> in = *reinterpret_cast<const Pack<T, kVec>*>(p + i * kVec);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) out[i * kVec + k] = to_float(in.v[k]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_slice(T* p, const float (&in)[kSlice]) {
+  constexpr int kVec = 16 / sizeof(T);
+#pragma unroll
+  for (int i = 0; i < kSlice / kVec; ++i) {
+    Pack<T, kVec> out;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) out.v[k] = from_float<T>(in[i * kVec + k]);
+    *reinterpret_cast<Pack<T, kVec>*>(p + i * kVec) = out;
+  }
+}
+
+// Row r of heads * queries * batch (query fastest, then head): W threads, thread s holding channels
+// [8s, 8s + 8) of the head (none when 8s >= D). out: [batch, queries, heads, D] contiguous.
+template <typename T, int W>
+__global__ void __launch_bounds__(kThreads)
+    short_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, Strides qs,
+                           Strides ks, Strides vs, int64_t rows, int heads, int queries, int keys, int D, float scale,
+                           T* __restrict__ out) {
+  const int64_t row = int64_t(blockIdx.x) * (kThreads / W) + threadIdx.x / W;
+  const int c0 = int(threadIdx.x % W) * kSlice;
+  // Every lane of a group runs the shuffles, also past the last row or the head's channels.
+  const bool active = row < rows && c0 < D;
+  const int64_t r = row < rows ? row : 0;
+  const int i = int(r % queries);
+  const int64_t bh = r / queries;
+  const int h = int(bh % heads);
+  const int64_t b = bh / heads;
+
+  float qf[kSlice] = {}, o[kSlice] = {};
+  if (active) {
+    load_slice(q + b * qs.batch + h * qs.head + i * qs.pos + c0, qf);
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) qf[c] *= scale;
+  }
+  const T* kb = k + b * ks.batch + h * ks.head + c0;
+  const T* vb = v + b * vs.batch + h * vs.head + c0;
+  float running_max = -INFINITY, sum = 0.f;
+  for (int j = 0; j < keys; ++j) {
+    float kf[kSlice] = {}, vf[kSlice] = {};
+    if (active) {
+      load_slice(kb + j * ks.pos, kf);
+      load_slice(vb + j * vs.pos, vf);
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) s += qf[c] * kf[c];
+#pragma unroll
+    for (int offset = W / 2; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset, W);
+    const float new_max = fmaxf(running_max, s);
+    const float rescale = __expf(running_max - new_max);  // 0 at the first key
+    const float p = __expf(s - new_max);
+    sum = sum * rescale + p;
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) o[c] = o[c] * rescale + p * vf[c];
+    running_max = new_max;
+  }
+  if (active) {
+    const float inv = 1.f / sum;
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) o[c] *= inv;
+    store_slice(out + ((b * queries + i) * heads + h) * D + c0, o);
+  }
+}
+
+int threads_per_row(int64_t head_dim) {
+  int w = 1;
+  while (w * kSlice < head_dim) w *= 2;
+  return w;
+}
+
+template <typename T, int W>
+void launch_w(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
+              cudaStream_t stream) {
+  const int64_t rows = s.batch * s.heads * s.queries;
+  constexpr int kRowsPerBlock = kThreads / W;
+  const unsigned blocks = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  const Strides qs{s.q_strides[0], s.q_strides[1], s.q_strides[2]};
+  const Strides ks{s.k_strides[0], s.k_strides[1], s.k_strides[2]};
+  const Strides vs{s.v_strides[0], s.v_strides[1], s.v_strides[2]};
+  detail::launch("short_attention", short_attention_kernel<T, W>, blocks, kThreads, 0, stream, q, k, v, qs, ks, vs,
+                 rows, int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
+}
+
+template <typename T>
+void launch(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
+            cudaStream_t stream) {
+  switch (threads_per_row(s.head_dim)) {
+    case 1: return launch_w<T, 1>(s, q, k, v, scale, out, stream);
+    case 2: return launch_w<T, 2>(s, q, k, v, scale, out, stream);
+    case 4: return launch_w<T, 4>(s, q, k, v, scale, out, stream);
+    case 8: return launch_w<T, 8>(s, q, k, v, scale, out, stream);
+    case 16: return launch_w<T, 16>(s, q, k, v, scale, out, stream);
+    default: return launch_w<T, 32>(s, q, k, v, scale, out, stream);
+  }
+}
+
+}  // namespace
+
+bool short_attention_supported(const ShortAttentionShape& s, int64_t element_size,
+                               std::initializer_list<const void*> pointers) {
+  if (s.batch <= 0 || s.heads <= 0 || s.queries <= 0 || s.keys <= 0 || s.keys > kShortAttentionMaxKeys)
+    return false;
+  if (s.head_dim <= 0 || s.head_dim % kSlice != 0 || s.head_dim > 32 * kSlice) return false;
+  for (const int64_t* strides : {s.q_strides, s.k_strides, s.v_strides})
+    for (int d = 0; d < 3; ++d)
+      if ((strides[d] * element_size) % 16 != 0) return false;
+  for (const void* p : pointers)
+    if (!detail::aligned16(p)) return false;
+  return true;
+}
+
+void short_attention(const ShortAttentionShape& s, DType dtype, const void* q, const void* k, const void* v,
+                     double scale, void* out, void* stream) {
+  const int64_t element = dtype == DType::kFloat ? 4 : 2;
+  if (!short_attention_supported(s, element, {q, k, v, out}))
+    throw std::invalid_argument("short_attention: unsupported shape, strides or alignment (see "
+                                "short_attention_supported)");
+  auto st = static_cast<cudaStream_t>(stream);
+  const float sc = float(scale);
+  switch (dtype) {
+    case DType::kFloat:
+      launch(s, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v), sc,
+             static_cast<float*>(out), st);
+      break;
+    case DType::kHalf:
+      launch(s, static_cast<const __half*>(q), static_cast<const __half*>(k), static_cast<const __half*>(v), sc,
+             static_cast<__half*>(out), st);
+      break;
+    case DType::kBFloat16:
+      launch(s, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
+             static_cast<const __nv_bfloat16*>(v), sc, static_cast<__nv_bfloat16*>(out), st);
+      break;
+  }
+}
+
+}  // namespace vdm::models::cuda
