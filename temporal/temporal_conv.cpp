@@ -26,16 +26,18 @@ torch::nn::Conv3d conv(int64_t in, int64_t out) {
 }
 
 // One stage: GroupNorm, SiLU, [Dropout,] Conv3d, with the norm and SiLU fused. `bias` carries a
-// convolution bias from one stage to the next norm, which adds it as it reads (channels-last CUDA,
-// models::norm_takes_conv_bias); the last stage (keep_bias false) adds its own.
-at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x, at::Tensor& bias, bool keep_bias) {
+// convolution bias from one stage to what follows it where `takes_bias` says that adds it as it reads
+// (channels-last CUDA): the next stage's norm (models::norm_takes_conv_bias), or after the last stage
+// the residual add (models::residual_takes_conv_bias).
+at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x, at::Tensor& bias,
+                     bool (*takes_bias)(const at::Tensor& conv_input)) {
   auto it = stage->begin();
   models::GroupNorm norm = it->get<models::GroupNorm>();
   at::Tensor h = bias.defined() ? norm->forward_silu(x, bias) : norm->forward_silu(x);
   bias = at::Tensor();
   for (it += 2; it != stage->end(); ++it) {
     auto* c = it->ptr()->as<torch::nn::Conv3dImpl>();
-    if (c && keep_bias && c->options.bias() && models::norm_takes_conv_bias(h)) {
+    if (c && c->options.bias() && takes_bias(h)) {
       h = at::conv3d(h, c->weight, {}, 1, kPadding);
       bias = c->bias;
     } else {
@@ -66,11 +68,11 @@ at::Tensor TemporalConvLayerImpl::forward(const at::Tensor& x, int64_t num_frame
   // [B*F, C, H, W] -> [B, C, F, H, W]
   at::Tensor identity = x.reshape({BF / num_frames, num_frames, C, H, W}).permute({0, 2, 1, 3, 4});
   at::Tensor bias;
-  at::Tensor h = run_stage(conv1_, identity, bias, true);
-  h = run_stage(conv2_, h, bias, true);
-  h = run_stage(conv3_, h, bias, true);
-  h = run_stage(conv4_, h, bias, false);
-  h = identity + h;
+  at::Tensor h = run_stage(conv1_, identity, bias, models::norm_takes_conv_bias);
+  h = run_stage(conv2_, h, bias, models::norm_takes_conv_bias);
+  h = run_stage(conv3_, h, bias, models::norm_takes_conv_bias);
+  h = run_stage(conv4_, h, bias, models::residual_takes_conv_bias);
+  h = bias.defined() ? models::add_bias_residual(h, bias, identity, 1.0) : identity + h;
   // [B, C, F, H, W] -> [B*F, C, H, W]
   return h.permute({0, 2, 1, 3, 4}).reshape({BF, h.size(1), H, W});
 }

@@ -7,6 +7,8 @@
 //   layer_norm_rows.cu: LayerNorm over the last dimension, one warp per row.
 //   geglu.cu: GEGLU's a * GELU(b) over the halves of a projection, in one pass (LibTorch runs the
 //     GELU and the product as two strided passes over the halves).
+//   bias_residual.cu: (x + bias + residual) * scale in one pass, the end of a residual branch whose
+//     last convolution ran without its bias.
 //   short_attention.cu: attention over at most 64 keys (temporal attention over frames), where a
 //     flash-attention tile would be mostly padding.
 // With VDM_CUDA_EMULATION the same sources build as C++ for the CPU (tests/cuda_emulation).
@@ -48,6 +50,11 @@ void layer_norm_rows(DType dtype, const void* x, const void* gamma, const void* 
 // h: [rows, 2 * inner] contiguous, of `dtype`; out: [rows, inner].
 // out = h[:, :inner] * GELU(h[:, inner:]) (the exact, erf form), computed in float32.
 void geglu(DType dtype, const void* h, void* out, int64_t rows, int64_t inner, void* stream);
+
+// x, residual, y: [rows, channels] contiguous (y may be x); bias: [channels] or null; all of `dtype`.
+// y = (x + bias + residual) * scale, in float32, rounded once.
+void bias_residual(DType dtype, const void* x, const void* bias, const void* residual, int64_t rows, int64_t channels,
+                   double scale, void* y, void* stream);
 
 constexpr int64_t kShortAttentionMaxKeys = 64;
 

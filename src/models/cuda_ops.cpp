@@ -21,7 +21,8 @@
 namespace vdm::models {
 
 const std::vector<std::string>& cuda_kernel_names() {
-  static const std::vector<std::string> names{"group_norm", "layer_norm", "geglu", "short_attention"};
+  static const std::vector<std::string> names{"group_norm", "layer_norm", "geglu", "short_attention",
+                                                     "bias_residual"};
   return names;
 }
 
@@ -85,10 +86,27 @@ std::vector<std::string> cuda_kernels_in_use() {
 
 bool channels_last_pays(const c10::Device& device) { return device.is_cuda() && enabled("group_norm"); }
 
-bool norm_takes_conv_bias(const at::Tensor& conv_input) {
-  const at::Tensor& x = conv_input;
+namespace {
+// A convolution of x (channels-last CUDA inference) whose output goes to `kernel`, which adds the bias.
+bool conv_bias_deferrable(const at::Tensor& x, const char* kernel) {
   return x.is_cuda() && !x.requires_grad() && kernel_dtype(x) && channels_last_dense(x) && !x.is_contiguous() &&
-         enabled("group_norm");
+         enabled(kernel);
+}
+}  // namespace
+
+bool norm_takes_conv_bias(const at::Tensor& conv_input) { return conv_bias_deferrable(conv_input, "group_norm"); }
+
+bool residual_takes_conv_bias(const at::Tensor& conv_input) {
+  return conv_bias_deferrable(conv_input, "bias_residual");
+}
+
+bool bias_residual_cuda_applies(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual) {
+  if (!x.is_cuda() || x.requires_grad() || residual.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) ||
+      !enabled("bias_residual"))
+    return false;
+  return residual.scalar_type() == x.scalar_type() && residual.device() == x.device() &&
+         residual.sizes() == x.sizes() && residual.strides() == x.strides() && parameter_fits(bias, x, x.size(1)) &&
+         !(bias.defined() && bias.requires_grad());
 }
 
 bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -210,6 +228,10 @@ bool channels_last_pays(const c10::Device&) { return false; }
 
 bool norm_takes_conv_bias(const at::Tensor&) { return false; }
 
+bool residual_takes_conv_bias(const at::Tensor&) { return false; }
+
+bool bias_residual_cuda_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+
 bool group_norm_nhwc_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
 
 at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t, const at::Tensor&, const at::Tensor&, double, bool,
@@ -236,5 +258,19 @@ at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor&, const at
       fmt::format("short_attention_cuda: this build of vdm has no CUDA kernels (tensor on {})", q.device().str()));
 }
 #endif
+
+at::Tensor add_bias_residual(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual, double divisor) {
+#ifdef VDM_WITH_CUDA_KERNELS
+  if (bias_residual_cuda_applies(x, bias, residual)) {
+    cuda::bias_residual(dtype_of(x), x.data_ptr(), ptr(bias), residual.data_ptr(), x.numel() / x.size(1), x.size(1),
+                        1.0 / divisor, x.data_ptr(), stream_of(x));
+    return x;
+  }
+#endif
+  std::vector<int64_t> shape(size_t(x.dim()), 1);
+  if (x.dim() > 1) shape[1] = x.size(1);
+  at::Tensor out = residual + (bias.defined() ? x + bias.view(shape) : x);
+  return divisor != 1.0 ? out / divisor : out;
+}
 
 }  // namespace vdm::models

@@ -10,9 +10,9 @@
 namespace vdm::models {
 
 // The kernels by name: "group_norm" (channels-last GroupNorm; without it channels-last does not pay
-// and the UNet stays NCHW), "layer_norm", "geglu", "short_attention". The environment variable VDM_DISABLE_CUDA_KERNELS
-// (a comma-separated list of these names, or "all") turns kernels off, to compare them with
-// LibTorch's operators or to work around one; read once.
+// and the UNet stays NCHW), "layer_norm", "geglu", "short_attention", "bias_residual". The
+// environment variable VDM_DISABLE_CUDA_KERNELS (a comma-separated list of these names, or "all")
+// turns kernels off, to compare them with LibTorch's operators or to work around one; read once.
 const std::vector<std::string>& cuda_kernel_names();
 // Parses a VDM_DISABLE_CUDA_KERNELS value (null or empty: none); throws InputError naming an unknown
 // kernel and the known ones.
@@ -27,6 +27,21 @@ bool channels_last_pays(const c10::Device& device);
 // True where a GroupNorm after a convolution of `conv_input` adds the convolution's bias itself (the
 // NHWC kernel's added term), so the convolution can run without one: channels-last CUDA inference.
 bool norm_takes_conv_bias(const at::Tensor& conv_input);
+
+// True where the convolution that ends a residual branch, run on `conv_input`, can leave its bias to
+// add_bias_residual's kernel: channels-last CUDA inference.
+bool residual_takes_conv_bias(const at::Tensor& conv_input);
+
+// True where add_bias_residual runs vdm's one-pass kernel: x and residual CUDA tensors of one dtype
+// (float32, float16, bfloat16) and the same strides, channels innermost; bias [C] of their dtype or
+// none; no gradient.
+bool bias_residual_cuda_applies(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual);
+
+// (x + bias + residual) / divisor, bias [C] broadcast over x [N, C, *] (a residual branch's last
+// convolution run without its bias, the branch's input, a ResNet block's output_scale_factor).
+// Where bias_residual_cuda_applies, one pass written into x's memory (x must be a temporary);
+// otherwise LibTorch's operators, in the order of the unfused block.
+at::Tensor add_bias_residual(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual, double divisor);
 
 // True for an inference call the NHWC group norm takes: a CUDA tensor of float32, float16 or
 // bfloat16 laid out channels-last ([N, C, *] whose memory is [N, *, C]; NCHW-contiguous tensors stay

@@ -54,8 +54,13 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& tem
       h = h + t.unsqueeze(-1).unsqueeze(-1);
   }
   h = added.defined() ? norm2_->forward_silu(h, added) : norm_act(norm2_, h);
-  h = conv2_->forward(dropout_->forward(h));
+  h = dropout_->forward(h);
   at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
+  // On channels-last CUDA conv2's bias, the shortcut and the output scale are one pass after it.
+  if (conv2_->options.bias() && residual_takes_conv_bias(h))
+    return add_bias_residual(at::conv2d(h, conv2_->weight, {}, 1, kConvPadding), conv2_->bias, shortcut,
+                             options_.output_scale_factor);
+  h = conv2_->forward(h);
   at::Tensor out = shortcut + h;
   if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;
   return out;

@@ -794,6 +794,16 @@ TEST(CudaKernels, DisableListIsParsedAndChecked) {
 
 // SiLU(GroupNorm(x + add)) for a per-sample [N, C] and a per-channel [C] term (the CPU computes the
 // sum; the CUDA kernel adds it as it reads, cuda_kernels_test).
+// The end of a residual branch, (x + bias + residual) / divisor, on LibTorch's operators (the CPU;
+// the CUDA kernel is checked in cuda_kernels_emulated_test and cuda_kernels_test).
+TEST(CudaKernels, AddBiasResidualOffTheKernel) {
+  at::manual_seed(3);
+  const at::Tensor x = at::randn({2, 6, 4, 5}), r = at::randn({2, 6, 4, 5}), b = at::randn({6});
+  EXPECT_FALSE(residual_takes_conv_bias(x));
+  EXPECT_TRUE(at::allclose(add_bias_residual(x, b, r, 2.0), (x + b.view({1, 6, 1, 1}) + r) / 2.0, 1e-6, 1e-6));
+  EXPECT_TRUE(at::equal(add_bias_residual(x, {}, r, 1.0), r + x));
+}
+
 TEST(Normalization, GroupNormSiluWithAddedTerm) {
   at::manual_seed(12);
   GroupNorm norm(torch::nn::GroupNormOptions(4, 8));
