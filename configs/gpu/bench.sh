@@ -2,7 +2,7 @@
 # GPU check and benchmark in one go, for a machine with a CUDA GPU, Python's LibTorch (CUDA) and no
 # FFmpeg headers:
 #   1. builds vdm (FFmpeg off) with vdm's CUDA kernels, and the CUDA test suite;
-#   2. runs the CUDA tests (the channels-last group norm and UNet against LibTorch's NCHW path);
+#   2. runs the CUDA tests (each vdm kernel against LibTorch, the UNet on CUDA against the CPU);
 #   3. times the ModelScope 1.7B UNet3D step (random weights from configs/) at batch 2 (guidance),
 #      16 frames at 256x256: float16 and bfloat16, NCHW and channels-last, eager and as a CUDA graph,
 #      and with single vdm kernels left out (VDM_DISABLE_CUDA_KERNELS) against LibTorch's operators;
@@ -74,19 +74,21 @@ PY
 }
 echo "| dtype | layout | mode | UNet step median (ms) | min | max | peak memory |"
 echo "|---|---|---|---|---|---|---|"
-# dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off), "no:KERNELS" (vdm's
-# CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS) or "vae" (the VAE decode timed too, 3 runs).
-# QUICK=1: the channels-last rows and one A/B.
+# dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off), "noqkv" (q, k, v
+# projections apart), "no:KERNELS" (vdm's CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS) or "vae"
+# (the VAE decode timed too, 3 runs).
+# QUICK=1: the channels-last rows and the A/B rows of the changes not yet measured on a GPU.
 RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager" "float16 off graph" "bfloat16 on graph"
       "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu"
-      "float16 on graph no:short_attention")
+      "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv")
 [ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager" "bfloat16 on graph" "float16 on graph no:layer_norm"
-                                "float16 on graph no:short_attention")
+                                "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
   [ "$mode" = graph ] && flags+=(--cuda-graph)
   [ "${extra:-}" = nobench ] && flags+=(--no-cudnn-benchmark)
+  [ "${extra:-}" = noqkv ] && flags+=(--fuse-qkv off)
   if [ "${extra:-}" = vae ]; then flags+=(--repeat 3); else flags+=(--skip-vae); fi
   disable=""; [[ "${extra:-}" == no:* ]] && disable=${extra#no:}
   name="unet_${dtype}_cl-${layout}_${mode}${extra:+_${extra/:/-}}"

@@ -28,6 +28,9 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--channels-last", o->channels_last,
                   "UNet activation layout: auto (channels-last on CUDA with vdm's kernels), on, off")
       ->capture_default_str();
+  cmd->add_option("--fuse-qkv", o->fuse_qkv,
+                  "Self-attention's q, k, v projections as one product: auto (on CUDA), on, off")
+      ->capture_default_str();
   cmd->add_flag("--cudnn-benchmark,!--no-cudnn-benchmark", o->cudnn_benchmark,
                 "CUDA: let cuDNN time its convolution algorithms in the warm-up step (default on)");
   cmd->add_flag("--cuda-graph", o->cuda_graph, "Replay the UNet step as one CUDA graph");

@@ -1,6 +1,7 @@
 #include "models/attention.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 #include <torch/version.h>
@@ -132,6 +133,43 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options_(o) {
   to_out_ = register_module("to_out", torch::nn::ModuleList(to_out_proj_, to_out_dropout_));
 }
 
+bool AttentionImpl::fuse_projections(bool on) {
+  at::NoGradGuard no_grad;
+  Linear* projections[] = {&to_q_, &to_k_, &to_v_};
+  if (!on) {
+    for (Linear* l : projections) {
+      (*l)->weight.set_data((*l)->weight.clone());
+      if ((*l)->bias.defined()) (*l)->bias.set_data((*l)->bias.clone());
+    }
+    qkv_weight_ = qkv_bias_ = at::Tensor();
+    return false;
+  }
+  if (to_k_->weight.size(1) != options_.query_dim) return false;  // a cross-attention module
+  qkv_weight_ = at::cat({to_q_->weight, to_k_->weight, to_v_->weight}, 0);
+  qkv_bias_ = options_.bias ? at::cat({to_q_->bias, to_k_->bias, to_v_->bias}, 0) : at::Tensor();
+  const int64_t inner = to_q_->weight.size(0);
+  for (int64_t i = 0; i < 3; ++i) {
+    Linear& l = *projections[i];
+    l->weight.set_data(qkv_weight_.narrow(0, i * inner, inner));
+    if (qkv_bias_.defined()) l->bias.set_data(qkv_bias_.narrow(0, i * inner, inner));
+  }
+  return true;
+}
+
+bool AttentionImpl::projections_fused() const {
+  if (!qkv_weight_.defined()) return false;
+  const int64_t inner = to_q_->weight.size(0);
+  const Linear* projections[] = {&to_q_, &to_k_, &to_v_};
+  for (int64_t i = 0; i < 3; ++i) {
+    const Linear& l = *projections[i];
+    if (l->weight.data_ptr() != qkv_weight_.narrow(0, i * inner, inner).data_ptr() ||
+        l->weight.scalar_type() != qkv_weight_.scalar_type() || l->weight.device() != qkv_weight_.device())
+      return false;
+    if (qkv_bias_.defined() && l->bias.data_ptr() != qkv_bias_.narrow(0, i * inner, inner).data_ptr()) return false;
+  }
+  return true;
+}
+
 at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                                   c10::optional<at::Tensor> mask) {
   const auto& o = options_;
@@ -147,9 +185,19 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Ten
   const int64_t B = x.size(0);
   // [B, L, heads*d] -> [B, heads, L, d]
   auto heads = [&](const at::Tensor& t) { return t.view({B, -1, o.heads, o.dim_head}).transpose(1, 2); };
-  at::Tensor q = heads(to_q_->forward(x));
-  at::Tensor k = heads(to_k_->forward(ctx));
-  at::Tensor v = heads(to_v_->forward(ctx));
+  at::Tensor q, k, v;
+  const bool training = at::GradMode::is_enabled() && qkv_weight_.defined() && to_q_->weight.requires_grad();
+  if (!encoder_hidden_states.defined() && !training && projections_fused()) {
+    const int64_t inner = o.heads * o.dim_head;
+    const at::Tensor qkv = linear_forward(x, qkv_weight_, qkv_bias_);  // [B, L, 3 * inner]
+    q = heads(qkv.narrow(-1, 0, inner));
+    k = heads(qkv.narrow(-1, inner, inner));
+    v = heads(qkv.narrow(-1, 2 * inner, inner));
+  } else {
+    q = heads(to_q_->forward(x));
+    k = heads(to_k_->forward(ctx));
+    v = heads(to_v_->forward(ctx));
+  }
   at::Tensor a = models::scaled_dot_product_attention(q, k, v, std::move(mask));
   a = a.transpose(1, 2).reshape({B, -1, o.heads * o.dim_head});
   a = to_out_dropout_->forward(to_out_proj_->forward(a));

@@ -70,10 +70,22 @@ class AttentionImpl : public torch::nn::Module {
 
   const AttentionOptions& options() const { return options_; }
 
+  // Self-attention's three projections as one matrix product (diffusers' fuse_qkv_projections): the
+  // weights (and biases) of to_q, to_k and to_v become views of one [3 * inner, query_dim] tensor,
+  // so the checkpoint keys, the memory and in-place changes stay as they were. A self-attention call
+  // then reads its input once and runs one wider product; q, k and v are strided views of its
+  // output. Only where to_k and to_v take query_dim channels (self-attention modules); calls with
+  // encoder_hidden_states keep the three products. Moving or converting the module afterwards
+  // replaces the parameters: the fused path then stops being taken (call it again to refuse). Off:
+  // each projection gets its own copy again. Returns whether the module is fused.
+  bool fuse_projections(bool on);
+  bool projections_fused() const;
+
  private:
   AttentionOptions options_;
   GroupNorm group_norm_{nullptr};
   Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
+  at::Tensor qkv_weight_, qkv_bias_;  // [3 * inner, query_dim], [3 * inner] (fused projections)
   torch::nn::ModuleList to_out_{nullptr};  // 0: Linear, 1: Dropout
   Linear to_out_proj_{nullptr};
   torch::nn::Dropout to_out_dropout_{nullptr};

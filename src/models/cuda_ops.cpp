@@ -259,6 +259,8 @@ at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor&, const at
 }
 #endif
 
+bool fused_qkv_pays(const c10::Device& device) { return device.is_cuda(); }
+
 at::Tensor add_bias_residual(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual, double divisor) {
 #ifdef VDM_WITH_CUDA_KERNELS
   if (bias_residual_cuda_applies(x, bias, residual)) {

@@ -24,6 +24,11 @@ std::vector<std::string> cuda_kernels_in_use();
 // kernels (without them, every group norm would convert the layout twice).
 bool channels_last_pays(const c10::Device& device);
 
+// True where fusing self-attention's q, k and v projections into one product pays
+// (UNet3DConditionModel::fuse_qkv_projections): CUDA, where the three thin products over the same
+// tokens are bound by memory traffic. On CPU the separate products measured as fast.
+bool fused_qkv_pays(const c10::Device& device);
+
 // True where a GroupNorm after a convolution of `conv_input` adds the convolution's bias itself (the
 // NHWC kernel's added term), so the convolution can run without one: channels-last CUDA inference.
 bool norm_takes_conv_bias(const at::Tensor& conv_input);

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include "core/error.h"
+#include "models/attention.h"
 #include "models/config_checks.h"
 #include "models/shape.h"
 #include "models/pretrained_io.h"
@@ -192,6 +193,13 @@ void UNet3DConditionModelImpl::set_channels_last(bool on) {
     if (auto* c = m->as<torch::nn::Conv3dImpl>()) c->weight.set_data(c->weight.contiguous(fmt3));
   }
   channels_last_ = on;
+}
+
+int64_t UNet3DConditionModelImpl::fuse_qkv_projections(bool on) {
+  int64_t fused = 0;
+  for (const auto& m : modules())
+    if (auto* a = m->as<AttentionImpl>()) fused += a->fuse_projections(on) ? 1 : 0;
+  return fused;
 }
 
 c10::ScalarType UNet3DConditionModelImpl::dtype() const { return conv_in_->weight.scalar_type(); }

@@ -82,6 +82,12 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   void set_channels_last(bool on);
   bool channels_last() const { return channels_last_; }
 
+  // Every self-attention module's q, k and v projections as one matrix product
+  // (AttentionImpl::fuse_projections; call again after moving the model). Returns how many modules
+  // are fused. On by default on CUDA, where the three products over the same tokens are bound by
+  // memory traffic (docs/performance.md).
+  int64_t fuse_qkv_projections(bool on);
+
   const UNet3DConditionConfig& config() const { return config_; }
   c10::ScalarType dtype() const;
   c10::Device device() const;

@@ -47,6 +47,7 @@ nlohmann::json BenchReport::to_json() const {
   nlohmann::json j = {{"device", device_name},         {"dtype", dtype},
                       {"source", source},              {"unet_parameters", unet_parameters},
                       {"batch", batch},                {"layout", layout},
+                      {"fused_qkv_modules", fused_qkv_modules},
                       {"cuda_kernels", cuda_kernels},
                       {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
@@ -60,9 +61,10 @@ nlohmann::json BenchReport::to_json() const {
 
 std::string BenchReport::to_table() const {
   std::string out =
-      fmt::format("device {}  dtype {}  batch {}  layout {}  threads {} (vdm's kernels on {})  unet {:.1f} M "
-                  "parameters\n{}\n",
-                  device_name, dtype, batch, layout, threads, kernel_threads, unet_parameters / 1e6, source);
+      fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  threads {} (vdm's kernels on {})  unet "
+                  "{:.1f} M parameters\n{}\n",
+                  device_name, dtype, batch, layout, fused_qkv_modules, threads, kernel_threads,
+                  unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
     out += fmt::format("{:<16} {:>10.2f} {:>10.2f} {:>10.2f} {:>6}\n", s.stage, s.median(), s.min(),
@@ -108,8 +110,9 @@ BenchReport run_bench(const BenchOptions& o) {
                                  o.frames, o.width, o.height, o.steps, o.repeat));
   c10::Device device = parse_device(o.device);
   c10::ScalarType dtype = parse_dtype(o.dtype);
-  if (o.channels_last != "auto" && o.channels_last != "on" && o.channels_last != "off")
-    throw InputError(fmt::format("--channels-last: expected auto, on or off, got '{}'", o.channels_last));
+  for (const auto& [flag, value] : {std::pair{"--channels-last", &o.channels_last}, {"--fuse-qkv", &o.fuse_qkv}})
+    if (*value != "auto" && *value != "on" && *value != "off")
+      throw InputError(fmt::format("{}: expected auto, on or off, got '{}'", flag, *value));
   // Option conflicts are refused before anything is loaded or run.
   if (o.cuda_graph) {
 #ifdef VDM_WITH_CUDA
@@ -152,6 +155,8 @@ BenchReport run_bench(const BenchOptions& o) {
   unet->set_channels_last(channels_last);
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(o.cudnn_benchmark);
   report.layout = channels_last ? "channels-last" : "nchw";
+  report.fused_qkv_modules =
+      unet->fuse_qkv_projections(o.fuse_qkv == "auto" ? models::fused_qkv_pays(device) : o.fuse_qkv == "on");
   if (device.is_cuda()) report.cuda_kernels = models::cuda_kernels_in_use();
   report.device_name = device.str();
   report.threads = at::get_num_threads();

@@ -30,6 +30,7 @@ struct BenchOptions {
   bool profile = false;     // per-operator times of the timed UNet steps (LibTorch's profiler)
   bool cudnn_benchmark = true;  // CUDA: cuDNN times its algorithms on the first step (as vdm generate)
   std::string channels_last = "auto";  // UNet activation layout: auto (as vdm generate), on, off
+  std::string fuse_qkv = "auto";       // self-attention's q/k/v as one product: auto (as vdm generate), on, off
 };
 
 struct StageTiming {
@@ -47,6 +48,7 @@ struct BenchReport {
   int64_t unet_parameters = 0;
   int64_t batch = 1;
   std::string layout = "nchw";  // the UNet's activation layout: nchw or channels-last
+  int64_t fused_qkv_modules = 0;  // self-attention modules with q, k and v as one product
   std::vector<std::string> cuda_kernels;  // vdm's CUDA kernels in use (CUDA runs)
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)

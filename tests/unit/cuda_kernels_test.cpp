@@ -161,9 +161,10 @@ TEST(CudaShortAttention, MatchesTorch) {
   EXPECT_FALSE(short_attention_cuda_applies(q, q, q, true));  // masks stay with LibTorch
 }
 
-// The whole UNet on CUDA (cuDNN convolutions; vdm's group norm, layer norm, GEGLU and short-attention kernels; in
-// channels-last the convolution biases added by the next group norm), NCHW and channels-last,
-// against the same weights on the CPU, all float32 (TF32 off).
+// The whole UNet on CUDA (cuDNN convolutions; vdm's group norm, layer norm, GEGLU, short-attention
+// and bias-residual kernels; in channels-last the convolution biases added by the next group norm or
+// residual add), NCHW, channels-last and with fused q/k/v projections, against the same weights on
+// the CPU, all float32 (TF32 off).
 TEST(CudaUNet, MatchesTheCpuInBothLayouts) {
   if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
   c10::InferenceMode inference;
@@ -178,10 +179,15 @@ TEST(CudaUNet, MatchesTheCpuInBothLayouts) {
   const at::Tensor nchw = unet->forward(x.to(kCuda), t.to(kCuda), ehs.to(kCuda));
   unet->set_channels_last(true);
   const at::Tensor channels_last = unet->forward(x.to(kCuda), t.to(kCuda), ehs.to(kCuda));
+  // As vdm generate runs on CUDA: self-attention's q, k and v from one product, strided views of it
+  // into the attention kernels.
+  EXPECT_GT(unet->fuse_qkv_projections(true), 0);
+  const at::Tensor fused = unet->forward(x.to(kCuda), t.to(kCuda), ehs.to(kCuda));
   unet->set_channels_last(false);
   EXPECT_LT(relative_error(nchw, ref), 1e-4);
   EXPECT_LT(relative_error(channels_last, ref), 1e-4);
   EXPECT_LT(relative_error(channels_last, nchw), 1e-5);
+  EXPECT_LT(relative_error(fused, channels_last), 1e-5);
 
   // The same step replayed as a CUDA graph: new inputs each call, as in the denoising loop, and a
   // new graph when the shapes change.

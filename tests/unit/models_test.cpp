@@ -739,6 +739,67 @@ TEST(ModelScopeConfigs, ParameterCounts) {
 // CUDA runs the UNet channels-last (cuDNN's native layout). On CPU the same path checks the layout
 // plumbing: the convolution weights re-laid out, every [B*F, C, H, W] intermediate kept
 // channels-last (a reshape that copies back to NCHW would show here), and the same output.
+// Self-attention's q, k and v as one product: same output, same checkpoint keys and values, the
+// parameters views of the fused matrix (an in-place change reaches it), and undone on request or when
+// the parameters are replaced.
+TEST(UNet3D, FusedQkvProjectionsKeepTheOutputAndTheParameters) {
+  at::manual_seed(12);
+  UNet3DConditionModel unet(tiny_unet_config());
+  unet->eval();
+  const at::Tensor x = at::randn({2, 4, 3, 8, 8}), t = at::full({1}, 300L), ehs = at::randn({2, 5, 12});
+  auto run = [&] {
+    c10::InferenceMode inference;
+    return unet->forward(x, t, ehs);
+  };
+  const at::Tensor ref = run();
+  std::map<std::string, at::Tensor> before;
+  for (const auto& [key, p] : vdm::io::state_dict(*unet)) before[key] = p.clone();
+  const int64_t fused = unet->fuse_qkv_projections(true);
+  // Every temporal attention and the spatial self-attentions; the spatial cross-attentions (to_k
+  // over the 12-channel text) stay apart.
+  int64_t self_attention = 0, attention = 0;
+  for (const auto& m : unet->modules())
+    if (auto* a = m->as<AttentionImpl>()) {
+      ++attention;
+      self_attention += a->projections_fused();
+    }
+  EXPECT_EQ(fused, self_attention);
+  EXPECT_GT(fused, 0);
+  EXPECT_LT(fused, attention);
+  const auto after = vdm::io::state_dict(*unet);
+  ASSERT_EQ(after.size(), before.size());
+  for (const auto& [key, p] : after) EXPECT_TRUE(at::equal(p, before.at(key))) << key;
+  EXPECT_TRUE(at::allclose(run(), ref, 1e-5, 1e-5));
+  // A parameter changed in place changes the fused product: the output moves with it.
+  AttentionImpl* first = nullptr;
+  for (const auto& m : unet->modules())
+    if (auto* a = m->as<AttentionImpl>(); a && a->projections_fused() && !first) first = a;
+  ASSERT_NE(first, nullptr);
+  const at::Tensor* found = first->named_parameters().find("to_q.weight");
+  ASSERT_NE(found, nullptr);
+  at::Tensor wq = *found;
+  {
+    at::NoGradGuard no_grad;
+    wq.mul_(2.0);
+  }
+  EXPECT_TRUE(first->projections_fused());
+  const at::Tensor changed = run();
+  EXPECT_FALSE(at::allclose(changed, ref, 1e-5, 1e-5));
+  unet->fuse_qkv_projections(false);
+  EXPECT_FALSE(first->projections_fused());
+  EXPECT_TRUE(at::allclose(run(), changed, 1e-5, 1e-5));
+  // Parameters replaced after fusing (a conversion) leave the fused path unused, the output right.
+  {
+    at::NoGradGuard no_grad;
+    wq.div_(2.0);
+  }
+  unet->fuse_qkv_projections(true);
+  unet->to(at::kDouble);
+  EXPECT_FALSE(first->projections_fused());
+  c10::InferenceMode inference;
+  EXPECT_TRUE(at::allclose(unet->forward(x.to(at::kDouble), t, ehs.to(at::kDouble)).to(at::kFloat), ref, 1e-5, 1e-5));
+}
+
 TEST(UNet3D, ChannelsLastKeepsTheLayoutAndTheOutput) {
   at::manual_seed(11);
   UNet3DConditionModel unet(tiny_unet_config());
