@@ -191,7 +191,7 @@ cuda::ShortAttentionShape short_attention_shape(const at::Tensor& q, const at::T
   s.batch = q.size(0), s.heads = q.size(1), s.queries = q.size(2), s.keys = k.size(2), s.head_dim = q.size(3);
   const std::pair<const at::Tensor*, int64_t*> views[] = {{&q, s.q_strides}, {&k, s.k_strides}, {&v, s.v_strides}};
   for (const auto& [t, strides] : views)
-    for (int d = 0; d < 3; ++d) strides[d] = t->stride(d);
+    for (int d = 0; d < 3; ++d) strides[d] = t->size(d) == 1 ? 0 : t->stride(d);  // any stride fits one index
   return s;
 }
 }  // namespace
