@@ -44,6 +44,10 @@ at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x, at::Tens
       h = it->forward(h);
     }
   }
+  // A channels-last input gives a channels-last output: cuDNN's Conv3d keeps NDHWC, LibTorch 1.13's
+  // CPU one returns NCDHW (a no-op where the layout is kept).
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous())
+    h = h.contiguous(at::MemoryFormat::ChannelsLast3d);
   return h;
 }
 }  // namespace

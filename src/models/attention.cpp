@@ -230,8 +230,8 @@ GeluProjImpl::GeluProjImpl(int64_t dim_in, int64_t dim_out, const std::string& a
 at::Tensor GeluProjImpl::forward(const at::Tensor& x) {
   at::Tensor h = proj_->forward(x);
   if (gated_) {
-    if (fused_gelu_cpu_applies(h)) return fused_geglu_cpu(h);
     if (geglu_cuda_applies(h)) return geglu_cuda(h);
+    if (fused_gelu_cpu_applies(h)) return fused_geglu_cpu(h);
     auto parts = h.chunk(2, -1);
     return parts[0] * at::gelu(parts[1]);
   }
@@ -264,7 +264,7 @@ int64_t feed_forward_tile_rows(int64_t hidden_width, int64_t element_size) {
 
 bool FeedForwardImpl::tiled_applies(const at::Tensor& x) const {
   if (!act_->gated() || !onednn_linear_available() || at::GradMode::is_enabled()) return false;
-  if (!linear_uses_onednn(x) || !fused_gelu_cpu_applies(x)) return false;
+  if (!linear_uses_onednn(x) || !fused_gelu_cpu_applies(x) || device_kernels_take(x)) return false;
   for (const torch::nn::Dropout& d : {drop_, final_drop_})
     if (d && d->is_training() && d->options.p() > 0) return false;
   const at::Tensor& w = act_->proj()->weight;

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-namespace vdm::models::cuda {
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
@@ -77,4 +77,4 @@ void bias_residual(DType dtype, const void* x, const void* bias, const void* res
   }
 }
 
-}  // namespace vdm::models::cuda
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE

@@ -4,6 +4,8 @@
 // each block's threads on the CPU (tests/cuda_emulation/cuda_emulation.h); that is how the test
 // suite checks them on machines without a GPU.
 #pragma once
+#include "models/cuda_kernels.h"
+
 #ifdef VDM_CUDA_EMULATION
 #include "cuda_emulation.h"
 #else
@@ -16,7 +18,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace vdm::models::cuda::detail {
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE::detail {
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -66,4 +68,4 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 #endif
 }
 
-}  // namespace vdm::models::cuda::detail
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE::detail

@@ -11,10 +11,18 @@
 //     last convolution ran without its bias.
 //   short_attention.cu: attention over at most 64 keys (temporal attention over frames), where a
 //     flash-attention tile would be mostly padding.
-// With VDM_CUDA_EMULATION the same sources build as C++ for the CPU (tests/cuda_emulation).
+// With VDM_CUDA_EMULATION the same sources build as C++ for the CPU (tests/cuda_emulation): the
+// functions are then declared and defined in vdm::models::cuda_emulated, so that a test program
+// can hold both; the types below are shared.
 #pragma once
 #include <cstdint>
 #include <initializer_list>
+
+#ifdef VDM_CUDA_EMULATION
+#define VDM_CUDA_KERNELS_NAMESPACE cuda_emulated
+#else
+#define VDM_CUDA_KERNELS_NAMESPACE cuda
+#endif
 
 namespace vdm::models::cuda {
 
@@ -27,6 +35,44 @@ struct GroupNormNhwcShape {
   int64_t groups = 0;    // G; C % G == 0
   int64_t add_sample_stride = 0;  // of the added term: C for [N, C], 0 for [C]
 };
+
+constexpr int64_t kShortAttentionMaxKeys = 64;
+
+struct ShortAttentionShape {
+  int64_t batch = 0, heads = 0, queries = 0, keys = 0, head_dim = 0;
+  // Element strides of q, k and v over (batch, head, position); a head's channels are contiguous.
+  int64_t q_strides[3] = {0, 0, 0};
+  int64_t k_strides[3] = {0, 0, 0};
+  int64_t v_strides[3] = {0, 0, 0};
+};
+
+// The functions below as a table (kernel_table()), so that models/cuda_ops.h can run the CUDA
+// build's kernels on CUDA tensors and, in a test, the emulation's on CPU tensors.
+struct KernelTable {
+  int64_t (*group_norm_nhwc_workspace)(const GroupNormNhwcShape&);
+  void (*group_norm_nhwc)(const GroupNormNhwcShape&, DType, const void*, const void*, const void*, const void*,
+                          double, bool, void*, float*, void*);
+  bool (*layer_norm_rows_supported)(int64_t, int64_t);
+  void (*layer_norm_rows)(DType, const void*, const void*, const void*, int64_t, int64_t, double, void*, void*);
+  void (*geglu)(DType, const void*, void*, int64_t, int64_t, void*);
+  void (*bias_residual)(DType, const void*, const void*, const void*, int64_t, int64_t, double, void*, void*);
+  bool (*short_attention_supported)(const ShortAttentionShape&, int64_t, std::initializer_list<const void*>);
+  void (*short_attention)(const ShortAttentionShape&, DType, const void*, const void*, const void*, double, void*,
+                          void*);
+};
+
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE
+
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
+
+using cuda::DType;
+using cuda::GroupNormNhwcShape;
+using cuda::kShortAttentionMaxKeys;
+using cuda::KernelTable;
+using cuda::ShortAttentionShape;
+
+// This build's kernels as a table.
+const KernelTable& kernel_table();
 
 // Floats of workspace group_norm_nhwc needs (float32 partial statistics per chunk of rows).
 int64_t group_norm_nhwc_workspace(const GroupNormNhwcShape& s);
@@ -56,16 +102,6 @@ void geglu(DType dtype, const void* h, void* out, int64_t rows, int64_t inner, v
 void bias_residual(DType dtype, const void* x, const void* bias, const void* residual, int64_t rows, int64_t channels,
                    double scale, void* y, void* stream);
 
-constexpr int64_t kShortAttentionMaxKeys = 64;
-
-struct ShortAttentionShape {
-  int64_t batch = 0, heads = 0, queries = 0, keys = 0, head_dim = 0;
-  // Element strides of q, k and v over (batch, head, position); a head's channels are contiguous.
-  int64_t q_strides[3] = {0, 0, 0};
-  int64_t k_strides[3] = {0, 0, 0};
-  int64_t v_strides[3] = {0, 0, 0};
-};
-
 // True when short_attention takes the shape: 1 to kShortAttentionMaxKeys keys, a head dimension that
 // is a multiple of 8 up to 256, strides of whole 16-byte packs, and every pointer 16-byte aligned.
 bool short_attention_supported(const ShortAttentionShape& s, int64_t element_size,
@@ -78,4 +114,4 @@ bool short_attention_supported(const ShortAttentionShape& s, int64_t element_siz
 void short_attention(const ShortAttentionShape& s, DType dtype, const void* q, const void* k, const void* v,
                      double scale, void* out, void* stream);
 
-}  // namespace vdm::models::cuda
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE

@@ -12,10 +12,9 @@
 #include <vector>
 
 #include "core/error.h"
+#include "models/cuda_kernels.h"
 #ifdef VDM_WITH_CUDA_KERNELS
 #include <c10/cuda/CUDAStream.h>
-
-#include "models/cuda_kernels.h"
 #endif
 
 namespace vdm::models {
@@ -47,11 +46,22 @@ std::set<std::string> parse_disabled_cuda_kernels(const char* value) {
   return out;
 }
 
-#ifdef VDM_WITH_CUDA_KERNELS
 namespace {
+const cuda::KernelTable* g_cpu_table = nullptr;  // the CPU emulation's, installed by a test
+
 bool enabled(const char* kernel) {
   static const std::set<std::string> disabled = parse_disabled_cuda_kernels(std::getenv("VDM_DISABLE_CUDA_KERNELS"));
   return disabled.count(kernel) == 0;
+}
+// The kernels for x's device: the CUDA build's for CUDA tensors, the emulation's for CPU tensors
+// where a test installed it; null otherwise. Also null for tensors that need a gradient, and where
+// `kernel` is disabled.
+const cuda::KernelTable* table_for(const at::Tensor& x, const char* kernel) {
+  if (x.requires_grad() || !enabled(kernel)) return nullptr;
+#ifdef VDM_WITH_CUDA_KERNELS
+  if (x.is_cuda()) return &cuda::kernel_table();
+#endif
+  return x.is_cpu() ? g_cpu_table : nullptr;
 }
 bool kernel_dtype(const at::Tensor& x) {
   const auto t = x.scalar_type();
@@ -62,7 +72,12 @@ cuda::DType dtype_of(const at::Tensor& x) {
          : x.scalar_type() == at::kHalf ? cuda::DType::kHalf
                                         : cuda::DType::kBFloat16;
 }
-void* stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+void* stream_of(const at::Tensor& x) {
+#ifdef VDM_WITH_CUDA_KERNELS
+  if (x.is_cuda()) return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+#endif
+  return nullptr;  // the emulation runs at once
+}
 bool channels_last_dense(const at::Tensor& x) { return x.dim() >= 3 && x.movedim(1, -1).is_contiguous(); }
 // An affine parameter of a norm over x's `channels`: none, or contiguous [channels] like x.
 bool parameter_fits(const at::Tensor& p, const at::Tensor& x, int64_t channels) {
@@ -75,24 +90,50 @@ std::string describe(const at::Tensor& x) {
   return fmt::format("{} {} of strides {}", x.device().str(), c10::toString(x.scalar_type()), strides);
 }
 const void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+// The table for x, or an error naming the operation and what it takes.
+const cuda::KernelTable& table_or_throw(const at::Tensor& x, const char* kernel, const char* op,
+                                        const std::string& expected) {
+  const cuda::KernelTable* t = table_for(x, kernel);
+  if (!t)
+    throw Error(fmt::format("{}: no vdm kernel runs here (a build without CUDA kernels, a disabled kernel, a tensor "
+                            "needing a gradient, or a device other than CUDA); expected {}; got {}",
+                            op, expected, describe(x)));
+  return *t;
+}
+// A convolution of x (channels-last inference on a kernel device) whose output goes to `kernel`,
+// which adds the convolution's bias.
+bool conv_bias_deferrable(const at::Tensor& x, const char* kernel) {
+  return table_for(x, kernel) && kernel_dtype(x) && channels_last_dense(x) && !x.is_contiguous();
+}
 }  // namespace
+
+void install_cpu_kernel_table(const cuda::KernelTable* table) { g_cpu_table = table; }
 
 std::vector<std::string> cuda_kernels_in_use() {
   std::vector<std::string> out;
+#ifdef VDM_WITH_CUDA_KERNELS
   for (const auto& name : cuda_kernel_names())
     if (enabled(name.c_str())) out.push_back(name);
+#endif
   return out;
 }
 
-bool channels_last_pays(const c10::Device& device) { return device.is_cuda() && enabled("group_norm"); }
-
-namespace {
-// A convolution of x (channels-last CUDA inference) whose output goes to `kernel`, which adds the bias.
-bool conv_bias_deferrable(const at::Tensor& x, const char* kernel) {
-  return x.is_cuda() && !x.requires_grad() && kernel_dtype(x) && channels_last_dense(x) && !x.is_contiguous() &&
-         enabled(kernel);
+bool channels_last_pays(const c10::Device& device) {
+#ifdef VDM_WITH_CUDA_KERNELS
+  return device.is_cuda() && enabled("group_norm");
+#else
+  return false;
+#endif
 }
-}  // namespace
+
+bool fused_qkv_pays(const c10::Device& device) { return device.is_cuda(); }
+
+bool device_kernels_take(const at::Tensor& x) {
+#ifdef VDM_WITH_CUDA_KERNELS
+  if (x.is_cuda()) return true;
+#endif
+  return x.is_cpu() && g_cpu_table != nullptr;
+}
 
 bool norm_takes_conv_bias(const at::Tensor& conv_input) { return conv_bias_deferrable(conv_input, "group_norm"); }
 
@@ -100,28 +141,20 @@ bool residual_takes_conv_bias(const at::Tensor& conv_input) {
   return conv_bias_deferrable(conv_input, "bias_residual");
 }
 
-bool bias_residual_cuda_applies(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual) {
-  if (!x.is_cuda() || x.requires_grad() || residual.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) ||
-      !enabled("bias_residual"))
-    return false;
-  return residual.scalar_type() == x.scalar_type() && residual.device() == x.device() &&
-         residual.sizes() == x.sizes() && residual.strides() == x.strides() && parameter_fits(bias, x, x.size(1)) &&
-         !(bias.defined() && bias.requires_grad());
-}
+// ---- group norm -----------------------------------------------------------------------------
 
 bool group_norm_nhwc_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x) || x.is_contiguous() ||
-      !enabled("group_norm"))
-    return false;
+  if (!table_for(x, "group_norm") || !kernel_dtype(x) || !channels_last_dense(x) || x.is_contiguous()) return false;
   return x.size(1) <= 4096 && parameter_fits(weight, x, x.size(1)) && parameter_fits(bias, x, x.size(1));
 }
 
 at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                            double eps, bool silu, const at::Tensor& add) {
+  const std::string expected =
+      "a channels-last tensor of float32, float16 or bfloat16 with parameters of its dtype";
+  const cuda::KernelTable& k = table_or_throw(x, "group_norm", "group_norm_nhwc", expected);
   if (!group_norm_nhwc_applies(x, weight, bias))
-    throw Error(fmt::format("group_norm_nhwc: expected a channels-last CUDA tensor of float32, float16 or bfloat16 "
-                            "with parameters of its dtype; got {}",
-                            describe(x)));
+    throw Error(fmt::format("group_norm_nhwc: expected {}; got {}", expected, describe(x)));
   const bool per_sample = add.defined() && add.dim() == 2;
   if (add.defined() && (!(add.sizes() == at::IntArrayRef{x.size(0), x.size(1)} ||
                           add.sizes() == at::IntArrayRef{x.size(1)}) ||
@@ -138,53 +171,59 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const at::Tensor
   if (groups <= 0 || s.channels % groups != 0)
     throw Error(fmt::format("group_norm_nhwc: {} channels cannot be split into {} groups", s.channels, groups));
   at::Tensor y = at::empty_like(x);  // preserves x's strides: dense, channels innermost
-  at::Tensor workspace = at::empty({cuda::group_norm_nhwc_workspace(s)}, x.options().dtype(at::kFloat));
-  cuda::group_norm_nhwc(s, dtype_of(x), x.data_ptr(), ptr(add), ptr(weight), ptr(bias), eps, silu, y.data_ptr(),
-                        workspace.data_ptr<float>(), stream_of(x));
+  at::Tensor workspace = at::empty({k.group_norm_nhwc_workspace(s)}, x.options().dtype(at::kFloat));
+  k.group_norm_nhwc(s, dtype_of(x), x.data_ptr(), ptr(add), ptr(weight), ptr(bias), eps, silu, y.data_ptr(),
+                    workspace.data_ptr<float>(), stream_of(x));
   return y;
 }
 
+// ---- layer norm -----------------------------------------------------------------------------
+
 bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!x.is_cuda() || x.requires_grad() || !kernel_dtype(x) || x.dim() < 1 || !x.is_contiguous() ||
-      !enabled("layer_norm"))
-    return false;
+  const cuda::KernelTable* k = table_for(x, "layer_norm");
+  if (!k || !kernel_dtype(x) || x.dim() < 1 || !x.is_contiguous()) return false;
   // Rows wider than 256 elements are read in 16-byte packs: every pointer 16-byte aligned.
   auto aligned = [](const at::Tensor& p) { return !p.defined() || reinterpret_cast<uintptr_t>(p.data_ptr()) % 16 == 0; };
   const bool packs_ok = x.size(-1) <= 256 || (aligned(x) && aligned(weight) && aligned(bias));
-  return cuda::layer_norm_rows_supported(x.size(-1), x.element_size()) && packs_ok &&
+  return k->layer_norm_rows_supported(x.size(-1), x.element_size()) && packs_ok &&
          parameter_fits(weight, x, x.size(-1)) && parameter_fits(bias, x, x.size(-1));
 }
 
 at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  const std::string expected =
+      "a contiguous tensor [..., C] of float32, float16 or bfloat16 (C up to 2048) with parameters of its dtype";
+  const cuda::KernelTable& k = table_or_throw(x, "layer_norm", "layer_norm_cuda", expected);
   if (!layer_norm_cuda_applies(x, weight, bias))
-    throw Error(fmt::format("layer_norm_cuda: expected a contiguous CUDA tensor [..., C] of float32, float16 or "
-                            "bfloat16 (C up to 2048) with parameters of its dtype; got {} with C = {}",
-                            describe(x), x.dim() ? x.size(-1) : 0));
+    throw Error(fmt::format("layer_norm_cuda: expected {}; got {} with C = {}", expected, describe(x),
+                            x.dim() ? x.size(-1) : 0));
   at::Tensor y = at::empty_like(x);
   const int64_t C = x.size(-1);
-  cuda::layer_norm_rows(dtype_of(x), x.data_ptr(), ptr(weight), ptr(bias), x.numel() / std::max<int64_t>(1, C), C,
-                        eps, y.data_ptr(), stream_of(x));
+  k.layer_norm_rows(dtype_of(x), x.data_ptr(), ptr(weight), ptr(bias), x.numel() / std::max<int64_t>(1, C), C, eps,
+                    y.data_ptr(), stream_of(x));
   return y;
 }
 
+// ---- GEGLU ----------------------------------------------------------------------------------
+
 bool geglu_cuda_applies(const at::Tensor& h) {
-  return h.is_cuda() && !h.requires_grad() && kernel_dtype(h) && h.dim() >= 1 && h.size(-1) % 2 == 0 &&
-         h.is_contiguous() && enabled("geglu");
+  return table_for(h, "geglu") && kernel_dtype(h) && h.dim() >= 1 && h.size(-1) % 2 == 0 && h.is_contiguous();
 }
 
 at::Tensor geglu_cuda(const at::Tensor& h) {
-  if (!geglu_cuda_applies(h))
-    throw Error(fmt::format("geglu_cuda: expected a contiguous CUDA tensor [..., 2 * inner] of float32, float16 or "
-                            "bfloat16; got {}",
-                            describe(h)));
+  const std::string expected = "a contiguous tensor [..., 2 * inner] of float32, float16 or bfloat16";
+  const cuda::KernelTable& k = table_or_throw(h, "geglu", "geglu_cuda", expected);
+  if (!geglu_cuda_applies(h)) throw Error(fmt::format("geglu_cuda: expected {}; got {}", expected, describe(h)));
   std::vector<int64_t> shape(h.sizes().begin(), h.sizes().end());
   const int64_t inner = shape.back() / 2;
   shape.back() = inner;
   at::Tensor out = at::empty(shape, h.options());
-  cuda::geglu(dtype_of(h), h.data_ptr(), out.data_ptr(), h.numel() / std::max<int64_t>(1, 2 * inner), inner,
-              stream_of(h));
+  k.geglu(dtype_of(h), h.data_ptr(), out.data_ptr(), h.numel() / std::max<int64_t>(1, 2 * inner), inner,
+          stream_of(h));
   return out;
 }
+
+// ---- short attention ------------------------------------------------------------------------
+
 namespace {
 cuda::ShortAttentionShape short_attention_shape(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   cuda::ShortAttentionShape s;
@@ -197,7 +236,8 @@ cuda::ShortAttentionShape short_attention_shape(const at::Tensor& q, const at::T
 }  // namespace
 
 bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
-  if (has_mask || !q.is_cuda() || !kernel_dtype(q) || !enabled("short_attention")) return false;
+  const cuda::KernelTable* table = table_for(q, "short_attention");
+  if (has_mask || !table || !kernel_dtype(q)) return false;
   for (const at::Tensor* t : {&q, &k, &v})
     if (t->dim() != 4 || t->requires_grad() || t->scalar_type() != q.scalar_type() || t->device() != q.device() ||
         t->stride(3) != 1)
@@ -205,70 +245,41 @@ bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, cons
   if (k.size(0) != q.size(0) || v.size(0) != q.size(0) || k.size(1) != q.size(1) || v.size(1) != q.size(1) ||
       k.size(2) != v.size(2) || k.size(3) != q.size(3) || v.size(3) != q.size(3))
     return false;
-  return cuda::short_attention_supported(short_attention_shape(q, k, v), q.element_size(),
-                                         {q.data_ptr(), k.data_ptr(), v.data_ptr()});
+  return table->short_attention_supported(short_attention_shape(q, k, v), q.element_size(),
+                                          {q.data_ptr(), k.data_ptr(), v.data_ptr()});
 }
 
 at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const std::string expected = fmt::format(
+      "q [B, H, Lq, D], k, v [B, H, Lk, D] of one dtype (float32, float16, bfloat16), Lk up to {}, D a multiple of 8 "
+      "up to 256, 16-byte aligned rows",
+      cuda::kShortAttentionMaxKeys);
+  const cuda::KernelTable& table = table_or_throw(q, "short_attention", "short_attention_cuda", expected);
   if (!short_attention_cuda_applies(q, k, v, false))
-    throw Error(fmt::format("short_attention_cuda: expected CUDA tensors q [B, H, Lq, D], k, v [B, H, Lk, D] of one "
-                            "dtype (float32, float16, bfloat16), Lk up to {}, D a multiple of 8 up to 256, 16-byte "
-                            "aligned rows; got q {} of shape {}, k of shape {}",
-                            cuda::kShortAttentionMaxKeys, describe(q), fmt::join(q.sizes(), "x"),
-                            fmt::join(k.sizes(), "x")));
+    throw Error(fmt::format("short_attention_cuda: expected {}; got q {} of shape {}, k of shape {}", expected,
+                            describe(q), fmt::join(q.sizes(), "x"), fmt::join(k.sizes(), "x")));
   at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
-  cuda::short_attention(short_attention_shape(q, k, v), dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+  table.short_attention(short_attention_shape(q, k, v), dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                         1.0 / std::sqrt(double(q.size(3))), out.data_ptr(), stream_of(q));
   return out.transpose(1, 2);  // [B, H, Lq, D], whose memory is [B, Lq, H, D]
 }
-#else
-std::vector<std::string> cuda_kernels_in_use() { return {}; }
 
-bool channels_last_pays(const c10::Device&) { return false; }
+// ---- bias and residual ----------------------------------------------------------------------
 
-bool norm_takes_conv_bias(const at::Tensor&) { return false; }
-
-bool residual_takes_conv_bias(const at::Tensor&) { return false; }
-
-bool bias_residual_cuda_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
-
-bool group_norm_nhwc_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
-
-at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t, const at::Tensor&, const at::Tensor&, double, bool,
-                           const at::Tensor&) {
-  throw Error(fmt::format("group_norm_nhwc: this build of vdm has no CUDA kernels (tensor on {})", x.device().str()));
+bool bias_residual_cuda_applies(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual) {
+  if (!table_for(x, "bias_residual") || residual.requires_grad() || !kernel_dtype(x) || !channels_last_dense(x))
+    return false;
+  return residual.scalar_type() == x.scalar_type() && residual.device() == x.device() &&
+         residual.sizes() == x.sizes() && residual.strides() == x.strides() && parameter_fits(bias, x, x.size(1));
 }
-
-bool layer_norm_cuda_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
-
-at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor&, const at::Tensor&, double) {
-  throw Error(fmt::format("layer_norm_cuda: this build of vdm has no CUDA kernels (tensor on {})", x.device().str()));
-}
-
-bool geglu_cuda_applies(const at::Tensor&) { return false; }
-
-at::Tensor geglu_cuda(const at::Tensor& h) {
-  throw Error(fmt::format("geglu_cuda: this build of vdm has no CUDA kernels (tensor on {})", h.device().str()));
-}
-
-bool short_attention_cuda_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) { return false; }
-
-at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor&, const at::Tensor&) {
-  throw Error(
-      fmt::format("short_attention_cuda: this build of vdm has no CUDA kernels (tensor on {})", q.device().str()));
-}
-#endif
-
-bool fused_qkv_pays(const c10::Device& device) { return device.is_cuda(); }
 
 at::Tensor add_bias_residual(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual, double divisor) {
-#ifdef VDM_WITH_CUDA_KERNELS
   if (bias_residual_cuda_applies(x, bias, residual)) {
-    cuda::bias_residual(dtype_of(x), x.data_ptr(), ptr(bias), residual.data_ptr(), x.numel() / x.size(1), x.size(1),
+    table_for(x, "bias_residual")
+        ->bias_residual(dtype_of(x), x.data_ptr(), ptr(bias), residual.data_ptr(), x.numel() / x.size(1), x.size(1),
                         1.0 / divisor, x.data_ptr(), stream_of(x));
     return x;
   }
-#endif
   std::vector<int64_t> shape(size_t(x.dim()), 1);
   if (x.dim() > 1) shape[1] = x.size(1);
   at::Tensor out = residual + (bias.defined() ? x + bias.view(shape) : x);

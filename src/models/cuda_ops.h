@@ -1,11 +1,14 @@
 // vdm's CUDA kernels (models/cuda_kernels.h) for LibTorch tensors. In a build without them, every
-// *_applies function is false and channels_last_pays is false.
+// *_applies function is false and channels_last_pays is false (unless a test has installed the CPU
+// emulation: install_cpu_kernel_table).
 #pragma once
 #include <ATen/ATen.h>
 
 #include <set>
 #include <string>
 #include <vector>
+
+#include "models/cuda_kernels.h"
 
 namespace vdm::models {
 
@@ -19,6 +22,15 @@ const std::vector<std::string>& cuda_kernel_names();
 std::set<std::string> parse_disabled_cuda_kernels(const char* value);
 // The kernels this process uses: built, and not disabled (empty in a build without CUDA kernels).
 std::vector<std::string> cuda_kernels_in_use();
+
+// Tests only: the CPU emulation's kernel table (tests/cuda_emulation), or null (the default). While
+// one is installed, CPU tensors take the same kernel paths as CUDA tensors do (every *_applies
+// function below answers for them as for CUDA), with the kernels run by the emulation.
+void install_cpu_kernel_table(const cuda::KernelTable* table);
+
+// True where vdm's device kernels take x's device: CUDA in a build with them, or the CPU while a
+// test has installed the emulation. CPU-only fast paths step aside there.
+bool device_kernels_take(const at::Tensor& x);
 
 // True where a network on `device` runs faster channels-last: a CUDA device in a build with vdm's CUDA
 // kernels (without them, every group norm would convert the layout twice).

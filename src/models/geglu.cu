@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-namespace vdm::models::cuda {
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
@@ -64,4 +64,4 @@ void geglu(DType dtype, const void* h, void* out, int64_t rows, int64_t inner, v
   }
 }
 
-}  // namespace vdm::models::cuda
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE

@@ -12,7 +12,7 @@
 
 #include <algorithm>
 
-namespace vdm::models::cuda {
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
@@ -237,4 +237,4 @@ void group_norm_nhwc(const GroupNormNhwcShape& s, DType dtype, const void* x, co
   }
 }
 
-}  // namespace vdm::models::cuda
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE

@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-namespace vdm::models::cuda {
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
@@ -134,4 +134,4 @@ void layer_norm_rows(DType dtype, const void* x, const void* gamma, const void* 
   }
 }
 
-}  // namespace vdm::models::cuda
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE

@@ -10,7 +10,7 @@
 
 #include <stdexcept>
 
-namespace vdm::models::cuda {
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
@@ -173,4 +173,4 @@ void short_attention(const ShortAttentionShape& s, DType dtype, const void* q, c
   }
 }
 
-}  // namespace vdm::models::cuda
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE

@@ -17,7 +17,7 @@
 namespace {
 
 namespace emu = vdm::cuda_emulation;
-namespace kernels = vdm::models::cuda;
+namespace kernels = vdm::models::cuda_emulated;
 
 // A tensor's elements in the middle of a larger allocation whose 64 bytes (plus `misalign` elements)
 // either side are NaN: a kernel that reads past its input turns its output NaN, and one that writes

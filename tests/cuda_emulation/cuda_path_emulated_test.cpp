@@ -1,0 +1,144 @@
+// The UNet on the CPU through the code paths it takes on CUDA: with the CPU emulation's kernel table
+// installed (models::install_cpu_kernel_table), CPU tensors take vdm's kernel paths as CUDA tensors
+// do, so the channels-last network, the convolution biases left to the next group norm or residual
+// add, the fused q/k/v projections and the short-sequence attention on their strided views all run
+// here, on vdm's kernels compiled for the CPU, against the plain CPU network.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+#include "models/cuda_kernels.h"
+#include "models/cuda_ops.h"
+#include "models/unet_3d_condition.h"
+#include "tests/support/test_support.h"
+
+namespace vdm::models::cuda_emulated {
+const cuda::KernelTable& kernel_table();  // tests/cuda_emulation, built with VDM_CUDA_EMULATION
+}
+
+namespace {
+
+using namespace vdm::models;
+
+std::map<std::string, int>& calls() {
+  static std::map<std::string, int> counts;
+  return counts;
+}
+
+const cuda::KernelTable& emulated() { return cuda_emulated::kernel_table(); }
+
+// The emulation's kernels, each counting its calls.
+void group_norm_nhwc(const cuda::GroupNormNhwcShape& s, cuda::DType d, const void* x, const void* add, const void* g,
+                     const void* b, double eps, bool silu, void* y, float* ws, void* st) {
+  ++calls()["group_norm"];
+  emulated().group_norm_nhwc(s, d, x, add, g, b, eps, silu, y, ws, st);
+}
+void layer_norm_rows(cuda::DType d, const void* x, const void* g, const void* b, int64_t rows, int64_t c, double eps,
+                     void* y, void* st) {
+  ++calls()["layer_norm"];
+  emulated().layer_norm_rows(d, x, g, b, rows, c, eps, y, st);
+}
+void geglu(cuda::DType d, const void* h, void* out, int64_t rows, int64_t inner, void* st) {
+  ++calls()["geglu"];
+  emulated().geglu(d, h, out, rows, inner, st);
+}
+void bias_residual(cuda::DType d, const void* x, const void* b, const void* r, int64_t rows, int64_t c, double scale,
+                   void* y, void* st) {
+  ++calls()["bias_residual"];
+  emulated().bias_residual(d, x, b, r, rows, c, scale, y, st);
+}
+void short_attention(const cuda::ShortAttentionShape& s, cuda::DType d, const void* q, const void* k, const void* v,
+                     double scale, void* out, void* st) {
+  ++calls()["short_attention"];
+  emulated().short_attention(s, d, q, k, v, scale, out, st);
+}
+
+cuda::KernelTable counting_table() {
+  cuda::KernelTable t = emulated();
+  t.group_norm_nhwc = group_norm_nhwc;
+  t.layer_norm_rows = layer_norm_rows;
+  t.geglu = geglu;
+  t.bias_residual = bias_residual;
+  t.short_attention = short_attention;
+  return t;
+}
+
+// Installs the counting table for the scope.
+class EmulatedKernelScope {
+ public:
+  EmulatedKernelScope() : table_(counting_table()) {
+    calls().clear();
+    install_cpu_kernel_table(&table_);
+  }
+  ~EmulatedKernelScope() { install_cpu_kernel_table(nullptr); }
+
+ private:
+  cuda::KernelTable table_;
+};
+
+double relative_error(const at::Tensor& out, const at::Tensor& ref) {
+  return (out.to(at::kDouble) - ref.to(at::kDouble)).norm().item<double>() / ref.to(at::kDouble).norm().item<double>();
+}
+
+TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
+  at::manual_seed(21);
+  UNet3DConditionModel unet(vdm::test::tiny_unet3d_config(32, 8, 32, 8));
+  unet->eval();
+  {
+    // Layers initialised to zero (a temporal convolution layer's last convolution, as diffusers
+    // does) would hide a lost bias or residual: every parameter gets some noise.
+    at::NoGradGuard no_grad;
+    for (at::Tensor& p : unet->parameters()) p.add_(at::randn_like(p) * 0.05);
+  }
+  c10::InferenceMode inference;
+  const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 7, 32});
+  const at::Tensor ref = unet->forward(x, t, ehs);
+  EXPECT_FALSE(device_kernels_take(x));
+
+  EmulatedKernelScope scope;
+  ASSERT_TRUE(device_kernels_take(x));
+  // NCHW: the layer norms, GEGLU and the temporal attention take vdm's kernels; the group norms
+  // (channels-last only) and the biases stay with LibTorch.
+  const at::Tensor nchw = unet->forward(x, t, ehs);
+  EXPECT_LT(relative_error(nchw, ref), 1e-5);
+  EXPECT_GT(calls()["layer_norm"], 0);
+  EXPECT_GT(calls()["geglu"], 0);
+  EXPECT_GT(calls()["short_attention"], 0);
+  EXPECT_EQ(calls()["group_norm"], 0);
+  EXPECT_EQ(calls()["bias_residual"], 0);
+
+  // As vdm generate runs on CUDA: channels-last, every group norm on vdm's kernel with the
+  // convolution biases and time embeddings it adds, the ResNet and temporal convolution ends in one
+  // pass, q/k/v from one product.
+  calls().clear();
+  unet->set_channels_last(true);
+  ASSERT_GT(unet->fuse_qkv_projections(true), 0);
+  const at::Tensor cuda_path = unet->forward(x, t, ehs);
+  EXPECT_LT(relative_error(cuda_path, ref), 1e-5);
+  for (const char* kernel : {"group_norm", "layer_norm", "geglu", "short_attention", "bias_residual"})
+    EXPECT_GT(calls()[kernel], 0) << kernel << " did not run";
+  unet->fuse_qkv_projections(false);
+  unet->set_channels_last(false);
+}
+
+// A kernel turned off by name leaves its operation to LibTorch (VDM_DISABLE_CUDA_KERNELS is read
+// once per process, so this checks the table's absence instead): with no table installed the CPU
+// takes none of the kernel paths.
+TEST(CudaPathOnTheCpu, NothingTakesTheKernelPathsWithoutATable) {
+  const at::Tensor x = at::randn({2, 8, 4, 4}).contiguous(at::MemoryFormat::ChannelsLast);
+  EXPECT_FALSE(device_kernels_take(x));
+  EXPECT_FALSE(norm_takes_conv_bias(x));
+  EXPECT_FALSE(residual_takes_conv_bias(x));
+  EXPECT_FALSE(group_norm_nhwc_applies(x, {}, {}));
+  EmulatedKernelScope scope;
+  EXPECT_TRUE(norm_takes_conv_bias(x));
+  EXPECT_TRUE(residual_takes_conv_bias(x));
+  EXPECT_TRUE(group_norm_nhwc_applies(x, {}, {}));
+  // Tensors that need a gradient (training) never take them.
+  EXPECT_FALSE(group_norm_nhwc_applies(x.clone().requires_grad_(), {}, {}));
+}
+
+}  // namespace
