@@ -120,8 +120,18 @@ TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
   EXPECT_LT(relative_error(cuda_path, ref), 1e-5);
   for (const char* kernel : {"group_norm", "layer_norm", "geglu", "short_attention", "bias_residual"})
     EXPECT_GT(calls()[kernel], 0) << kernel << " did not run";
-  unet->fuse_qkv_projections(false);
-  unet->set_channels_last(false);
+
+  // The same in bfloat16 (16-bit types are what the GPU runs): every kernel still takes its part (an
+  // added term or a parameter of another dtype would send it back to LibTorch without a word).
+  calls().clear();
+  unet->to(at::kBFloat16);
+  unet->set_channels_last(true);  // again after the conversion, as the pipeline does
+  ASSERT_GT(unet->fuse_qkv_projections(true), 0);
+  const at::Tensor bf16 = unet->forward(x.to(at::kBFloat16), t, ehs.to(at::kBFloat16));
+  EXPECT_EQ(bf16.scalar_type(), at::kBFloat16);
+  EXPECT_LT(relative_error(bf16, ref), 3e-2);
+  for (const char* kernel : {"group_norm", "layer_norm", "geglu", "short_attention", "bias_residual"})
+    EXPECT_GT(calls()[kernel], 0) << kernel << " did not run in bfloat16";
 }
 
 // A kernel turned off by name leaves its operation to LibTorch (VDM_DISABLE_CUDA_KERNELS is read
