@@ -137,6 +137,7 @@ bool AttentionImpl::fuse_projections(bool on) {
   at::NoGradGuard no_grad;
   Linear* projections[] = {&to_q_, &to_k_, &to_v_};
   if (!on) {
+    if (!qkv_weight_.defined()) return false;  // never fused: nothing to separate
     for (Linear* l : projections) {
       (*l)->weight.set_data((*l)->weight.clone());
       if ((*l)->bias.defined()) (*l)->bias.set_data((*l)->bias.clone());
