@@ -38,12 +38,17 @@ struct GroupNormNhwcShape {
 
 constexpr int64_t kShortAttentionMaxKeys = 64;
 
+// Attention per (batch, inner batch, head) over `keys` positions. The inner batch lets a sequence be
+// strided through the tokens (temporal attention over [B, F, positions, C] tokens attends over F for
+// each of B * positions sequences, which no single batch stride reaches).
 struct ShortAttentionShape {
-  int64_t batch = 0, heads = 0, queries = 0, keys = 0, head_dim = 0;
-  // Element strides of q, k and v over (batch, head, position); a head's channels are contiguous.
-  int64_t q_strides[3] = {0, 0, 0};
-  int64_t k_strides[3] = {0, 0, 0};
-  int64_t v_strides[3] = {0, 0, 0};
+  int64_t batch = 0, inner_batch = 1, heads = 0, queries = 0, keys = 0, head_dim = 0;
+  // Element strides of q, k, v and out over (batch, inner batch, head, position); a head's channels
+  // are contiguous.
+  int64_t q_strides[4] = {0, 0, 0, 0};
+  int64_t k_strides[4] = {0, 0, 0, 0};
+  int64_t v_strides[4] = {0, 0, 0, 0};
+  int64_t out_strides[4] = {0, 0, 0, 0};
 };
 
 // The functions below as a table (kernel_table()), so that models/cuda_ops.h can run the CUDA
@@ -107,8 +112,8 @@ void bias_residual(DType dtype, const void* x, const void* bias, const void* res
 bool short_attention_supported(const ShortAttentionShape& s, int64_t element_size,
                                std::initializer_list<const void*> pointers);
 
-// q: [batch, heads, queries, head_dim], k, v: [batch, heads, keys, head_dim] (s's strides), all of
-// `dtype`; out: [batch, queries, heads, head_dim] contiguous.
+// q, out: [batch, inner batch, heads, queries, head_dim], k, v: [batch, inner batch, heads, keys,
+// head_dim] (s's strides), all of `dtype`.
 // out = softmax(q k^T * scale) v per (batch, head), in float32 with an online softmax. Throws
 // std::invalid_argument where short_attention_supported is false.
 void short_attention(const ShortAttentionShape& s, DType dtype, const void* q, const void* k, const void* v,

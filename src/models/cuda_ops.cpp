@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -225,28 +226,54 @@ at::Tensor geglu_cuda(const at::Tensor& h) {
 // ---- short attention ------------------------------------------------------------------------
 
 namespace {
-cuda::ShortAttentionShape short_attention_shape(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+// q, k, v: [B, S, H, L, d] views (S: the inner batch); out_strides over (B, S, H, L) of the output.
+cuda::ShortAttentionShape short_attention_shape(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const std::array<int64_t, 4>& out_strides) {
   cuda::ShortAttentionShape s;
-  s.batch = q.size(0), s.heads = q.size(1), s.queries = q.size(2), s.keys = k.size(2), s.head_dim = q.size(3);
+  s.batch = q.size(0), s.inner_batch = q.size(1), s.heads = q.size(2), s.queries = q.size(3), s.keys = k.size(3);
+  s.head_dim = q.size(4);
   const std::pair<const at::Tensor*, int64_t*> views[] = {{&q, s.q_strides}, {&k, s.k_strides}, {&v, s.v_strides}};
   for (const auto& [t, strides] : views)
-    for (int d = 0; d < 3; ++d) strides[d] = t->size(d) == 1 ? 0 : t->stride(d);  // any stride fits one index
+    for (int d = 0; d < 4; ++d) strides[d] = t->size(d) == 1 ? 0 : t->stride(d);  // any stride fits one index
+  const int64_t out_sizes[4] = {s.batch, s.inner_batch, s.heads, s.queries};
+  for (int d = 0; d < 4; ++d) s.out_strides[d] = out_sizes[d] == 1 ? 0 : out_strides[d];
   return s;
 }
+
+// The kernel table when the kernel takes q, k, v ([B, S, H, L, d] views) unmasked; null otherwise.
+const cuda::KernelTable* short_attention_table(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const std::array<int64_t, 4>& out_strides) {
+  const cuda::KernelTable* table = table_for(q, "short_attention");
+  if (!table || !kernel_dtype(q)) return nullptr;
+  for (const at::Tensor* t : {&q, &k, &v})
+    if (t->dim() != 5 || t->requires_grad() || t->scalar_type() != q.scalar_type() || t->device() != q.device() ||
+        t->stride(4) != 1)
+      return nullptr;
+  for (int d : {0, 1, 2})
+    if (k.size(d) != q.size(d) || v.size(d) != q.size(d)) return nullptr;
+  if (k.size(3) != v.size(3) || k.size(4) != q.size(4) || v.size(4) != q.size(4)) return nullptr;
+  const bool ok = table->short_attention_supported(short_attention_shape(q, k, v, out_strides), q.element_size(),
+                                                   {q.data_ptr(), k.data_ptr(), v.data_ptr()});
+  return ok ? table : nullptr;
+}
+
+// Output [B, Lq, H, d] contiguous, seen over (B, 1, H, Lq).
+std::array<int64_t, 4> heads_last_strides(const at::Tensor& q) {
+  const int64_t H = q.size(1), L = q.size(2), D = q.size(3);
+  return {L * H * D, 0, D, H * D};
+}
+// Output [B, F, S, H, d] contiguous, seen over (B, S, H, F) (q: [B, F, S, H, d]).
+std::array<int64_t, 4> frames_strides(const at::Tensor& q) {
+  const int64_t F = q.size(1), S = q.size(2), H = q.size(3), D = q.size(4);
+  return {F * S * H * D, H * D, D, S * H * D};
+}
+// [B, F, S, H, d] -> [B, S, H, F, d] (a view).
+at::Tensor frames_to_sequences(const at::Tensor& t) { return t.permute({0, 2, 3, 1, 4}); }
 }  // namespace
 
 bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
-  const cuda::KernelTable* table = table_for(q, "short_attention");
-  if (has_mask || !table || !kernel_dtype(q)) return false;
-  for (const at::Tensor* t : {&q, &k, &v})
-    if (t->dim() != 4 || t->requires_grad() || t->scalar_type() != q.scalar_type() || t->device() != q.device() ||
-        t->stride(3) != 1)
-      return false;
-  if (k.size(0) != q.size(0) || v.size(0) != q.size(0) || k.size(1) != q.size(1) || v.size(1) != q.size(1) ||
-      k.size(2) != v.size(2) || k.size(3) != q.size(3) || v.size(3) != q.size(3))
-    return false;
-  return table->short_attention_supported(short_attention_shape(q, k, v), q.element_size(),
-                                          {q.data_ptr(), k.data_ptr(), v.data_ptr()});
+  if (has_mask || q.dim() != 4 || k.dim() != 4 || v.dim() != 4) return false;
+  return short_attention_table(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), heads_last_strides(q)) != nullptr;
 }
 
 at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -254,14 +281,41 @@ at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor& k, const 
       "q [B, H, Lq, D], k, v [B, H, Lk, D] of one dtype (float32, float16, bfloat16), Lk up to {}, D a multiple of 8 "
       "up to 256, 16-byte aligned rows",
       cuda::kShortAttentionMaxKeys);
-  const cuda::KernelTable& table = table_or_throw(q, "short_attention", "short_attention_cuda", expected);
+  table_or_throw(q, "short_attention", "short_attention_cuda", expected);
   if (!short_attention_cuda_applies(q, k, v, false))
     throw Error(fmt::format("short_attention_cuda: expected {}; got q {} of shape {}, k of shape {}", expected,
                             describe(q), fmt::join(q.sizes(), "x"), fmt::join(k.sizes(), "x")));
+  const auto out_strides = heads_last_strides(q);
+  const at::Tensor q5 = q.unsqueeze(1), k5 = k.unsqueeze(1), v5 = v.unsqueeze(1);
   at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
-  table.short_attention(short_attention_shape(q, k, v), dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                        1.0 / std::sqrt(double(q.size(3))), out.data_ptr(), stream_of(q));
+  short_attention_table(q5, k5, v5, out_strides)
+      ->short_attention(short_attention_shape(q5, k5, v5, out_strides), dtype_of(q), q.data_ptr(), k.data_ptr(),
+                        v.data_ptr(), 1.0 / std::sqrt(double(q.size(3))), out.data_ptr(), stream_of(q));
   return out.transpose(1, 2);  // [B, H, Lq, D], whose memory is [B, Lq, H, D]
+}
+
+bool short_attention_frames_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (q.dim() != 5 || k.dim() != 5 || v.dim() != 5) return false;
+  return short_attention_table(frames_to_sequences(q), frames_to_sequences(k), frames_to_sequences(v),
+                               frames_strides(q)) != nullptr;
+}
+
+at::Tensor short_attention_frames(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const std::string expected = fmt::format(
+      "q, k, v [B, F, S, H, D] of one dtype (float32, float16, bfloat16), F up to {}, D a multiple of 8 up to 256, "
+      "16-byte aligned rows",
+      cuda::kShortAttentionMaxKeys);
+  table_or_throw(q, "short_attention", "short_attention_frames", expected);
+  if (!short_attention_frames_applies(q, k, v))
+    throw Error(fmt::format("short_attention_frames: expected {}; got q {} of shape {}", expected, describe(q),
+                            fmt::join(q.sizes(), "x")));
+  const auto out_strides = frames_strides(q);
+  const at::Tensor qs = frames_to_sequences(q), ks = frames_to_sequences(k), vs = frames_to_sequences(v);
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  short_attention_table(qs, ks, vs, out_strides)
+      ->short_attention(short_attention_shape(qs, ks, vs, out_strides), dtype_of(q), q.data_ptr(), k.data_ptr(),
+                        v.data_ptr(), 1.0 / std::sqrt(double(q.size(4))), out.data_ptr(), stream_of(q));
+  return out;
 }
 
 // ---- bias and residual ----------------------------------------------------------------------

@@ -95,4 +95,11 @@ bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, cons
 // merging the heads back into [B, Lq, H * D] copies nothing).
 at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
+// The same over the frames of token-ordered tensors: q, k, v [B, F, S, H, D] (views of [B, F, S,
+// H * D] tokens, S positions per frame), attention over F for each (batch, position, head).
+bool short_attention_frames_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// -> [B, F, S, H, D] contiguous (the tokens' order).
+at::Tensor short_attention_frames(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
 }  // namespace vdm::models

@@ -21,8 +21,12 @@ using detail::to_float;
 constexpr int kThreads = 256;
 constexpr int kSlice = 8;  // channels per thread
 
+// Element strides over (batch, inner batch, head, position).
 struct Strides {
-  int64_t batch, head, pos;
+  int64_t batch, inner, head, pos;
+  __device__ __forceinline__ int64_t at(int64_t b, int64_t bi, int h, int pos_index) const {
+    return b * batch + bi * inner + h * head + pos_index * this->pos;
+  }
 };
 
 // Reads 8 channels starting at p (16-byte aligned) as float32.
@@ -49,31 +53,31 @@ __device__ __forceinline__ void store_slice(T* p, const float (&in)[kSlice]) {
   }
 }
 
-// Row r of heads * queries * batch (query fastest, then head): W threads, thread s holding channels
-// [8s, 8s + 8) of the head (none when 8s >= D). out: [batch, queries, heads, D] contiguous.
+// Row r of queries * heads * inner batches * batches (query fastest): W threads, thread s holding
+// channels [8s, 8s + 8) of the head (none when 8s >= D).
 template <typename T, int W>
 __global__ void __launch_bounds__(kThreads)
     short_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, Strides qs,
-                           Strides ks, Strides vs, int64_t rows, int heads, int queries, int keys, int D, float scale,
-                           T* __restrict__ out) {
+                           Strides ks, Strides vs, Strides os, int64_t rows, int64_t inner, int heads, int queries,
+                           int keys, int D, float scale, T* __restrict__ out) {
   const int64_t row = int64_t(blockIdx.x) * (kThreads / W) + threadIdx.x / W;
   const int c0 = int(threadIdx.x % W) * kSlice;
   // Every lane of a group runs the shuffles, also past the last row or the head's channels.
   const bool active = row < rows && c0 < D;
   const int64_t r = row < rows ? row : 0;
   const int i = int(r % queries);
-  const int64_t bh = r / queries;
-  const int h = int(bh % heads);
-  const int64_t b = bh / heads;
+  const int64_t rest = r / queries;
+  const int h = int(rest % heads);
+  const int64_t bi = rest / heads % inner, b = rest / heads / inner;
 
   float qf[kSlice] = {}, o[kSlice] = {};
   if (active) {
-    load_slice(q + b * qs.batch + h * qs.head + i * qs.pos + c0, qf);
+    load_slice(q + qs.at(b, bi, h, i) + c0, qf);
 #pragma unroll
     for (int c = 0; c < kSlice; ++c) qf[c] *= scale;
   }
-  const T* kb = k + b * ks.batch + h * ks.head + c0;
-  const T* vb = v + b * vs.batch + h * vs.head + c0;
+  const T* kb = k + ks.at(b, bi, h, 0) + c0;
+  const T* vb = v + vs.at(b, bi, h, 0) + c0;
   float running_max = -INFINITY, sum = 0.f;
   for (int j = 0; j < keys; ++j) {
     float kf[kSlice] = {}, vf[kSlice] = {};
@@ -98,7 +102,7 @@ __global__ void __launch_bounds__(kThreads)
     const float inv = 1.f / sum;
 #pragma unroll
     for (int c = 0; c < kSlice; ++c) o[c] *= inv;
-    store_slice(out + ((b * queries + i) * heads + h) * D + c0, o);
+    store_slice(out + os.at(b, bi, h, i) + c0, o);
   }
 }
 
@@ -108,17 +112,17 @@ int threads_per_row(int64_t head_dim) {
   return w;
 }
 
+Strides strides_of(const int64_t (&s)[4]) { return Strides{s[0], s[1], s[2], s[3]}; }
+
 template <typename T, int W>
 void launch_w(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
               cudaStream_t stream) {
-  const int64_t rows = s.batch * s.heads * s.queries;
+  const int64_t rows = s.batch * s.inner_batch * s.heads * s.queries;
   constexpr int kRowsPerBlock = kThreads / W;
   const unsigned blocks = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  const Strides qs{s.q_strides[0], s.q_strides[1], s.q_strides[2]};
-  const Strides ks{s.k_strides[0], s.k_strides[1], s.k_strides[2]};
-  const Strides vs{s.v_strides[0], s.v_strides[1], s.v_strides[2]};
-  detail::launch("short_attention", short_attention_kernel<T, W>, blocks, kThreads, 0, stream, q, k, v, qs, ks, vs,
-                 rows, int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
+  detail::launch("short_attention", short_attention_kernel<T, W>, blocks, kThreads, 0, stream, q, k, v,
+                 strides_of(s.q_strides), strides_of(s.k_strides), strides_of(s.v_strides), strides_of(s.out_strides),
+                 rows, s.inner_batch, int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
 }
 
 template <typename T>
@@ -138,11 +142,12 @@ void launch(const ShortAttentionShape& s, const T* q, const T* k, const T* v, fl
 
 bool short_attention_supported(const ShortAttentionShape& s, int64_t element_size,
                                std::initializer_list<const void*> pointers) {
-  if (s.batch <= 0 || s.heads <= 0 || s.queries <= 0 || s.keys <= 0 || s.keys > kShortAttentionMaxKeys)
+  if (s.batch <= 0 || s.inner_batch <= 0 || s.heads <= 0 || s.queries <= 0 || s.keys <= 0 ||
+      s.keys > kShortAttentionMaxKeys)
     return false;
   if (s.head_dim <= 0 || s.head_dim % kSlice != 0 || s.head_dim > 32 * kSlice) return false;
-  for (const int64_t* strides : {s.q_strides, s.k_strides, s.v_strides})
-    for (int d = 0; d < 3; ++d)
+  for (const int64_t* strides : {s.q_strides, s.k_strides, s.v_strides, s.out_strides})
+    for (int d = 0; d < 4; ++d)
       if ((strides[d] * element_size) % 16 != 0) return false;
   for (const void* p : pointers)
     if (!detail::aligned16(p)) return false;

@@ -244,8 +244,8 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
         qp = base, kp = base + H * D * e, vp = base + 2 * H * D * e;
         for (int64_t* st : {s.q_strides, s.k_strides, s.v_strides}) {
           st[0] = c.queries * 3 * H * D;
-          st[1] = D;
-          st[2] = 3 * H * D;
+          st[2] = D;
+          st[3] = 3 * H * D;
         }
         q = qkv.select(2, 0).transpose(1, 2), k = qkv.select(2, 1).transpose(1, 2), v = qkv.select(2, 2).transpose(1, 2);
       } else {
@@ -255,11 +255,12 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
         buffers.emplace_back(kt);
         buffers.emplace_back(vt);
         qp = buffers[0].data(), kp = buffers[1].data(), vp = buffers[2].data();
-        s.q_strides[0] = c.queries * H * D, s.q_strides[1] = D, s.q_strides[2] = H * D;
-        for (int64_t* st : {s.k_strides, s.v_strides}) st[0] = c.keys * H * D, st[1] = D, st[2] = H * D;
+        s.q_strides[0] = c.queries * H * D, s.q_strides[2] = D, s.q_strides[3] = H * D;
+        for (int64_t* st : {s.k_strides, s.v_strides}) st[0] = c.keys * H * D, st[2] = D, st[3] = H * D;
         q = qt.transpose(1, 2), k = kt.transpose(1, 2), v = vt.transpose(1, 2);
       }
       Fenced out(at::empty({B, c.queries, H, D}, at::TensorOptions().dtype(dtype)));
+      s.out_strides[0] = c.queries * H * D, s.out_strides[2] = D, s.out_strides[3] = H * D;
       ASSERT_TRUE(kernels::short_attention_supported(s, int64_t(c10::elementSize(dtype)), {qp, kp, vp, out.data()}))
           << c.what;
       kernels::short_attention(s, dtype_of(dtype), qp, kp, vp, 1.0 / std::sqrt(double(D)), out.data(), nullptr);
@@ -270,10 +271,37 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
   }
 }
 
+// Temporal attention over tokens kept in their order, [B, F, S, 3, H, D] from one projection: for
+// each (batch, position, head) a sequence over the F frames, S positions apart; the output in the
+// same order, [B, F, S, H, D].
+TEST_P(EmulatedKernels, ShortAttentionOverFramesOfTokens) {
+  at::manual_seed(16);
+  for (const at::ScalarType dtype : kDtypes) {
+    const int64_t B = 2, F = 6, S = 5, H = 3, D = 16;
+    const at::Tensor qkv = (at::randn({B, F, S, 3, H, D}) * 2).to(dtype);
+    Fenced in(qkv), out(at::empty({B, F, S, H, D}, qkv.options()));
+    kernels::ShortAttentionShape s;
+    s.batch = B, s.inner_batch = S, s.heads = H, s.queries = F, s.keys = F, s.head_dim = D;
+    for (int64_t* st : {s.q_strides, s.k_strides, s.v_strides})
+      st[0] = F * S * 3 * H * D, st[1] = 3 * H * D, st[2] = D, st[3] = S * 3 * H * D;
+    s.out_strides[0] = F * S * H * D, s.out_strides[1] = H * D, s.out_strides[2] = D, s.out_strides[3] = S * H * D;
+    auto* base = static_cast<char*>(in.data());
+    const int64_t e = qkv.element_size();
+    kernels::short_attention(s, dtype_of(dtype), base, base + H * D * e, base + 2 * H * D * e,
+                             1.0 / std::sqrt(double(D)), out.data(), nullptr);
+    // [B, F, S, H, D] -> [B * S, H, F, D]
+    auto sequences = [&](const at::Tensor& t) { return t.permute({0, 2, 3, 1, 4}).reshape({B * S, H, F, D}); };
+    const at::Tensor ref =
+        attention_reference(sequences(qkv.select(3, 0)), sequences(qkv.select(3, 1)), sequences(qkv.select(3, 2)));
+    EXPECT_LT(relative_error(sequences(out.tensor()), ref), tolerance(dtype)) << dtype;
+    EXPECT_TRUE(out.fences_intact()) << "wrote outside its output";
+  }
+}
+
 TEST_P(EmulatedKernels, ShortAttentionRejectsShapesItCannotTake) {
   kernels::ShortAttentionShape s;
   s.batch = 2, s.heads = 2, s.queries = 16, s.keys = 16, s.head_dim = 64;
-  for (int64_t* st : {s.q_strides, s.k_strides, s.v_strides}) st[0] = 16 * 128, st[1] = 64, st[2] = 128;
+  for (int64_t* st : {s.q_strides, s.k_strides, s.v_strides, s.out_strides}) st[0] = 16 * 128, st[2] = 64, st[3] = 128;
   alignas(16) static float buffer[8];
   const void* p = buffer;
   EXPECT_TRUE(kernels::short_attention_supported(s, 2, {p}));
@@ -284,7 +312,7 @@ TEST_P(EmulatedKernels, ShortAttentionRejectsShapesItCannotTake) {
   t.head_dim = 36;  // not whole slices of 8 channels
   EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
   t = s;
-  t.k_strides[2] = 100;  // rows not 16-byte aligned in float16
+  t.k_strides[3] = 100;  // rows not 16-byte aligned in float16
   EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
   EXPECT_FALSE(kernels::short_attention_supported(s, 2, {static_cast<const char*>(p) + 2}));
   EXPECT_THROW(kernels::short_attention(t, kernels::DType::kHalf, p, p, p, 0.125, buffer, nullptr),
