@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "models/attention.h"
+#include "models/cuda_ops.h"
 
 namespace vdm::temporal {
 
@@ -31,6 +32,16 @@ TransformerTemporalModelImpl::TransformerTemporalModelImpl(const TransformerTemp
   proj_out_ = register_module("proj_out", models::Linear(inner_dim_, o.in_channels));
 }
 
+bool TransformerTemporalModelImpl::tokens_stay_in_place(const at::Tensor& x,
+                                                        const at::Tensor& encoder_hidden_states) const {
+  if (encoder_hidden_states.defined() || !models::device_kernels_take(x) || x.is_contiguous() ||
+      !x.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return false;
+  for (const auto& m : *transformer_blocks_)
+    if (!m->as<models::BasicTransformerBlockImpl>()->attends_over_frames()) return false;
+  return true;
+}
+
 at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t num_frames,
                                                  const at::Tensor& encoder_hidden_states) {
   const int64_t BF = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -40,6 +51,16 @@ at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t nu
   const int64_t B = BF / num_frames;
   // Normalise over all frames of a video: [B, C, F, H, W].
   at::Tensor h = norm_->forward(x.reshape({B, num_frames, C, H, W}).permute({0, 2, 1, 3, 4}));
+  if (tokens_stay_in_place(x, encoder_hidden_states)) {
+    // Channels-last with vdm's kernels: the normalised memory is already the tokens [B, F, H*W, C];
+    // each attention runs over the frames of a position in place (forward_frames), and the output
+    // lands in x's layout, so the residual is a plain add.
+    at::Tensor t = h.permute({0, 2, 3, 4, 1}).reshape({B, num_frames, H * W, C});
+    t = proj_in_->forward(t);
+    for (const auto& m : *transformer_blocks_) t = m->as<models::BasicTransformerBlockImpl>()->forward_frames(t);
+    t = proj_out_->forward(t);  // [B, F, H*W, C]
+    return t.view({BF, H, W, C}).permute({0, 3, 1, 2}) + x;
+  }
   // One sequence of frames per spatial position: [B*H*W, F, C].
   h = h.permute({0, 3, 4, 2, 1}).reshape({B * H * W, num_frames, C});
   h = proj_in_->forward(h);

@@ -37,6 +37,11 @@ class TransformerTemporalModelImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, int64_t num_frames, const at::Tensor& encoder_hidden_states = {});
 
  private:
+  // True where the tokens stay in x's memory order [B, F, H*W, C] instead of being permuted to one
+  // sequence per position and back: channels-last x on a device vdm's kernels take, self-attention
+  // blocks only (models::device_kernels_take).
+  bool tokens_stay_in_place(const at::Tensor& x, const at::Tensor& encoder_hidden_states) const;
+
   TransformerTemporalOptions options_;
   int64_t inner_dim_;
   models::GroupNorm norm_{nullptr};

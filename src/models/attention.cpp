@@ -171,6 +171,48 @@ bool AttentionImpl::projections_fused() const {
   return true;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::project(const at::Tensor& x,
+                                                                      const at::Tensor& encoder_hidden_states) {
+  const bool training = at::GradMode::is_enabled() && qkv_weight_.defined() && to_q_->weight.requires_grad();
+  if (!encoder_hidden_states.defined() && !training && projections_fused()) {
+    const int64_t inner = options_.heads * options_.dim_head;
+    const at::Tensor qkv = linear_forward(x, qkv_weight_, qkv_bias_);  // [..., 3 * inner]
+    return {qkv.narrow(-1, 0, inner), qkv.narrow(-1, inner, inner), qkv.narrow(-1, 2 * inner, inner)};
+  }
+  const at::Tensor& ctx = encoder_hidden_states.defined() ? encoder_hidden_states : x;
+  return {to_q_->forward(x), to_k_->forward(ctx), to_v_->forward(ctx)};
+}
+
+at::Tensor AttentionImpl::forward_frames(const at::Tensor& x) {
+  const auto& o = options_;
+  if (x.dim() != 4 || group_norm_)
+    throw Error(fmt::format("Attention::forward_frames: expected tokens [B, F, S, {}] and a module without a group "
+                            "norm; got {}",
+                            o.query_dim, shape_str(x.sizes())));
+  const int64_t B = x.size(0), F = x.size(1), S = x.size(2), inner = o.heads * o.dim_head;
+  const auto [q_proj, k_proj, v_proj] = project(x, {});
+  // [B, F, S, inner] -> [B, F, S, heads, d]
+  auto split = [&](const at::Tensor& t) { return t.view({B, F, S, o.heads, o.dim_head}); };
+  const at::Tensor q = split(q_proj), k = split(k_proj), v = split(v_proj);
+  at::Tensor a;
+  if (short_attention_frames_applies(q, k, v)) {
+    a = short_attention_frames(q, k, v).view({B, F, S, inner});
+  } else {
+    // One sequence per (batch, position): [B * S, heads, F, d], and back.
+    auto sequences = [&](const at::Tensor& t) {
+      return t.permute({0, 2, 3, 1, 4}).reshape({B * S, o.heads, F, o.dim_head});
+    };
+    a = models::scaled_dot_product_attention(sequences(q), sequences(k), sequences(v))
+            .view({B, S, o.heads, F, o.dim_head})
+            .permute({0, 3, 1, 2, 4})
+            .reshape({B, F, S, inner});
+  }
+  a = to_out_dropout_->forward(to_out_proj_->forward(a));
+  if (o.residual_connection) a = a + x;
+  if (o.rescale_output_factor != 1.0) a = a / o.rescale_output_factor;
+  return a;
+}
+
 at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                                   c10::optional<at::Tensor> mask) {
   const auto& o = options_;
@@ -182,23 +224,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Ten
     x = x.reshape({N, C, H * W}).transpose(1, 2);  // [N, HW, C]
   }
   if (group_norm_) x = group_norm_->forward(x.transpose(1, 2)).transpose(1, 2);
-  const at::Tensor& ctx = encoder_hidden_states.defined() ? encoder_hidden_states : x;
   const int64_t B = x.size(0);
   // [B, L, heads*d] -> [B, heads, L, d]
   auto heads = [&](const at::Tensor& t) { return t.view({B, -1, o.heads, o.dim_head}).transpose(1, 2); };
-  at::Tensor q, k, v;
-  const bool training = at::GradMode::is_enabled() && qkv_weight_.defined() && to_q_->weight.requires_grad();
-  if (!encoder_hidden_states.defined() && !training && projections_fused()) {
-    const int64_t inner = o.heads * o.dim_head;
-    const at::Tensor qkv = linear_forward(x, qkv_weight_, qkv_bias_);  // [B, L, 3 * inner]
-    q = heads(qkv.narrow(-1, 0, inner));
-    k = heads(qkv.narrow(-1, inner, inner));
-    v = heads(qkv.narrow(-1, 2 * inner, inner));
-  } else {
-    q = heads(to_q_->forward(x));
-    k = heads(to_k_->forward(ctx));
-    v = heads(to_v_->forward(ctx));
-  }
+  const auto [q_proj, k_proj, v_proj] = project(x, encoder_hidden_states);
+  at::Tensor q = heads(q_proj), k = heads(k_proj), v = heads(v_proj);
   at::Tensor a = models::scaled_dot_product_attention(q, k, v, std::move(mask));
   a = a.transpose(1, 2).reshape({B, -1, o.heads * o.dim_head});
   a = to_out_dropout_->forward(to_out_proj_->forward(a));
@@ -335,6 +365,18 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const TransformerBlockOptio
   f.inner_dim = o.ff_inner_dim;
   f.bias = o.ff_bias;
   ff_ = register_module("ff", FeedForward(f));
+}
+
+bool BasicTransformerBlockImpl::attends_over_frames() const {
+  return !options_.only_cross_attention && (!attn2_ || options_.double_self_attention);
+}
+
+at::Tensor BasicTransformerBlockImpl::forward_frames(const at::Tensor& x) {
+  if (!attends_over_frames())
+    throw Error("BasicTransformerBlock::forward_frames: only for blocks of self-attention (temporal transformers)");
+  at::Tensor h = attn1_->forward_frames(norm1_->forward(x)) + x;
+  if (attn2_) h = attn2_->forward_frames(norm2_->forward(h)) + h;
+  return ff_->forward(norm3_->forward(h)) + h;
 }
 
 at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,

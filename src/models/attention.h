@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 
 #include "models/linear.h"
 #include "models/normalization.h"
@@ -68,6 +69,11 @@ class AttentionImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states = {},
                      c10::optional<at::Tensor> mask = {});
 
+  // Self-attention over the frames of token-ordered x [B, F, S, query_dim] (S positions per frame):
+  // one sequence of F frames per (batch, position), as forward() over [B * S, F, query_dim], without
+  // moving the tokens where vdm's short-sequence kernel runs (models/cuda_ops.h). -> [B, F, S, out].
+  at::Tensor forward_frames(const at::Tensor& x);
+
   const AttentionOptions& options() const { return options_; }
 
   // Self-attention's three projections as one matrix product (diffusers' fuse_qkv_projections): the
@@ -86,6 +92,10 @@ class AttentionImpl : public torch::nn::Module {
   GroupNorm group_norm_{nullptr};
   Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
   at::Tensor qkv_weight_, qkv_bias_;  // [3 * inner, query_dim], [3 * inner] (fused projections)
+
+  // q, k, v projections of x [..., query_dim] (k and v of encoder_hidden_states when given), each
+  // [..., inner]: views of one product where the projections are fused.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, const at::Tensor& encoder_hidden_states);
   torch::nn::ModuleList to_out_{nullptr};  // 0: Linear, 1: Dropout
   Linear to_out_proj_{nullptr};
   torch::nn::Dropout to_out_dropout_{nullptr};
@@ -168,6 +178,12 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
   // x: [B, L, dim]; encoder_hidden_states: [B, S, cross_attention_dim] or undefined -> [B, L, dim].
   at::Tensor forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states = {},
                      c10::optional<at::Tensor> encoder_attention_mask = {});
+
+  // True for a block of self-attention only (a temporal transformer's): forward_frames applies.
+  bool attends_over_frames() const;
+  // x: token-ordered [B, F, S, dim]; each attention over the F frames of a position
+  // (Attention::forward_frames). The same result as forward() over [B * S, F, dim]. -> [B, F, S, dim].
+  at::Tensor forward_frames(const at::Tensor& x);
 
  private:
   TransformerBlockOptions options_;

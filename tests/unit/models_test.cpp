@@ -739,6 +739,40 @@ TEST(ModelScopeConfigs, ParameterCounts) {
 // CUDA runs the UNet channels-last (cuDNN's native layout). On CPU the same path checks the layout
 // plumbing: the convolution weights re-laid out, every [B*F, C, H, W] intermediate kept
 // channels-last (a reshape that copies back to NCHW would show here), and the same output.
+// A temporal transformer block over token-ordered [B, F, S, C] (attention over the F frames of each
+// position) equals the block over one sequence per position, [B * S, F, C]; here on the CPU's
+// generic path (no vdm kernel: the sequences are gathered and scattered back), plain and with fused
+// q/k/v projections.
+TEST(Attention, BlockOverFramesOfTokensMatchesOneSequencePerPosition) {
+  at::manual_seed(13);
+  TransformerBlockOptions o;
+  o.dim = 16;
+  o.num_attention_heads = 2;
+  o.attention_head_dim = 8;
+  o.double_self_attention = true;
+  BasicTransformerBlock block(o);
+  block->eval();
+  ASSERT_TRUE(block->attends_over_frames());
+  c10::InferenceMode inference;
+  const int64_t B = 2, F = 5, S = 6;
+  const at::Tensor x = at::randn({B, F, S, 16});
+  const at::Tensor ref =
+      block->forward(x.permute({0, 2, 1, 3}).reshape({B * S, F, 16})).view({B, S, F, 16}).permute({0, 2, 1, 3});
+  EXPECT_TRUE(at::allclose(block->forward_frames(x), ref, 1e-5, 1e-5));
+  int fused = 0;
+  for (const auto& m : block->modules())
+    if (auto* a = m->as<AttentionImpl>()) fused += a->fuse_projections(true);
+  EXPECT_EQ(fused, 2);
+  EXPECT_TRUE(at::allclose(block->forward_frames(x), ref, 1e-5, 1e-5));
+  // A block with cross-attention cannot attend over frames alone.
+  TransformerBlockOptions cross = o;
+  cross.double_self_attention = false;
+  cross.cross_attention_dim = 12;
+  BasicTransformerBlock spatial(cross);
+  EXPECT_FALSE(spatial->attends_over_frames());
+  EXPECT_THROW(spatial->forward_frames(x), vdm::Error);
+}
+
 // Self-attention's q, k and v as one product: same output, same checkpoint keys and values, the
 // parameters views of the fused matrix (an in-place change reaches it), and undone on request or when
 // the parameters are replaced.
