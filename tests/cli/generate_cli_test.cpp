@@ -211,6 +211,23 @@ TEST(BenchCli, StagesAndOperatorProfile) {
   // Two threads at most run operators at once.
   EXPECT_LE(self_sum, 2.0 * j.at("unet_ops").at("wall_ms").get<double>() + 1.0);
 
+  EXPECT_EQ(j.at("fused_qkv_modules"), 0);  // apart on CPU unless asked
+
+  // --fuse-qkv on: the self-attention modules run q, k and v as one product; a bad value is refused
+  // before anything loads, naming the option.
+  ASSERT_EQ(run_command(fmt::format("({} --threads 2 bench --model {} --frames 4 --width 32 --height 32 --steps 1 "
+                                    "--skip-vae --fuse-qkv on --json > {}/fused.json)",
+                                    vdm::test::vdm_binary(), model, dir),
+                        &out),
+            0)
+      << out;
+  std::ifstream fused_in(dir + "/fused.json");
+  EXPECT_GT(nlohmann::json::parse(fused_in).at("fused_qkv_modules").get<int>(), 0);
+  EXPECT_EQ(run_command(fmt::format("{} bench --model {} --fuse-qkv sometimes 2>&1", vdm::test::vdm_binary(), model),
+                        &out),
+            2);
+  EXPECT_NE(out.find("--fuse-qkv: expected auto, on or off, got 'sometimes'"), std::string::npos) << out;
+
   // --profile cannot look inside a captured CUDA graph.
   ASSERT_NE(run_command(fmt::format("{} bench --model {} --cuda-graph --profile 2>&1", vdm::test::vdm_binary(), model),
                         &out),
