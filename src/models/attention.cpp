@@ -374,21 +374,31 @@ bool BasicTransformerBlockImpl::attends_over_frames() const {
 at::Tensor BasicTransformerBlockImpl::forward_frames(const at::Tensor& x) {
   if (!attends_over_frames())
     throw Error("BasicTransformerBlock::forward_frames: only for blocks of self-attention (temporal transformers)");
-  at::Tensor h = attn1_->forward_frames(norm1_->forward(x)) + x;
-  if (attn2_) h = attn2_->forward_frames(norm2_->forward(h)) + h;
-  return ff_->forward(norm3_->forward(h)) + h;
+  // Each residual add and the norm after it run as one (LayerNorm::forward_add).
+  at::Tensor a = attn1_->forward_frames(norm1_->forward(x)), h = x;
+  if (attn2_) {
+    auto [sum, normed] = norm2_->forward_add(a, h);
+    h = sum;
+    a = attn2_->forward_frames(normed);
+  }
+  auto [sum, normed] = norm3_->forward_add(a, h);
+  return ff_->forward(normed) + sum;
 }
 
 at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
                                               c10::optional<at::Tensor> encoder_attention_mask) {
+  // Each residual add and the norm after it run as one (LayerNorm::forward_add).
   at::Tensor h = x;
-  if (options_.only_cross_attention)
-    h = attn1_->forward(norm1_->forward(h), encoder_hidden_states, encoder_attention_mask) + h;
-  else
-    h = attn1_->forward(norm1_->forward(h)) + h;
-  if (attn2_) h = attn2_->forward(norm2_->forward(h), encoder_hidden_states, encoder_attention_mask) + h;
-  h = ff_->forward(norm3_->forward(h)) + h;
-  return h;
+  at::Tensor a = options_.only_cross_attention
+                     ? attn1_->forward(norm1_->forward(h), encoder_hidden_states, encoder_attention_mask)
+                     : attn1_->forward(norm1_->forward(h));
+  if (attn2_) {
+    auto [sum, normed] = norm2_->forward_add(a, h);
+    h = sum;
+    a = attn2_->forward(normed, encoder_hidden_states, encoder_attention_mask);
+  }
+  auto [sum, normed] = norm3_->forward_add(a, h);
+  return ff_->forward(normed) + sum;
 }
 
 // ---- Transformer2DModel ---------------------------------------------------------------------

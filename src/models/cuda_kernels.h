@@ -58,7 +58,8 @@ struct KernelTable {
   void (*group_norm_nhwc)(const GroupNormNhwcShape&, DType, const void*, const void*, const void*, const void*,
                           double, bool, void*, float*, void*);
   bool (*layer_norm_rows_supported)(int64_t, int64_t);
-  void (*layer_norm_rows)(DType, const void*, const void*, const void*, int64_t, int64_t, double, void*, void*);
+  void (*layer_norm_rows)(DType, const void*, const void*, const void*, const void*, int64_t, int64_t, double, void*,
+                          void*, void*);
   void (*geglu)(DType, const void*, void*, int64_t, int64_t, void*);
   void (*bias_residual)(DType, const void*, const void*, const void*, int64_t, int64_t, double, void*, void*);
   bool (*short_attention_supported)(const ShortAttentionShape&, int64_t, std::initializer_list<const void*>);
@@ -94,9 +95,11 @@ void group_norm_nhwc(const GroupNormNhwcShape& s, DType dtype, const void* x, co
 bool layer_norm_rows_supported(int64_t channels, int64_t element_size);
 
 // x, y: [rows, channels] contiguous; gamma, beta: [channels] or null; all of `dtype`.
-// y = (x - mean) / sqrt(var + eps) * gamma + beta per row (biased variance, as torch), float32.
-void layer_norm_rows(DType dtype, const void* x, const void* gamma, const void* beta, int64_t rows, int64_t channels,
-                     double eps, void* y, void* stream);
+// y = (h - mean) / sqrt(var + eps) * gamma + beta per row of h (biased variance, as torch), float32,
+// where h = x, or with `residual` ([rows, channels] like x) h = x + residual, rounded to `dtype` and
+// written to `sum` (both null or both set; the transformer block's residual add and next norm).
+void layer_norm_rows(DType dtype, const void* x, const void* residual, const void* gamma, const void* beta,
+                     int64_t rows, int64_t channels, double eps, void* sum, void* y, void* stream);
 
 // h: [rows, 2 * inner] contiguous, of `dtype`; out: [rows, inner].
 // out = h[:, :inner] * GELU(h[:, inner:]) (the exact, erf form), computed in float32.

@@ -199,9 +199,33 @@ at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const 
                             x.dim() ? x.size(-1) : 0));
   at::Tensor y = at::empty_like(x);
   const int64_t C = x.size(-1);
-  k.layer_norm_rows(dtype_of(x), x.data_ptr(), ptr(weight), ptr(bias), x.numel() / std::max<int64_t>(1, C), C, eps,
-                    y.data_ptr(), stream_of(x));
+  k.layer_norm_rows(dtype_of(x), x.data_ptr(), nullptr, ptr(weight), ptr(bias), x.numel() / std::max<int64_t>(1, C),
+                    C, eps, nullptr, y.data_ptr(), stream_of(x));
   return y;
+}
+
+bool add_layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                 const at::Tensor& bias) {
+  if (!layer_norm_cuda_applies(x, weight, bias)) return false;
+  const bool aligned = x.size(-1) <= 256 || reinterpret_cast<uintptr_t>(residual.data_ptr()) % 16 == 0;
+  return residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type() &&
+         residual.device() == x.device() && residual.is_contiguous() && !residual.requires_grad() && aligned;
+}
+
+std::pair<at::Tensor, at::Tensor> add_layer_norm_cuda(const at::Tensor& x, const at::Tensor& residual,
+                                                      const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  const std::string expected =
+      "contiguous tensors x, residual [..., C] alike, of float32, float16 or bfloat16 (C up to 2048), with parameters "
+      "of their dtype";
+  const cuda::KernelTable& k = table_or_throw(x, "layer_norm", "add_layer_norm_cuda", expected);
+  if (!add_layer_norm_cuda_applies(x, residual, weight, bias))
+    throw Error(fmt::format("add_layer_norm_cuda: expected {}; got x {}, residual {}", expected, describe(x),
+                            residual.defined() ? describe(residual) : std::string("undefined")));
+  at::Tensor sum = at::empty_like(x), y = at::empty_like(x);
+  const int64_t C = x.size(-1);
+  k.layer_norm_rows(dtype_of(x), x.data_ptr(), residual.data_ptr(), ptr(weight), ptr(bias),
+                    x.numel() / std::max<int64_t>(1, C), C, eps, sum.data_ptr(), y.data_ptr(), stream_of(x));
+  return {sum, y};
 }
 
 // ---- GEGLU ----------------------------------------------------------------------------------

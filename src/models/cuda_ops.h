@@ -6,6 +6,7 @@
 
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/cuda_kernels.h"
@@ -78,6 +79,16 @@ bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, cons
 
 // x: [..., C] -> LayerNorm over C, same shape and dtype.
 at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
+// True where layer_norm_cuda_applies to x and `residual` is a tensor like x (shape, dtype, device,
+// contiguous) that needs no gradient.
+bool add_layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                 const at::Tensor& bias);
+
+// {x + residual, LayerNorm(x + residual)} in one pass: the sum rounded to x's dtype, written, and
+// normalised as written.
+std::pair<at::Tensor, at::Tensor> add_layer_norm_cuda(const at::Tensor& x, const at::Tensor& residual,
+                                                      const at::Tensor& weight, const at::Tensor& bias, double eps);
 
 // True for an inference GEGLU the CUDA kernel takes: a contiguous CUDA tensor [..., 2 * inner] of
 // float32, float16 or bfloat16, no gradient.

@@ -45,6 +45,15 @@ at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
       .to(x.scalar_type());
 }
 
+std::pair<at::Tensor, at::Tensor> LayerNormImpl::forward_add(const at::Tensor& x, const at::Tensor& residual) {
+  const auto& shape = options.normalized_shape();
+  if (shape.size() == 1 && x.dim() >= 1 && x.size(-1) == shape[0] && parameters_need_no_grad(weight, bias) &&
+      add_layer_norm_cuda_applies(x, residual, weight, bias))
+    return add_layer_norm_cuda(x, residual, weight, bias, options.eps());
+  at::Tensor sum = x + residual;
+  return {sum, forward(sum)};
+}
+
 at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
   if (group_norm_nhwc_runs(x, weight, bias))
     return group_norm_nhwc(x, options.num_groups(), weight, bias, options.eps(), /*silu=*/false);

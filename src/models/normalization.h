@@ -13,6 +13,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <string>
+#include <utility>
 
 #include "models/tap.h"
 
@@ -27,6 +28,9 @@ class LayerNormImpl : public torch::nn::LayerNormImpl {
   // x: [..., normalized_shape] -> same shape and dtype (contiguous from the fused kernel, which takes
   // a normalized_shape of one dimension).
   at::Tensor forward(const at::Tensor& x);
+  // A residual add and this norm: {x + residual, forward(x + residual)}, in one pass of vdm's kernel
+  // on CUDA (the sum rounded to x's dtype before the norm, as the two steps give).
+  std::pair<at::Tensor, at::Tensor> forward_add(const at::Tensor& x, const at::Tensor& residual);
 };
 TORCH_MODULE(LayerNorm);
 

@@ -149,17 +149,27 @@ TEST_P(EmulatedKernels, LayerNormRowsMatchesTorch) {
       const int64_t element = int64_t(c10::elementSize(dtype));
       ASSERT_EQ(kernels::layer_norm_rows_supported(C, element), C <= 256 * 16 / element) << C << " " << dtype;
       if (C > 256 * 16 / element) continue;
-      for (const bool affine : {true, false}) {
+      // 0: affine; 1: no parameters; 2: affine, of x + residual (the sum written too).
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool affine = variant != 1, add = variant == 2;
         const auto opts = at::TensorOptions().dtype(dtype);
-        const at::Tensor x = (at::randn({rows, C}) * 2 + 5).to(dtype);
+        const at::Tensor x = (at::randn({rows, C}) * 2 + 5).to(dtype), r = at::randn({rows, C}).to(dtype);
         const at::Tensor w = at::randn({C}, opts), b = at::randn({C}, opts);
-        Fenced in(x), out(at::empty_like(x)), gamma(w), beta(b);
-        kernels::layer_norm_rows(dtype_of(dtype), in.data(), affine ? gamma.data() : nullptr,
-                                 affine ? beta.data() : nullptr, rows, C, 1e-5, out.data(), nullptr);
-        const at::Tensor ref = at::layer_norm(x.to(at::kDouble), {C}, affine ? w.to(at::kDouble) : at::Tensor(),
+        Fenced in(x), res(r), sum(at::empty_like(x)), out(at::empty_like(x)), gamma(w), beta(b);
+        kernels::layer_norm_rows(dtype_of(dtype), in.data(), add ? res.data() : nullptr,
+                                 affine ? gamma.data() : nullptr, affine ? beta.data() : nullptr, rows, C, 1e-5,
+                                 add ? sum.data() : nullptr, out.data(), nullptr);
+        // The sum as an add in `dtype` leaves it, then the norm of that.
+        const at::Tensor h = add ? (x.to(at::kDouble) + r.to(at::kDouble)).to(dtype) : x;
+        const at::Tensor ref = at::layer_norm(h.to(at::kDouble), {C}, affine ? w.to(at::kDouble) : at::Tensor(),
                                               affine ? b.to(at::kDouble) : at::Tensor(), 1e-5);
-        EXPECT_LT(relative_error(out.tensor(), ref), tolerance(dtype)) << rows << "x" << C << " " << dtype;
-        EXPECT_TRUE(out.fences_intact()) << "wrote outside its output: " << rows << "x" << C << " " << dtype;
+        const std::string where = std::to_string(rows) + "x" + std::to_string(C) + " " + c10::toString(dtype) +
+                                  " variant " + std::to_string(variant);
+        EXPECT_LT(relative_error(out.tensor(), ref), tolerance(dtype)) << where;
+        if (add) {
+          EXPECT_LT(relative_error(sum.tensor(), h), 1e-7) << "sum, " << where;
+        }
+        EXPECT_TRUE(out.fences_intact() && sum.fences_intact()) << "wrote outside its output: " << where;
       }
     }
   }

@@ -36,10 +36,10 @@ void group_norm_nhwc(const cuda::GroupNormNhwcShape& s, cuda::DType d, const voi
   ++calls()["group_norm"];
   emulated().group_norm_nhwc(s, d, x, add, g, b, eps, silu, y, ws, st);
 }
-void layer_norm_rows(cuda::DType d, const void* x, const void* g, const void* b, int64_t rows, int64_t c, double eps,
-                     void* y, void* st) {
-  ++calls()["layer_norm"];
-  emulated().layer_norm_rows(d, x, g, b, rows, c, eps, y, st);
+void layer_norm_rows(cuda::DType d, const void* x, const void* r, const void* g, const void* b, int64_t rows,
+                     int64_t c, double eps, void* sum, void* y, void* st) {
+  ++calls()[r ? "add_layer_norm" : "layer_norm"];
+  emulated().layer_norm_rows(d, x, r, g, b, rows, c, eps, sum, y, st);
 }
 void geglu(cuda::DType d, const void* h, void* out, int64_t rows, int64_t inner, void* st) {
   ++calls()["geglu"];
@@ -118,7 +118,7 @@ TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
   ASSERT_GT(unet->fuse_qkv_projections(true), 0);
   const at::Tensor cuda_path = unet->forward(x, t, ehs);
   EXPECT_LT(relative_error(cuda_path, ref), 1e-5);
-  for (const char* kernel : {"group_norm", "layer_norm", "geglu", "short_attention", "bias_residual"})
+  for (const char* kernel : {"group_norm", "layer_norm", "add_layer_norm", "geglu", "short_attention", "bias_residual"})
     EXPECT_GT(calls()[kernel], 0) << kernel << " did not run";
 
   // The same in bfloat16 (16-bit types are what the GPU runs): every kernel still takes its part (an
@@ -130,7 +130,7 @@ TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
   const at::Tensor bf16 = unet->forward(x.to(at::kBFloat16), t, ehs.to(at::kBFloat16));
   EXPECT_EQ(bf16.scalar_type(), at::kBFloat16);
   EXPECT_LT(relative_error(bf16, ref), 3e-2);
-  for (const char* kernel : {"group_norm", "layer_norm", "geglu", "short_attention", "bias_residual"})
+  for (const char* kernel : {"group_norm", "layer_norm", "add_layer_norm", "geglu", "short_attention", "bias_residual"})
     EXPECT_GT(calls()[kernel], 0) << kernel << " did not run in bfloat16";
 }
 
