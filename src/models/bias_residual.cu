@@ -12,10 +12,6 @@ namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
-using detail::from_float;
-using detail::Pack;
-using detail::to_float;
-
 constexpr int kThreads = 256;
 
 // Pack p covers channels [(p % per_row) * Vec, + Vec) of row p / per_row.

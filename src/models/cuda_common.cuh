@@ -69,3 +69,9 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 }
 
 }  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE::detail
+
+namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
+using detail::from_float;
+using detail::Pack;
+using detail::to_float;
+}  // namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE

@@ -295,26 +295,37 @@ std::array<int64_t, 4> frames_strides(const at::Tensor& q) {
 at::Tensor frames_to_sequences(const at::Tensor& t) { return t.permute({0, 2, 3, 1, 4}); }
 }  // namespace
 
+namespace {
+// Runs the kernel on q, k, v ([B, S, H, L, d] views) into `out` (laid out by out_strides), or throws
+// an error naming `op` and what it takes.
+void run_short_attention(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const std::array<int64_t, 4>& out_strides, at::Tensor& out) {
+  const std::string expected = fmt::format(
+      "q [.., Lq, D], k, v [.., Lk, D] of one dtype (float32, float16, bfloat16), Lk up to {}, D a multiple of 8 up "
+      "to 256, 16-byte aligned rows",
+      cuda::kShortAttentionMaxKeys);
+  table_or_throw(q, "short_attention", op, expected);
+  const cuda::KernelTable* table = short_attention_table(q, k, v, out_strides);
+  if (!table)
+    throw Error(fmt::format("{}: expected {}; got q {} of shape {}, k of shape {}", op, expected, describe(q),
+                            fmt::join(q.sizes(), "x"), fmt::join(k.sizes(), "x")));
+  table->short_attention(short_attention_shape(q, k, v, out_strides), dtype_of(q), q.data_ptr(), k.data_ptr(),
+                         v.data_ptr(), 1.0 / std::sqrt(double(q.size(4))), out.data_ptr(), stream_of(q));
+}
+}  // namespace
+
 bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
   if (has_mask || q.dim() != 4 || k.dim() != 4 || v.dim() != 4) return false;
   return short_attention_table(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), heads_last_strides(q)) != nullptr;
 }
 
 at::Tensor short_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const std::string expected = fmt::format(
-      "q [B, H, Lq, D], k, v [B, H, Lk, D] of one dtype (float32, float16, bfloat16), Lk up to {}, D a multiple of 8 "
-      "up to 256, 16-byte aligned rows",
-      cuda::kShortAttentionMaxKeys);
-  table_or_throw(q, "short_attention", "short_attention_cuda", expected);
-  if (!short_attention_cuda_applies(q, k, v, false))
-    throw Error(fmt::format("short_attention_cuda: expected {}; got q {} of shape {}, k of shape {}", expected,
-                            describe(q), fmt::join(q.sizes(), "x"), fmt::join(k.sizes(), "x")));
-  const auto out_strides = heads_last_strides(q);
-  const at::Tensor q5 = q.unsqueeze(1), k5 = k.unsqueeze(1), v5 = v.unsqueeze(1);
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
+    throw Error(fmt::format("short_attention_cuda: expected 4-D q, k, v [B, H, L, D]; got {}-D, {}-D, {}-D", q.dim(),
+                            k.dim(), v.dim()));
   at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
-  short_attention_table(q5, k5, v5, out_strides)
-      ->short_attention(short_attention_shape(q5, k5, v5, out_strides), dtype_of(q), q.data_ptr(), k.data_ptr(),
-                        v.data_ptr(), 1.0 / std::sqrt(double(q.size(3))), out.data_ptr(), stream_of(q));
+  run_short_attention("short_attention_cuda", q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), heads_last_strides(q),
+                      out);
   return out.transpose(1, 2);  // [B, H, Lq, D], whose memory is [B, Lq, H, D]
 }
 
@@ -325,20 +336,12 @@ bool short_attention_frames_applies(const at::Tensor& q, const at::Tensor& k, co
 }
 
 at::Tensor short_attention_frames(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const std::string expected = fmt::format(
-      "q, k, v [B, F, S, H, D] of one dtype (float32, float16, bfloat16), F up to {}, D a multiple of 8 up to 256, "
-      "16-byte aligned rows",
-      cuda::kShortAttentionMaxKeys);
-  table_or_throw(q, "short_attention", "short_attention_frames", expected);
-  if (!short_attention_frames_applies(q, k, v))
-    throw Error(fmt::format("short_attention_frames: expected {}; got q {} of shape {}", expected, describe(q),
-                            fmt::join(q.sizes(), "x")));
-  const auto out_strides = frames_strides(q);
-  const at::Tensor qs = frames_to_sequences(q), ks = frames_to_sequences(k), vs = frames_to_sequences(v);
+  if (q.dim() != 5 || k.dim() != 5 || v.dim() != 5)
+    throw Error(fmt::format("short_attention_frames: expected 5-D q, k, v [B, F, S, H, D]; got {}-D, {}-D, {}-D",
+                            q.dim(), k.dim(), v.dim()));
   at::Tensor out = at::empty(q.sizes(), q.options());
-  short_attention_table(qs, ks, vs, out_strides)
-      ->short_attention(short_attention_shape(qs, ks, vs, out_strides), dtype_of(q), q.data_ptr(), k.data_ptr(),
-                        v.data_ptr(), 1.0 / std::sqrt(double(q.size(4))), out.data_ptr(), stream_of(q));
+  run_short_attention("short_attention_frames", frames_to_sequences(q), frames_to_sequences(k),
+                      frames_to_sequences(v), frames_strides(q), out);
   return out;
 }
 

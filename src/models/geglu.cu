@@ -8,10 +8,6 @@ namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
-using detail::from_float;
-using detail::Pack;
-using detail::to_float;
-
 constexpr int kThreads = 256;
 
 template <typename T, int Vec>

@@ -16,10 +16,6 @@ namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
-using detail::from_float;
-using detail::Pack;
-using detail::to_float;
-
 constexpr int kThreads = 256;
 constexpr int64_t kTargetStatBlocks = 512;    // partial-statistics blocks per call, about
 constexpr int64_t kTargetApplyBlocks = 1024;  // normalisation blocks per call, about

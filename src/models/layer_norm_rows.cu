@@ -11,10 +11,6 @@ namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
-using detail::from_float;
-using detail::Pack;
-using detail::to_float;
-
 constexpr int kWarps = 8;  // rows per block
 
 __device__ __forceinline__ float warp_sum(float v) {

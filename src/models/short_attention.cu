@@ -14,10 +14,6 @@ namespace vdm::models::VDM_CUDA_KERNELS_NAMESPACE {
 
 namespace {
 
-using detail::from_float;
-using detail::Pack;
-using detail::to_float;
-
 constexpr int kThreads = 256;
 constexpr int kSlice = 8;  // channels per thread
 
