@@ -183,6 +183,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::project(const at::
   return {to_q_->forward(x), to_k_->forward(ctx), to_v_->forward(ctx)};
 }
 
+at::Tensor AttentionImpl::residual_and_rescale(at::Tensor out, const at::Tensor& input) const {
+  if (options_.residual_connection) out = out + input;
+  if (options_.rescale_output_factor != 1.0) out = out / options_.rescale_output_factor;
+  return out;
+}
+
 at::Tensor AttentionImpl::forward_frames(const at::Tensor& x) {
   const auto& o = options_;
   if (x.dim() != 4 || group_norm_)
@@ -207,10 +213,7 @@ at::Tensor AttentionImpl::forward_frames(const at::Tensor& x) {
             .permute({0, 3, 1, 2, 4})
             .reshape({B, F, S, inner});
   }
-  a = to_out_dropout_->forward(to_out_proj_->forward(a));
-  if (o.residual_connection) a = a + x;
-  if (o.rescale_output_factor != 1.0) a = a / o.rescale_output_factor;
-  return a;
+  return residual_and_rescale(to_out_dropout_->forward(to_out_proj_->forward(a)), x);
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
@@ -233,9 +236,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Ten
   a = a.transpose(1, 2).reshape({B, -1, o.heads * o.dim_head});
   a = to_out_dropout_->forward(to_out_proj_->forward(a));
   if (spatial) a = a.transpose(1, 2).reshape({N, a.size(2), H, W});
-  if (o.residual_connection) a = a + hidden_states;
-  if (o.rescale_output_factor != 1.0) a = a / o.rescale_output_factor;
-  return a;
+  return residual_and_rescale(a, hidden_states);
 }
 
 // ---- FeedForward ----------------------------------------------------------------------------
@@ -371,34 +372,32 @@ bool BasicTransformerBlockImpl::attends_over_frames() const {
   return !options_.only_cross_attention && (!attn2_ || options_.double_self_attention);
 }
 
-at::Tensor BasicTransformerBlockImpl::forward_frames(const at::Tensor& x) {
-  if (!attends_over_frames())
-    throw Error("BasicTransformerBlock::forward_frames: only for blocks of self-attention (temporal transformers)");
+template <typename Attend>
+at::Tensor BasicTransformerBlockImpl::run(const at::Tensor& x, const Attend& attend) {
   // Each residual add and the norm after it run as one (LayerNorm::forward_add).
-  at::Tensor a = attn1_->forward_frames(norm1_->forward(x)), h = x;
+  at::Tensor a = attend(attn1_, norm1_->forward(x), /*first=*/true), h = x;
   if (attn2_) {
     auto [sum, normed] = norm2_->forward_add(a, h);
     h = sum;
-    a = attn2_->forward_frames(normed);
+    a = attend(attn2_, normed, /*first=*/false);
   }
   auto [sum, normed] = norm3_->forward_add(a, h);
   return ff_->forward(normed) + sum;
 }
 
+at::Tensor BasicTransformerBlockImpl::forward_frames(const at::Tensor& x) {
+  if (!attends_over_frames())
+    throw Error("BasicTransformerBlock::forward_frames: only for blocks of self-attention (temporal transformers)");
+  return run(x, [](Attention& attn, const at::Tensor& input, bool) { return attn->forward_frames(input); });
+}
+
 at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
                                               c10::optional<at::Tensor> encoder_attention_mask) {
-  // Each residual add and the norm after it run as one (LayerNorm::forward_add).
-  at::Tensor h = x;
-  at::Tensor a = options_.only_cross_attention
-                     ? attn1_->forward(norm1_->forward(h), encoder_hidden_states, encoder_attention_mask)
-                     : attn1_->forward(norm1_->forward(h));
-  if (attn2_) {
-    auto [sum, normed] = norm2_->forward_add(a, h);
-    h = sum;
-    a = attn2_->forward(normed, encoder_hidden_states, encoder_attention_mask);
-  }
-  auto [sum, normed] = norm3_->forward_add(a, h);
-  return ff_->forward(normed) + sum;
+  return run(x, [&](Attention& attn, const at::Tensor& input, bool first) {
+    // attn1 attends to the text only with only_cross_attention; attn2 always gets it (none: self).
+    if (first && !options_.only_cross_attention) return attn->forward(input);
+    return attn->forward(input, encoder_hidden_states, encoder_attention_mask);
+  });
 }
 
 // ---- Transformer2DModel ---------------------------------------------------------------------

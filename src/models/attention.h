@@ -93,6 +93,9 @@ class AttentionImpl : public torch::nn::Module {
   Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
   at::Tensor qkv_weight_, qkv_bias_;  // [3 * inner, query_dim], [3 * inner] (fused projections)
 
+  // out (+ input with residual_connection), / rescale_output_factor.
+  at::Tensor residual_and_rescale(at::Tensor out, const at::Tensor& input) const;
+
   // q, k, v projections of x [..., query_dim] (k and v of encoder_hidden_states when given), each
   // [..., inner]: views of one product where the projections are fused.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, const at::Tensor& encoder_hidden_states);
@@ -186,6 +189,10 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
   at::Tensor forward_frames(const at::Tensor& x);
 
  private:
+  // The block with `attend(attention module, normalised input, first)` running each attention.
+  template <typename Attend>
+  at::Tensor run(const at::Tensor& x, const Attend& attend);
+
   TransformerBlockOptions options_;
   LayerNorm norm1_{nullptr}, norm2_{nullptr}, norm3_{nullptr};
   Attention attn1_{nullptr}, attn2_{nullptr};

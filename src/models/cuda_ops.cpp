@@ -55,14 +55,17 @@ bool enabled(const char* kernel) {
   return disabled.count(kernel) == 0;
 }
 // The kernels for x's device: the CUDA build's for CUDA tensors, the emulation's for CPU tensors
-// where a test installed it; null otherwise. Also null for tensors that need a gradient, and where
-// `kernel` is disabled.
-const cuda::KernelTable* table_for(const at::Tensor& x, const char* kernel) {
-  if (x.requires_grad() || !enabled(kernel)) return nullptr;
+// where a test installed it; null otherwise.
+const cuda::KernelTable* device_table(const at::Tensor& x) {
 #ifdef VDM_WITH_CUDA_KERNELS
   if (x.is_cuda()) return &cuda::kernel_table();
 #endif
   return x.is_cpu() ? g_cpu_table : nullptr;
+}
+// device_table(x), except for tensors that need a gradient and where `kernel` is disabled.
+const cuda::KernelTable* table_for(const at::Tensor& x, const char* kernel) {
+  if (x.requires_grad() || !enabled(kernel)) return nullptr;
+  return device_table(x);
 }
 bool kernel_dtype(const at::Tensor& x) {
   const auto t = x.scalar_type();
@@ -91,6 +94,8 @@ std::string describe(const at::Tensor& x) {
   return fmt::format("{} {} of strides {}", x.device().str(), c10::toString(x.scalar_type()), strides);
 }
 const void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+// None, or starting on a 16-byte boundary (read in 16-byte packs).
+bool aligned16(const at::Tensor& t) { return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 // The table for x, or an error naming the operation and what it takes.
 const cuda::KernelTable& table_or_throw(const at::Tensor& x, const char* kernel, const char* op,
                                         const std::string& expected) {
@@ -129,12 +134,7 @@ bool channels_last_pays(const c10::Device& device) {
 
 bool fused_qkv_pays(const c10::Device& device) { return device.is_cuda(); }
 
-bool device_kernels_take(const at::Tensor& x) {
-#ifdef VDM_WITH_CUDA_KERNELS
-  if (x.is_cuda()) return true;
-#endif
-  return x.is_cpu() && g_cpu_table != nullptr;
-}
+bool device_kernels_take(const at::Tensor& x) { return device_table(x) != nullptr; }
 
 bool norm_takes_conv_bias(const at::Tensor& conv_input) { return conv_bias_deferrable(conv_input, "group_norm"); }
 
@@ -184,8 +184,7 @@ bool layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& weight, cons
   const cuda::KernelTable* k = table_for(x, "layer_norm");
   if (!k || !kernel_dtype(x) || x.dim() < 1 || !x.is_contiguous()) return false;
   // Rows wider than 256 elements are read in 16-byte packs: every pointer 16-byte aligned.
-  auto aligned = [](const at::Tensor& p) { return !p.defined() || reinterpret_cast<uintptr_t>(p.data_ptr()) % 16 == 0; };
-  const bool packs_ok = x.size(-1) <= 256 || (aligned(x) && aligned(weight) && aligned(bias));
+  const bool packs_ok = x.size(-1) <= 256 || (aligned16(x) && aligned16(weight) && aligned16(bias));
   return k->layer_norm_rows_supported(x.size(-1), x.element_size()) && packs_ok &&
          parameter_fits(weight, x, x.size(-1)) && parameter_fits(bias, x, x.size(-1));
 }
@@ -207,9 +206,9 @@ at::Tensor layer_norm_cuda(const at::Tensor& x, const at::Tensor& weight, const 
 bool add_layer_norm_cuda_applies(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                                  const at::Tensor& bias) {
   if (!layer_norm_cuda_applies(x, weight, bias)) return false;
-  const bool aligned = x.size(-1) <= 256 || reinterpret_cast<uintptr_t>(residual.data_ptr()) % 16 == 0;
   return residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type() &&
-         residual.device() == x.device() && residual.is_contiguous() && !residual.requires_grad() && aligned;
+         residual.device() == x.device() && residual.is_contiguous() && !residual.requires_grad() &&
+         (x.size(-1) <= 256 || aligned16(residual));
 }
 
 std::pair<at::Tensor, at::Tensor> add_layer_norm_cuda(const at::Tensor& x, const at::Tensor& residual,
