@@ -110,8 +110,9 @@ void geglu(DType dtype, const void* h, void* out, int64_t rows, int64_t inner, v
 void bias_residual(DType dtype, const void* x, const void* bias, const void* residual, int64_t rows, int64_t channels,
                    double scale, void* y, void* stream);
 
-// True when short_attention takes the shape: 1 to kShortAttentionMaxKeys keys, a head dimension that
-// is a multiple of 8 up to 256, strides of whole 16-byte packs, and every pointer 16-byte aligned.
+// True when short_attention takes the shape: 1 to kShortAttentionMaxKeys keys and a head dimension
+// of at most 32 (any strides), or a multiple of 8 up to 256 with strides of whole 16-byte packs and
+// every pointer 16-byte aligned.
 bool short_attention_supported(const ShortAttentionShape& s, int64_t element_size,
                                std::initializer_list<const void*> pointers);
 

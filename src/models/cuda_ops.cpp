@@ -300,8 +300,8 @@ namespace {
 void run_short_attention(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::array<int64_t, 4>& out_strides, at::Tensor& out) {
   const std::string expected = fmt::format(
-      "q [.., Lq, D], k, v [.., Lk, D] of one dtype (float32, float16, bfloat16), Lk up to {}, D a multiple of 8 up "
-      "to 256, 16-byte aligned rows",
+      "q [.., Lq, D], k, v [.., Lk, D] of one dtype (float32, float16, bfloat16), Lk up to {}, D up to 32, or a "
+      "multiple of 8 up to 256 with 16-byte aligned rows",
       cuda::kShortAttentionMaxKeys);
   table_or_throw(q, "short_attention", op, expected);
   const cuda::KernelTable* table = short_attention_table(q, k, v, out_strides);

@@ -1,10 +1,14 @@
 // Attention over short key sequences (temporal attention: one sequence of frames per position and
 // head), without tensor cores. A flash-attention kernel gives each (sequence, head) a tile of 64 or
 // more queries and 128 keys; at 16 frames that tile is mostly padding, and the temporal layers have
-// tens of thousands of such sequences per call. Here each query row is a group of W threads, each
-// holding 8 of the head's channels; the group walks the keys once with an online softmax (running
-// maximum and sum in float32), its dot products summed by W-wide shuffles. Rows are independent: no
-// shared memory, no block barriers.
+// tens of thousands of such sequences per call. Each query row walks the keys once with an online
+// softmax (running maximum and sum in float32). Rows are independent: no shared memory, no block
+// barriers. Two layouts of the work:
+//   wide heads (a multiple of 8 channels, 16-byte aligned): a group of W threads per row, each
+//     holding 8 of the head's channels, the dot products summed by W-wide shuffles;
+//   narrow heads (up to 32 channels, any alignment; ModelScope's UNet has 64 heads of 5, 10 or 20
+//     channels): one thread per (row, head), heads fastest, so that a warp reads neighbouring
+//     heads' channels, which lie side by side, together.
 #include "models/cuda_common.cuh"
 #include "models/cuda_kernels.h"
 
@@ -49,6 +53,22 @@ __device__ __forceinline__ void store_slice(T* p, const float (&in)[kSlice]) {
   }
 }
 
+// Softmax-weighted sum over keys seen one at a time: o = sum_j exp(s_j - m) v_j and
+// sum = sum_j exp(s_j - m), m the running maximum, both rescaled when it grows.
+template <int N>
+struct OnlineSoftmax {
+  float running_max = -INFINITY, sum = 0.f, o[N] = {};
+  __device__ __forceinline__ void add(float s, const float (&v)[N]) {
+    const float new_max = fmaxf(running_max, s);
+    const float rescale = __expf(running_max - new_max);  // 0 at the first key
+    const float p = __expf(s - new_max);
+    sum = sum * rescale + p;
+#pragma unroll
+    for (int c = 0; c < N; ++c) o[c] = o[c] * rescale + p * v[c];
+    running_max = new_max;
+  }
+};
+
 // Row r of queries * heads * inner batches * batches (query fastest): W threads, thread s holding
 // channels [8s, 8s + 8) of the head (none when 8s >= D).
 template <typename T, int W>
@@ -66,7 +86,7 @@ __global__ void __launch_bounds__(kThreads)
   const int h = int(rest % heads);
   const int64_t bi = rest / heads % inner, b = rest / heads / inner;
 
-  float qf[kSlice] = {}, o[kSlice] = {};
+  float qf[kSlice] = {};
   if (active) {
     load_slice(q + qs.at(b, bi, h, i) + c0, qf);
 #pragma unroll
@@ -74,7 +94,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   const T* kb = k + ks.at(b, bi, h, 0) + c0;
   const T* vb = v + vs.at(b, bi, h, 0) + c0;
-  float running_max = -INFINITY, sum = 0.f;
+  OnlineSoftmax<kSlice> acc;
   for (int j = 0; j < keys; ++j) {
     float kf[kSlice] = {}, vf[kSlice] = {};
     if (active) {
@@ -86,20 +106,59 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < kSlice; ++c) s += qf[c] * kf[c];
 #pragma unroll
     for (int offset = W / 2; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset, W);
-    const float new_max = fmaxf(running_max, s);
-    const float rescale = __expf(running_max - new_max);  // 0 at the first key
-    const float p = __expf(s - new_max);
-    sum = sum * rescale + p;
-#pragma unroll
-    for (int c = 0; c < kSlice; ++c) o[c] = o[c] * rescale + p * vf[c];
-    running_max = new_max;
+    acc.add(s, vf);
   }
   if (active) {
-    const float inv = 1.f / sum;
+    const float inv = 1.f / acc.sum;
 #pragma unroll
-    for (int c = 0; c < kSlice; ++c) o[c] *= inv;
-    store_slice(out + os.at(b, bi, h, i) + c0, o);
+    for (int c = 0; c < kSlice; ++c) acc.o[c] *= inv;
+    store_slice(out + os.at(b, bi, h, i) + c0, acc.o);
   }
+}
+
+constexpr int kNarrowMaxDim = 32;
+
+// The first d of N channels at p as float32, the rest 0.
+template <typename T, int N>
+__device__ __forceinline__ void load_narrow(const T* p, int d, float (&out)[N]) {
+#pragma unroll
+  for (int c = 0; c < N; ++c) out[c] = c < d ? to_float(p[c]) : 0.f;
+}
+
+// Thread r of heads * queries * inner batches * batches (head fastest): one (query, head) with its
+// D <= N channels in registers.
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    narrow_head_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                 Strides qs, Strides ks, Strides vs, Strides os, int64_t rows, int64_t inner,
+                                 int heads, int queries, int keys, int D, float scale, T* __restrict__ out) {
+  const int64_t r = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (r >= rows) return;
+  const int h = int(r % heads);
+  const int64_t rest = r / heads;
+  const int i = int(rest % queries);
+  const int64_t bi = rest / queries % inner, b = rest / queries / inner;
+  float qf[N];
+  load_narrow(q + qs.at(b, bi, h, i), D, qf);
+#pragma unroll
+  for (int c = 0; c < N; ++c) qf[c] *= scale;
+  const T* kb = k + ks.at(b, bi, h, 0);
+  const T* vb = v + vs.at(b, bi, h, 0);
+  OnlineSoftmax<N> acc;
+  for (int j = 0; j < keys; ++j) {
+    float kf[N], vf[N];
+    load_narrow(kb + j * ks.pos, D, kf);
+    load_narrow(vb + j * vs.pos, D, vf);
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < N; ++c) s += qf[c] * kf[c];
+    acc.add(s, vf);
+  }
+  const float inv = 1.f / acc.sum;
+  T* o = out + os.at(b, bi, h, i);
+#pragma unroll
+  for (int c = 0; c < N; ++c)
+    if (c < D) o[c] = from_float<T>(acc.o[c] * inv);
 }
 
 int threads_per_row(int64_t head_dim) {
@@ -121,9 +180,35 @@ void launch_w(const ShortAttentionShape& s, const T* q, const T* k, const T* v, 
                  rows, s.inner_batch, int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
 }
 
+template <typename T, int N>
+void launch_narrow(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
+                   cudaStream_t stream) {
+  const int64_t rows = s.batch * s.inner_batch * s.heads * s.queries;
+  const unsigned blocks = unsigned((rows + kThreads - 1) / kThreads);
+  detail::launch("short_attention", narrow_head_attention_kernel<T, N>, blocks, kThreads, 0, stream, q, k, v,
+                 strides_of(s.q_strides), strides_of(s.k_strides), strides_of(s.v_strides), strides_of(s.out_strides),
+                 rows, s.inner_batch, int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
+}
+
+// Wide heads: whole 16-byte slices of 8 channels, up to 32 slices.
+bool wide_heads(const ShortAttentionShape& s, int64_t element_size, std::initializer_list<const void*> pointers) {
+  if (s.head_dim % kSlice != 0 || s.head_dim > 32 * kSlice) return false;
+  for (const int64_t* strides : {s.q_strides, s.k_strides, s.v_strides, s.out_strides})
+    for (int d = 0; d < 4; ++d)
+      if ((strides[d] * element_size) % 16 != 0) return false;
+  for (const void* p : pointers)
+    if (!detail::aligned16(p)) return false;
+  return true;
+}
+
 template <typename T>
 void launch(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
             cudaStream_t stream) {
+  if (!wide_heads(s, sizeof(T), {q, k, v, out})) {
+    if (s.head_dim <= 8) return launch_narrow<T, 8>(s, q, k, v, scale, out, stream);
+    if (s.head_dim <= 16) return launch_narrow<T, 16>(s, q, k, v, scale, out, stream);
+    return launch_narrow<T, kNarrowMaxDim>(s, q, k, v, scale, out, stream);
+  }
   switch (threads_per_row(s.head_dim)) {
     case 1: return launch_w<T, 1>(s, q, k, v, scale, out, stream);
     case 2: return launch_w<T, 2>(s, q, k, v, scale, out, stream);
@@ -139,15 +224,9 @@ void launch(const ShortAttentionShape& s, const T* q, const T* k, const T* v, fl
 bool short_attention_supported(const ShortAttentionShape& s, int64_t element_size,
                                std::initializer_list<const void*> pointers) {
   if (s.batch <= 0 || s.inner_batch <= 0 || s.heads <= 0 || s.queries <= 0 || s.keys <= 0 ||
-      s.keys > kShortAttentionMaxKeys)
+      s.keys > kShortAttentionMaxKeys || s.head_dim <= 0)
     return false;
-  if (s.head_dim <= 0 || s.head_dim % kSlice != 0 || s.head_dim > 32 * kSlice) return false;
-  for (const int64_t* strides : {s.q_strides, s.k_strides, s.v_strides, s.out_strides})
-    for (int d = 0; d < 4; ++d)
-      if ((strides[d] * element_size) % 16 != 0) return false;
-  for (const void* p : pointers)
-    if (!detail::aligned16(p)) return false;
-  return true;
+  return s.head_dim <= kNarrowMaxDim || wide_heads(s, element_size, pointers);
 }
 
 void short_attention(const ShortAttentionShape& s, DType dtype, const void* q, const void* k, const void* v,

@@ -224,12 +224,19 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
   struct Case {
     int64_t batch, heads, queries, keys, head_dim;
     const char* what;
+    int64_t misalign = 0;  // elements by which every buffer misses 16-byte alignment
   };
   const std::vector<Case> cases = {
       {6, 5, 16, 16, 64, "temporal attention: 16 frames, heads of 64 (8 threads per row)"},
       {3, 2, 7, 7, 40, "heads of 40: 5 of a row's 8 threads hold channels"},
       {2, 3, 5, 9, 8, "one thread per row, more keys than queries"},
       {1, 2, 64, 64, 256, "64 keys, heads of 256 (a warp per row)"},
+      // Narrow heads, one thread per (row, head): ModelScope's UNet has 64 heads of 5, 10 and 20.
+      {2, 12, 16, 16, 5, "narrow heads of 5, 16 frames"},
+      {3, 6, 9, 9, 10, "narrow heads of 10"},
+      {2, 5, 8, 13, 20, "narrow heads of 20, more keys than queries"},
+      {2, 3, 6, 6, 32, "narrow heads of 32, misaligned", 1},
+      {2, 4, 5, 7, 8, "heads of 8 off the 16-byte grid: narrow", 3},
   };
   for (const Case& c : cases) {
     for (const at::ScalarType dtype : kDtypes) {
@@ -248,7 +255,7 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
       const void *qp, *kp, *vp;
       if (fused) {
         const at::Tensor qkv = (at::randn({B, c.queries, 3, H, D}) * 2).to(dtype);
-        buffers.emplace_back(qkv);
+        buffers.emplace_back(qkv, c.misalign);
         auto* base = static_cast<char*>(buffers[0].data());
         const int64_t e = qkv.element_size();
         qp = base, kp = base + H * D * e, vp = base + 2 * H * D * e;
@@ -261,15 +268,15 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
       } else {
         const at::Tensor qt = at::randn({B, c.queries, H, D}).to(dtype), kt = at::randn({B, c.keys, H, D}).to(dtype),
                          vt = at::randn({B, c.keys, H, D}).to(dtype);
-        buffers.emplace_back(qt);
-        buffers.emplace_back(kt);
-        buffers.emplace_back(vt);
+        buffers.emplace_back(qt, c.misalign);
+        buffers.emplace_back(kt, c.misalign);
+        buffers.emplace_back(vt, c.misalign);
         qp = buffers[0].data(), kp = buffers[1].data(), vp = buffers[2].data();
         s.q_strides[0] = c.queries * H * D, s.q_strides[2] = D, s.q_strides[3] = H * D;
         for (int64_t* st : {s.k_strides, s.v_strides}) st[0] = c.keys * H * D, st[2] = D, st[3] = H * D;
         q = qt.transpose(1, 2), k = kt.transpose(1, 2), v = vt.transpose(1, 2);
       }
-      Fenced out(at::empty({B, c.queries, H, D}, at::TensorOptions().dtype(dtype)));
+      Fenced out(at::empty({B, c.queries, H, D}, at::TensorOptions().dtype(dtype)), c.misalign);
       s.out_strides[0] = c.queries * H * D, s.out_strides[2] = D, s.out_strides[3] = H * D;
       ASSERT_TRUE(kernels::short_attention_supported(s, int64_t(c10::elementSize(dtype)), {qp, kp, vp, out.data()}))
           << c.what;
@@ -286,8 +293,9 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
 // same order, [B, F, S, H, D].
 TEST_P(EmulatedKernels, ShortAttentionOverFramesOfTokens) {
   at::manual_seed(16);
+  for (const int64_t D : {16, 5})  // wide heads (2 threads per row) and narrow ones
   for (const at::ScalarType dtype : kDtypes) {
-    const int64_t B = 2, F = 6, S = 5, H = 3, D = 16;
+    const int64_t B = 2, F = 6, S = 5, H = 3;
     const at::Tensor qkv = (at::randn({B, F, S, 3, H, D}) * 2).to(dtype);
     Fenced in(qkv), out(at::empty({B, F, S, H, D}, qkv.options()));
     kernels::ShortAttentionShape s;
@@ -303,8 +311,8 @@ TEST_P(EmulatedKernels, ShortAttentionOverFramesOfTokens) {
     auto sequences = [&](const at::Tensor& t) { return t.permute({0, 2, 3, 1, 4}).reshape({B * S, H, F, D}); };
     const at::Tensor ref =
         attention_reference(sequences(qkv.select(3, 0)), sequences(qkv.select(3, 1)), sequences(qkv.select(3, 2)));
-    EXPECT_LT(relative_error(sequences(out.tensor()), ref), tolerance(dtype)) << dtype;
-    EXPECT_TRUE(out.fences_intact()) << "wrote outside its output";
+    EXPECT_LT(relative_error(sequences(out.tensor()), ref), tolerance(dtype)) << dtype << ", heads of " << D;
+    EXPECT_TRUE(out.fences_intact()) << "wrote outside its output, heads of " << D;
   }
 }
 
@@ -319,12 +327,18 @@ TEST_P(EmulatedKernels, ShortAttentionRejectsShapesItCannotTake) {
   t.keys = kernels::kShortAttentionMaxKeys + 1;
   EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
   t = s;
-  t.head_dim = 36;  // not whole slices of 8 channels
+  t.head_dim = 36;  // not whole slices of 8 channels, and too wide for one thread
   EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
   t = s;
   t.k_strides[3] = 100;  // rows not 16-byte aligned in float16
   EXPECT_FALSE(kernels::short_attention_supported(t, 2, {p}));
   EXPECT_FALSE(kernels::short_attention_supported(s, 2, {static_cast<const char*>(p) + 2}));
+  // Up to 32 channels a head takes any alignment (one thread per row and head).
+  kernels::ShortAttentionShape n = t;
+  n.head_dim = 32;
+  EXPECT_TRUE(kernels::short_attention_supported(n, 2, {static_cast<const char*>(p) + 2}));
+  n.head_dim = 33;
+  EXPECT_FALSE(kernels::short_attention_supported(n, 2, {p}));
   EXPECT_THROW(kernels::short_attention(t, kernels::DType::kHalf, p, p, p, 0.125, buffer, nullptr),
                std::invalid_argument);
 }

@@ -133,14 +133,17 @@ TEST(CudaGeglu, MatchesTorch) {
   EXPECT_FALSE(geglu_cuda_applies(at::randn({4, 8}, at::TensorOptions().device(kCuda)).t()));
 }
 
-// Temporal attention's shapes: 16 frames, heads of 64, q, k and v strided views of one projection
-// [B, L, 3, H, D] and of separate ones; against LibTorch's attention in float64.
+// Temporal attention's shapes: 16 frames, heads of 64 and ModelScope's 64 heads of 5, 10 and 20
+// channels (one thread per row and head), q, k and v strided views of one projection [B, L, 3, H, D];
+// against LibTorch's attention in float64.
 TEST(CudaShortAttention, MatchesTorch) {
   if (skip_without_kernels()) GTEST_SKIP() << "no CUDA device, or a build without vdm's CUDA kernels";
   c10::InferenceMode inference;
   at::manual_seed(9);
   for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
-    for (const std::vector<int64_t>& s : {std::vector<int64_t>{512, 5, 16, 64}, std::vector<int64_t>{7, 3, 24, 40}}) {
+    for (const std::vector<int64_t>& s : {std::vector<int64_t>{512, 5, 16, 64}, std::vector<int64_t>{7, 3, 24, 40},
+                                          std::vector<int64_t>{512, 64, 16, 5}, std::vector<int64_t>{128, 64, 16, 10},
+                                          std::vector<int64_t>{32, 64, 16, 20}}) {
       const int64_t B = s[0], H = s[1], L = s[2], D = s[3];
       const at::Tensor qkv = at::randn({B, L, 3, H, D}, at::TensorOptions().device(kCuda)).to(dtype);
       const at::Tensor q = qkv.select(2, 0).transpose(1, 2), k = qkv.select(2, 1).transpose(1, 2),
