@@ -139,6 +139,53 @@ TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
     EXPECT_GT(calls()[kernel], 0) << kernel << " did not run in bfloat16";
 }
 
+// The ModelScope 1.7B UNet's topology with fewer channels: four levels of two layers (three up),
+// heads of 64 channels as there (diffusers reads attention_head_dim as the head width of the blocks:
+// here 1, 2 and 4 heads), transformer_in's 8 heads, 77 text tokens. The tiny UNet above has heads of
+// 4 and 8 channels and two levels; what the GPU step runs is decided by the real widths and depth.
+TEST(CudaPathOnTheCpu, ModelScopeShapedUNetTakesEveryKernelPath) {
+  at::manual_seed(23);
+  UNet3DConditionConfig c;
+  c.down_block_types = {"CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"};
+  c.up_block_types = {"UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"};
+  c.block_out_channels = {64, 128, 256, 256};
+  c.layers_per_block = 2;
+  c.norm_num_groups = 8;
+  c.cross_attention_dim = 32;
+  c.attention_head_dim = {64, 64, 64, 64};
+  UNet3DConditionModel unet(c);
+  unet->eval();
+  {
+    at::NoGradGuard no_grad;
+    for (at::Tensor& p : unet->parameters()) p.add_(at::randn_like(p) * 0.05);
+  }
+  c10::InferenceMode inference;
+  // 16x16 latents: levels of 16x16, 8x8, 4x4 and 2x2 positions; 77 text tokens.
+  const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 77, 32});
+  const at::Tensor ref = unet->forward(x, t, ehs);
+
+  EmulatedKernelScope scope;
+  unet->set_channels_last(true);
+  ASSERT_GT(unet->fuse_qkv_projections(true), 0);
+  const at::Tensor out = unet->forward(x, t, ehs);
+  EXPECT_LT(relative_error(out, ref), 1e-5);
+  // 22 ResNet blocks (8 down, 2 middle, 12 up), each followed by a temporal convolution layer of 4
+  // convolutions; 16 spatial transformers (6 down, 1 middle, 9 up) and 17 temporal ones (the same
+  // and transformer_in), one block each.
+  // Group norms: two per ResNet, one per temporal convolution, a transformer's input norm, and
+  // conv_norm_out.
+  EXPECT_EQ(calls()["group_norm"], 22 * 2 + 22 * 4 + 16 + 17 + 1);
+  EXPECT_EQ(calls()["bias_residual"], 22 * 2);                    // ResNet and temporal convolution ends
+  EXPECT_EQ(calls()["add_layer_norm"], 33 * 2);                   // norm2, norm3 of every block
+  EXPECT_EQ(calls()["layer_norm"], 33);                           // norm1
+  EXPECT_EQ(calls()["geglu"], 33);
+  // Every attention over at most 64 keys: the temporal transformers' 34 (two self-attentions each,
+  // over 4 frames) and the spatial self-attentions over 64, 16 and 4 positions (5 at 8x8, 5 at 4x4,
+  // the middle block's at 2x2). Left to SDPA: the 5 over 256 positions and the 16 cross-attentions
+  // over 77 tokens.
+  EXPECT_EQ(calls()["short_attention"], 34 + 11);
+}
+
 // A kernel turned off by name leaves its operation to LibTorch (VDM_DISABLE_CUDA_KERNELS is read
 // once per process, so this checks the table's absence instead): with no table installed the CPU
 // takes none of the kernel paths.
