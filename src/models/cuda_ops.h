@@ -99,7 +99,7 @@ at::Tensor geglu_cuda(const at::Tensor& h);
 
 // True for an unmasked inference attention the short-sequence kernel takes: CUDA tensors q [B, H, Lq,
 // D], k and v [B, H, Lk, D] of one dtype (float32, float16, bfloat16), channels contiguous, at most
-// 64 keys (temporal attention over frames), D up to 32 (ModelScope's 64 heads of 5 to 20 channels),
+// 64 keys (temporal attention over frames), D up to 32 (vdm's default model has heads of 4),
 // or a multiple of 8 up to 256 with rows 16-byte aligned.
 bool short_attention_cuda_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask);
 

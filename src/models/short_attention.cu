@@ -6,9 +6,9 @@
 // barriers. Two layouts of the work:
 //   wide heads (a multiple of 8 channels, 16-byte aligned): a group of W threads per row, each
 //     holding 8 of the head's channels, the dot products summed by W-wide shuffles;
-//   narrow heads (up to 32 channels, any alignment; ModelScope's UNet has 64 heads of 5, 10 or 20
-//     channels): one thread per (row, head), heads fastest, so that a warp reads neighbouring
-//     heads' channels, which lie side by side, together.
+//   narrow heads (up to 32 channels, any alignment; vdm's default model has heads of 4): one
+//     thread per (row, head), heads fastest, so that a warp reads neighbouring heads' channels,
+//     which lie side by side, together.
 #include "models/cuda_common.cuh"
 #include "models/cuda_kernels.h"
 

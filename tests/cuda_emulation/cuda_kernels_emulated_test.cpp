@@ -231,7 +231,7 @@ TEST_P(EmulatedKernels, ShortAttentionMatchesTorch) {
       {3, 2, 7, 7, 40, "heads of 40: 5 of a row's 8 threads hold channels"},
       {2, 3, 5, 9, 8, "one thread per row, more keys than queries"},
       {1, 2, 64, 64, 256, "64 keys, heads of 256 (a warp per row)"},
-      // Narrow heads, one thread per (row, head): ModelScope's UNet has 64 heads of 5, 10 and 20.
+      // Narrow heads, one thread per (row, head), as the default model's heads of 4 take.
       {2, 12, 16, 16, 5, "narrow heads of 5, 16 frames"},
       {3, 6, 9, 9, 10, "narrow heads of 10"},
       {2, 5, 8, 13, 20, "narrow heads of 20, more keys than queries"},

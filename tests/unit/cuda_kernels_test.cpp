@@ -133,7 +133,7 @@ TEST(CudaGeglu, MatchesTorch) {
   EXPECT_FALSE(geglu_cuda_applies(at::randn({4, 8}, at::TensorOptions().device(kCuda)).t()));
 }
 
-// Temporal attention's shapes: 16 frames, heads of 64 and ModelScope's 64 heads of 5, 10 and 20
+// Temporal attention's shapes: 16 frames, heads of 64 and 40, and narrow heads of 5, 10 and 20
 // channels (one thread per row and head), q, k and v strided views of one projection [B, L, 3, H, D];
 // against LibTorch's attention in float64.
 TEST(CudaShortAttention, MatchesTorch) {
