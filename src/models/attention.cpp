@@ -227,13 +227,27 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Ten
     x = x.reshape({N, C, H * W}).transpose(1, 2);  // [N, HW, C]
   }
   if (group_norm_) x = group_norm_->forward(x.transpose(1, 2)).transpose(1, 2);
-  const int64_t B = x.size(0);
+  const int64_t N_tokens = x.size(0);
+  // A context of M < N rows serves N / M consecutive rows of x each (a video's frames share its
+  // text). Its keys and values are projected once per context row, and the queries of the rows it
+  // serves attend as one sequence: softmax is per query, so this is the attention over the repeated
+  // context without repeating it.
+  at::Tensor ctx = encoder_hidden_states;
+  const int64_t M = ctx.defined() ? ctx.size(0) : N_tokens;
+  if (M != N_tokens) {
+    if (M <= 0 || N_tokens % M != 0)
+      throw Error(fmt::format("Attention: encoder_hidden_states has {} rows for {} rows of hidden states; expected "
+                              "the same number or a divisor of it (one context per group of frames)",
+                              M, N_tokens));
+    if (mask && mask->defined()) ctx = ctx.repeat_interleave(N_tokens / M, 0);  // a mask per row of x
+  }
+  const int64_t B = ctx.defined() ? ctx.size(0) : N_tokens;
   // [B, L, heads*d] -> [B, heads, L, d]
   auto heads = [&](const at::Tensor& t) { return t.view({B, -1, o.heads, o.dim_head}).transpose(1, 2); };
-  const auto [q_proj, k_proj, v_proj] = project(x, encoder_hidden_states);
+  const auto [q_proj, k_proj, v_proj] = project(x, ctx);
   at::Tensor q = heads(q_proj), k = heads(k_proj), v = heads(v_proj);
   at::Tensor a = models::scaled_dot_product_attention(q, k, v, std::move(mask));
-  a = a.transpose(1, 2).reshape({B, -1, o.heads * o.dim_head});
+  a = a.transpose(1, 2).reshape({N_tokens, -1, o.heads * o.dim_head});
   a = to_out_dropout_->forward(to_out_proj_->forward(a));
   if (spatial) a = a.transpose(1, 2).reshape({N, a.size(2), H, W});
   return residual_and_rescale(a, hidden_states);

@@ -63,7 +63,9 @@ class AttentionImpl : public torch::nn::Module {
   explicit AttentionImpl(const AttentionOptions& options);
 
   // hidden_states: [B, L, query_dim], or [B, C, H, W] (flattened to H*W tokens and restored);
-  // encoder_hidden_states: [B, S, cross_attention_dim], undefined = self-attention;
+  // encoder_hidden_states: [B, S, cross_attention_dim], undefined = self-attention, or [B / G, S,
+  // cross_attention_dim]: one context for each G consecutive rows (as if repeat_interleave'd G times;
+  // the UNet3D's frames share their video's text), projected once;
   // mask: broadcastable to [B, heads, L, S] (see scaled_dot_product_attention).
   // Returns the shape of hidden_states (with out_dim channels).
   at::Tensor forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states = {},
@@ -178,7 +180,8 @@ struct TransformerBlockOptions {
 class BasicTransformerBlockImpl : public torch::nn::Module {
  public:
   explicit BasicTransformerBlockImpl(const TransformerBlockOptions& options);
-  // x: [B, L, dim]; encoder_hidden_states: [B, S, cross_attention_dim] or undefined -> [B, L, dim].
+  // x: [B, L, dim]; encoder_hidden_states: [B or B / G, S, cross_attention_dim] (Attention::forward)
+  // or undefined -> [B, L, dim].
   at::Tensor forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states = {},
                      c10::optional<at::Tensor> encoder_attention_mask = {});
 
@@ -224,7 +227,8 @@ struct Transformer2DOptions {
 class Transformer2DModelImpl : public torch::nn::Module {
  public:
   explicit Transformer2DModelImpl(const Transformer2DOptions& options);
-  // x: [N, C, H, W]; encoder_hidden_states: [N, S, D] or undefined -> [N, C, H, W].
+  // x: [N, C, H, W]; encoder_hidden_states: [N or N / G, S, D] (Attention::forward) or undefined
+  // -> [N, C, H, W].
   at::Tensor forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states = {},
                      c10::optional<at::Tensor> encoder_attention_mask = {});
 

@@ -240,7 +240,8 @@ at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   at::Tensor emb = time_embedding_->forward(t_emb.to(dtype));
   tap.record("time_embedding", emb);
   emb = emb.repeat_interleave(F, 0);
-  ehs = ehs.repeat_interleave(F, 0);
+  // ehs stays [B, S, D]: the cross-attentions take one context per video for its F frames
+  // (Attention::forward), so the keys and values are projected once per video, not per frame.
 
   // 2. pre-process: [B, C, F, H, W] -> [B*F, C, H, W]
   at::Tensor h = sample.permute({0, 2, 1, 3, 4}).reshape({B * F, c.in_channels, H, W});

@@ -478,6 +478,40 @@ TEST(Attention, MasksAndOtherValueWidths) {
   EXPECT_LT(max_abs_diff(out, v.slice(2, 0, 1).expand({B, H, Lq, Dv})), 1e-6);
 }
 
+// A context with fewer rows than the hidden states serves each group of consecutive rows (a video's
+// frames share its text): the same result as the context repeated for every row, masked or not.
+TEST(Attention, OneContextPerGroupOfRowsMatchesTheRepeatedContext) {
+  at::manual_seed(12);
+  vdm::models::AttentionOptions o;
+  o.query_dim = 16;
+  o.cross_attention_dim = 12;
+  o.heads = 2;
+  o.dim_head = 8;
+  vdm::models::Attention attn(o);
+  attn->eval();
+  at::NoGradGuard no_grad;
+  const int64_t videos = 2, frames = 3, L = 10, S = 7;
+  const at::Tensor x = at::randn({videos * frames, L, 16}), ctx = at::randn({videos, S, 12});
+  const at::Tensor repeated = ctx.repeat_interleave(frames, 0);
+  const at::Tensor ref = attn->forward(x, repeated);
+  EXPECT_LT(max_abs_diff(attn->forward(x, ctx), ref), 1e-5);
+  // Frames of one video attend to their own video's text: swapping the contexts changes them.
+  EXPECT_GT(max_abs_diff(attn->forward(x, ctx.flip(0)), ref), 1e-2);
+  // With a mask per row of x the context is repeated to match it.
+  at::Tensor mask = at::rand({videos * frames, 1, 1, S}) > 0.3;
+  mask.select(3, 0).fill_(true);
+  EXPECT_LT(max_abs_diff(attn->forward(x, ctx, mask), attn->forward(x, repeated, mask)), 1e-5);
+  // [N, C, H, W] hidden states too.
+  const at::Tensor img = at::randn({videos * frames, 16, 2, 5});
+  EXPECT_LT(max_abs_diff(attn->forward(img, ctx), attn->forward(img, repeated)), 1e-5);
+  try {
+    attn->forward(x, at::randn({4, S, 12}));
+    FAIL() << "4 contexts for 6 rows were accepted";
+  } catch (const vdm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("4 rows for 6 rows"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Attention, BFloat16StaysCloseAndKeepsDtype) {
   at::manual_seed(3);
   at::Tensor q = at::randn({2, 4, 32, 32}), k = at::randn({2, 4, 32, 32}), v = at::randn({2, 4, 32, 32});
