@@ -55,11 +55,19 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& tem
   }
   h = added.defined() ? norm2_->forward_silu(h, added) : norm_act(norm2_, h);
   h = dropout_->forward(h);
-  at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
-  // On channels-last CUDA conv2's bias, the shortcut and the output scale are one pass after it.
-  if (conv2_->options.bias() && residual_takes_conv_bias(h))
-    return add_bias_residual(at::conv2d(h, conv2_->weight, {}, 1, kConvPadding), conv2_->bias, shortcut,
+  // On channels-last CUDA conv2's bias, the shortcut and the output scale are one pass after it; a
+  // shortcut convolution's bias joins conv2's there instead of taking a pass of its own.
+  if (conv2_->options.bias() && residual_takes_conv_bias(h)) {
+    at::Tensor bias = conv2_->bias, shortcut = x;
+    if (conv_shortcut_) {
+      const bool shortcut_bias = conv_shortcut_->options.bias();
+      shortcut = at::conv2d(x, conv_shortcut_->weight);
+      if (shortcut_bias) bias = bias + conv_shortcut_->bias;
+    }
+    return add_bias_residual(at::conv2d(h, conv2_->weight, {}, 1, kConvPadding), bias, shortcut,
                              options_.output_scale_factor);
+  }
+  at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
   h = conv2_->forward(h);
   at::Tensor out = shortcut + h;
   if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;
