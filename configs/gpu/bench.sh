@@ -77,11 +77,12 @@ echo "|---|---|---|---|---|---|---|"
 # dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off), "noqkv" (q, k, v
 # projections apart), "no:KERNELS" (vdm's CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS) or "vae"
 # (the VAE decode timed too, 3 runs).
-# QUICK=1: the channels-last rows and the A/B rows of the changes not yet measured on a GPU.
-RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager" "float16 off graph" "bfloat16 on graph"
+# QUICK=1: the channels-last rows, the VAE decode in both layouts and the A/B rows of the changes
+# not yet measured on a GPU.
+RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "float16 off graph" "bfloat16 on graph"
       "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu"
       "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv")
-[ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager" "bfloat16 on graph" "float16 on graph no:layer_norm"
+[ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "bfloat16 on graph" "float16 on graph no:layer_norm"
                                 "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"

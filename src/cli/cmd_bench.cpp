@@ -26,7 +26,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--repeat", o->repeat, "Repetitions of the other stages")->capture_default_str();
   cmd->add_option("--decode-chunk", o->decode_chunk, "Frames per VAE decode call (0 = all)");
   cmd->add_option("--channels-last", o->channels_last,
-                  "UNet activation layout: auto (channels-last on CUDA with vdm's kernels), on, off")
+                  "UNet and VAE activation layout: auto (channels-last on CUDA with vdm's kernels), on, off")
       ->capture_default_str();
   cmd->add_option("--fuse-qkv", o->fuse_qkv,
                   "Self-attention's q, k, v projections as one product: auto (on CUDA), on, off")

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "models/config_checks.h"
+#include "models/cuda_ops.h"
 #include "models/shape.h"
 #include "models/pretrained_io.h"
 #include "models/unet_3d_condition.h"
@@ -206,12 +207,12 @@ DiagonalGaussian AutoencoderKLImpl::encode(const at::Tensor& x) {
     throw InputError(fmt::format("AutoencoderKL.encode: expected images [N, {}, H, W], got {}", config_.in_channels,
                                  shape_str(x.sizes())));
   const Tap tap(&tap_);
-  at::Tensor h = encoder_->forward(x.to(device(), dtype()), tap.child("encoder"));
+  at::Tensor h = encoder_->forward(in_layout(x.to(device(), dtype())), tap.child("encoder"));
   if (quant_conv_) {
     h = quant_conv_->forward(h);
     tap.record("quant_conv", h);
   }
-  auto parts = h.chunk(2, 1);
+  auto parts = h.contiguous().chunk(2, 1);
   DiagonalGaussian g;
   g.mean = parts[0];
   g.logvar = at::clamp(parts[1], -30.0, 20.0);
@@ -223,12 +224,21 @@ at::Tensor AutoencoderKLImpl::decode(const at::Tensor& z_in) {
     throw InputError(fmt::format("AutoencoderKL.decode: expected latents [N, {}, h, w], got {}", config_.latent_channels,
                                  shape_str(z_in.sizes())));
   const Tap tap(&tap_);
-  at::Tensor z = z_in.to(device(), dtype());
+  at::Tensor z = in_layout(z_in.to(device(), dtype()));
   if (post_quant_conv_) {
     z = post_quant_conv_->forward(z);
     tap.record("post_quant_conv", z);
   }
-  return decoder_->forward(z, tap.child("decoder"));
+  return decoder_->forward(z, tap.child("decoder")).contiguous();
+}
+
+void AutoencoderKLImpl::set_channels_last(bool on) {
+  set_conv_weights_channels_last(*this, on);
+  channels_last_ = on;
+}
+
+at::Tensor AutoencoderKLImpl::in_layout(const at::Tensor& x) const {
+  return channels_last_ ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
 }
 
 // ---- loading and saving ---------------------------------------------------------------------

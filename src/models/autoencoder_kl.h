@@ -95,6 +95,12 @@ class AutoencoderKLImpl : public torch::nn::Module {
   at::Tensor decode(const at::Tensor& z);
   int64_t downsample_factor() const { return int64_t(1) << (config_.block_out_channels.size() - 1); }
 
+  // Runs encoder and decoder on channels-last activations (conv weights stored to match), as the
+  // UNet does on CUDA: cuDNN's fast convolutions and vdm's group-norm kernel are NHWC. Inputs and
+  // outputs of encode() and decode() keep the ordinary layout.
+  void set_channels_last(bool on);
+  bool channels_last() const { return channels_last_; }
+
   // Observes intermediate outputs: "encoder.conv_in", "encoder.down_blocks.0", "encoder.mid_block",
   // "encoder.conv_out", "quant_conv" during encode(); "post_quant_conv", "decoder.conv_in",
   // "decoder.mid_block", "decoder.mid_block.resnets.0", "decoder.up_blocks.0",
@@ -108,7 +114,9 @@ class AutoencoderKLImpl : public torch::nn::Module {
 
  private:
   AutoencoderKLConfig config_;
+  bool channels_last_ = false;
   TapFn tap_;
+  at::Tensor in_layout(const at::Tensor& x) const;  // x, channels-last when set
   VaeEncoder encoder_{nullptr};
   VaeDecoder decoder_{nullptr};
   torch::nn::Conv2d quant_conv_{nullptr}, post_quant_conv_{nullptr};

@@ -1,5 +1,7 @@
 #include "models/cuda_ops.h"
 
+#include <torch/nn/modules/conv.h>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -130,6 +132,16 @@ bool channels_last_pays(const c10::Device& device) {
 #else
   return false;
 #endif
+}
+
+void set_conv_weights_channels_last(torch::nn::Module& module, bool on) {
+  const auto fmt2 = on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt3 = on ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
+  at::NoGradGuard no_grad;
+  for (const auto& m : module.modules()) {
+    if (auto* c = m->as<torch::nn::Conv2dImpl>()) c->weight.set_data(c->weight.contiguous(fmt2));
+    if (auto* c = m->as<torch::nn::Conv3dImpl>()) c->weight.set_data(c->weight.contiguous(fmt3));
+  }
 }
 
 bool fused_qkv_pays(const c10::Device& device) { return device.is_cuda(); }

@@ -11,6 +11,10 @@
 
 #include "models/cuda_kernels.h"
 
+namespace torch::nn {
+class Module;
+}
+
 namespace vdm::models {
 
 // The kernels by name: "group_norm" (channels-last GroupNorm; without it channels-last does not pay
@@ -36,6 +40,10 @@ bool device_kernels_take(const at::Tensor& x);
 // True where a network on `device` runs faster channels-last: a CUDA device in a build with vdm's CUDA
 // kernels (without them, every group norm would convert the layout twice).
 bool channels_last_pays(const c10::Device& device);
+
+// Stores every Conv2d weight of `module` channels-last (Conv3d: channels-last-3d) when `on`, plain
+// contiguous otherwise, so that cuDNN reads them in the activations' layout.
+void set_conv_weights_channels_last(torch::nn::Module& module, bool on);
 
 // True where fusing self-attention's q, k and v projections into one product pays
 // (UNet3DConditionModel::fuse_qkv_projections): CUDA, where the three thin products over the same

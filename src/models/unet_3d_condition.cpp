@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "models/attention.h"
 #include "models/config_checks.h"
+#include "models/cuda_ops.h"
 #include "models/shape.h"
 #include "models/pretrained_io.h"
 
@@ -185,13 +186,7 @@ UNet3DConditionModelImpl::UNet3DConditionModelImpl(const UNet3DConditionConfig& 
 }
 
 void UNet3DConditionModelImpl::set_channels_last(bool on) {
-  const auto fmt2 = on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const auto fmt3 = on ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
-  at::NoGradGuard no_grad;
-  for (const auto& m : modules()) {
-    if (auto* c = m->as<torch::nn::Conv2dImpl>()) c->weight.set_data(c->weight.contiguous(fmt2));
-    if (auto* c = m->as<torch::nn::Conv3dImpl>()) c->weight.set_data(c->weight.contiguous(fmt3));
-  }
+  set_conv_weights_channels_last(*this, on);
   channels_last_ = on;
 }
 

@@ -153,6 +153,7 @@ BenchReport run_bench(const BenchOptions& o) {
   }
   const bool channels_last = o.channels_last == "auto" ? models::channels_last_pays(device) : o.channels_last == "on";
   unet->set_channels_last(channels_last);
+  vae->set_channels_last(channels_last);
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(o.cudnn_benchmark);
   report.layout = channels_last ? "channels-last" : "nchw";
   report.fused_qkv_modules =

@@ -129,6 +129,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
     m->to(device, dtype);
   }
   c->unet->set_channels_last(models::channels_last_pays(device));
+  c->vae->set_channels_last(models::channels_last_pays(device));
   c->unet->fuse_qkv_projections(models::fused_qkv_pays(device));
   // Every denoising step has the same shapes: cuDNN's timed choice of algorithms pays from step 2.
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);

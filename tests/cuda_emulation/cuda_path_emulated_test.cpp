@@ -12,6 +12,7 @@
 
 #include "models/cuda_kernels.h"
 #include "models/cuda_ops.h"
+#include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
 #include "tests/support/test_support.h"
 
@@ -184,6 +185,46 @@ TEST(CudaPathOnTheCpu, ModelScopeShapedUNetTakesEveryKernelPath) {
   // the middle block's at 2x2). Left to SDPA: the 5 over 256 positions and the 16 cross-attentions
   // over 77 tokens.
   EXPECT_EQ(calls()["short_attention"], 34 + 11);
+}
+
+// The VAE as vdm generate runs it on CUDA: channels-last, its group norms on vdm's kernel taking the
+// convolution biases, its ResNet ends in one pass; encode and decode against the plain CPU network,
+// their outputs in the ordinary layout.
+TEST(CudaPathOnTheCpu, VaeChannelsLastMatchesThePlainCpuNetwork) {
+  at::manual_seed(31);
+  AutoencoderKLConfig c;
+  c.down_block_types = {"DownEncoderBlock2D", "DownEncoderBlock2D"};
+  c.up_block_types = {"UpDecoderBlock2D", "UpDecoderBlock2D"};
+  c.block_out_channels = {32, 64};
+  c.layers_per_block = 1;
+  c.norm_num_groups = 8;
+  AutoencoderKL vae(c);
+  vae->eval();
+  {
+    at::NoGradGuard no_grad;
+    for (at::Tensor& p : vae->parameters()) p.add_(at::randn_like(p) * 0.05);
+  }
+  c10::InferenceMode inference;
+  const at::Tensor z = at::randn({3, 4, 8, 8}), img = at::rand({2, 3, 16, 16}) * 2 - 1;
+  const at::Tensor ref_decoded = vae->decode(z), ref_mean = vae->encode(img).mean;
+
+  EmulatedKernelScope scope;
+  vae->set_channels_last(true);
+  const at::Tensor decoded = vae->decode(z);
+  EXPECT_TRUE(decoded.is_contiguous());
+  EXPECT_LT(relative_error(decoded, ref_decoded), 1e-5);
+  // Decoder: the middle block's 2 ResNets and attention, 2 up blocks of 2 ResNets, conv_norm_out.
+  EXPECT_EQ(calls()["group_norm"], 2 * 2 + 1 + 2 * 2 * 2 + 1);
+  EXPECT_EQ(calls()["bias_residual"], 2 + 2 * 2);
+  calls().clear();
+  const at::Tensor mean = vae->encode(img).mean;
+  EXPECT_EQ(mean.strides(), ref_mean.strides());  // the NCHW layout callers get without it
+  EXPECT_LT(relative_error(mean, ref_mean), 1e-5);
+  EXPECT_GT(calls()["group_norm"], 0);
+  // Back to NCHW: every convolution weight contiguous again.
+  vae->set_channels_last(false);
+  for (const auto& p : vae->named_parameters())
+    if (p.value().dim() == 4) EXPECT_TRUE(p.value().is_contiguous()) << p.key();
 }
 
 // A kernel turned off by name leaves its operation to LibTorch (VDM_DISABLE_CUDA_KERNELS is read

@@ -20,7 +20,7 @@ const auto& get = vdm::test::golden_tensor;
 
 constexpr double kTolerance = 1e-4;
 
-void check_vae(const c10::Device& device) {
+void check_vae(const c10::Device& device, bool channels_last = false) {
   VDM_REQUIRE_FIXTURES(root);
   vdm::init_runtime(2);
   at::NoGradGuard no_grad;
@@ -28,7 +28,8 @@ void check_vae(const c10::Device& device) {
   const auto& spec = manifest.at("cases").at("vae");
   auto vae = vdm::models::load_autoencoder_kl(root + "/" + spec.at("model").get<std::string>());
   vae->to(device);
-  const std::string dev = device.str();
+  vae->set_channels_last(channels_last);  // as vdm generate runs it on CUDA
+  const std::string dev = device.str() + (channels_last ? " channels-last" : "");
   EXPECT_DOUBLE_EQ(vae->config().scaling_factor, spec.at("scaling_factor").get<double>());
   const auto golden = vdm::io::load_safetensors(root + "/golden/vae.safetensors");
 
@@ -68,13 +69,17 @@ void check_vae(const c10::Device& device) {
 }
 
 TEST(VaeParity, EncodeDecodeAndTaps) { check_vae(c10::Device(at::kCPU)); }
+// Channels-last activations (LibTorch's CPU operators; the CUDA layout's own kernels are checked by
+// cuda_path_emulated_test): the same values, outputs in the ordinary layout.
+TEST(VaeParity, EncodeDecodeAndTapsChannelsLast) { check_vae(c10::Device(at::kCPU), /*channels_last=*/true); }
 
-// The same on a GPU when there is one (TF32 off).
+// The same on a GPU when there is one (TF32 off), in both layouts.
 TEST(VaeParity, CudaEncodeDecodeAndTaps) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   at::globalContext().setAllowTF32CuBLAS(false);
   at::globalContext().setAllowTF32CuDNN(false);
   check_vae(c10::Device(at::kCUDA, 0));
+  check_vae(c10::Device(at::kCUDA, 0), /*channels_last=*/true);
 }
 
 }  // namespace
