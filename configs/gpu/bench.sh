@@ -75,26 +75,30 @@ PY
 echo "| dtype | layout | mode | UNet step median (ms) | min | max | peak memory |"
 echo "|---|---|---|---|---|---|---|"
 # dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off), "noqkv" (q, k, v
-# projections apart), "no:KERNELS" (vdm's CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS) or "vae"
-# (the VAE decode timed too, 3 runs).
+# projections apart), "no:KERNELS" (vdm's CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS), "vae"
+# (the VAE decode timed too, 3 runs), "upsep" / "vae-upsep" (the upsamplers as upsampling then
+# convolution, VDM_UPSAMPLE=separate).
 # QUICK=1: the channels-last rows, the VAE decode in both layouts and the A/B rows of the changes
 # not yet measured on a GPU.
 RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "float16 off graph" "bfloat16 on graph"
       "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu"
-      "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv")
+      "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
+      "float16 on graph upsep" "float16 on eager vae-upsep")
 [ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "bfloat16 on graph" "float16 on graph no:layer_norm"
-                                "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv")
+                                "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
+                                "float16 on graph upsep" "float16 on eager vae-upsep")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
   [ "$mode" = graph ] && flags+=(--cuda-graph)
   [ "${extra:-}" = nobench ] && flags+=(--no-cudnn-benchmark)
   [ "${extra:-}" = noqkv ] && flags+=(--fuse-qkv off)
-  if [ "${extra:-}" = vae ]; then flags+=(--repeat 3); else flags+=(--skip-vae); fi
+  case "${extra:-}" in vae*) flags+=(--repeat 3) ;; *) flags+=(--skip-vae) ;; esac
+  upsample=""; [[ "${extra:-}" == *upsep ]] && upsample=separate
   disable=""; [[ "${extra:-}" == no:* ]] && disable=${extra#no:}
   name="unet_${dtype}_cl-${layout}_${mode}${extra:+_${extra/:/-}}"
   label=$([ "$layout" = on ] && echo channels-last || echo nchw)${extra:+ ($extra)}
-  VDM_DISABLE_CUDA_KERNELS=$disable bench "$name" "${flags[@]}" && row "$name" "$dtype" "$label" "$mode"
+  VDM_UPSAMPLE=$upsample VDM_DISABLE_CUDA_KERNELS=$disable bench "$name" "${flags[@]}" && row "$name" "$dtype" "$label" "$mode"
 done
 echo "benchmarks $(elapsed)"
 LAYOUTS=(on off); [ "${QUICK:-0}" = 1 ] && LAYOUTS=(on)

@@ -1,5 +1,8 @@
 #include "models/resnet.h"
 
+#include <cstdlib>
+#include <string>
+
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -98,7 +101,67 @@ Upsample2DImpl::Upsample2DImpl(const Upsample2DOptions& o) : options_(o) {
     throw ConfigError(fmt::format("Upsample2D: without a conv the channels cannot change ({} -> {})", o.channels, out));
 }
 
+namespace {
+// Nearest 2x upsampling followed by a 3x3 convolution (padding 1) is one stride-2 transposed
+// convolution with a 4x4 kernel: output row 2i sees input rows i-1 (kernel row 0) and i (rows 1 + 2),
+// output row 2i+1 sees rows i (rows 0 + 1) and i+1 (row 2); the same for columns. Each output pixel
+// then takes 4 taps instead of 9, and the 4x larger upsampled tensor is never written.
+// w: [Cout, Cin, 3, 3] -> [Cin, Cout, 4, 4], summed in float32 at least, in w's dtype and memory
+// format.
+at::Tensor upsample_conv_as_transposed(const at::Tensor& w) {
+  // Transposed-convolution tap k (output 2i + a takes input i + (a + 1 - k) / 2) per dimension.
+  auto taps = [](const at::Tensor& t, int64_t dim) {
+    const at::Tensor w0 = t.select(dim, 0), w1 = t.select(dim, 1), w2 = t.select(dim, 2);
+    return at::stack({w2, w1 + w2, w0 + w1, w0}, dim);
+  };
+  const at::Tensor k = taps(taps(w.to(at::promote_types(w.scalar_type(), at::kFloat)), 2), 3).transpose(0, 1);
+  return k.to(w.scalar_type()).contiguous(w.suggest_memory_format());
+}
+}  // namespace
+
+bool upsample_as_transposed_conv() {
+  static const bool on = [] {
+    const char* v = std::getenv("VDM_UPSAMPLE");
+    const std::string mode = v ? v : "";
+    if (mode.empty() || mode == "transposed") return true;
+    if (mode == "separate") return false;
+    throw InputError(fmt::format("VDM_UPSAMPLE={}: unknown mode; expected 'transposed' (the default) or 'separate'",
+                                 mode));
+  }();
+  return on;
+}
+
+const at::Tensor& Upsample2DImpl::transposed_weight() {
+  const at::Tensor& w = conv_->weight;
+  // Weights created under inference mode keep no version counter; vdm changes weights in place only
+  // outside it (training, EMA), and a replaced weight is another storage.
+  const int64_t version = w.is_inference() ? -1 : int64_t(w._version());
+  const bool current = transposed_weight_.defined() && transposed_from_.is_alias_of(w) &&
+                       transposed_version_ == version &&
+                       transposed_weight_.scalar_type() == w.scalar_type() &&
+                       transposed_weight_.device() == w.device() &&
+                       transposed_weight_.suggest_memory_format() == w.suggest_memory_format();
+  if (!current) {
+    at::NoGradGuard no_grad;
+    transposed_weight_ = upsample_conv_as_transposed(w);
+    transposed_from_ = w.detach();  // holds that storage, so a replaced weight cannot reuse its address
+    transposed_version_ = version;
+  }
+  return transposed_weight_;
+}
+
 at::Tensor Upsample2DImpl::forward(const at::Tensor& x, const std::vector<int64_t>& output_size) {
+  const bool doubling = output_size.empty() || (output_size.at(0) == 2 * x.size(2) && output_size.at(1) == 2 * x.size(3));
+  // On the CPU (oneDNN) the transposed convolution was 1.1-1.85x faster from 256 channels up
+  // (docs/performance.md) and up to 5x slower at 32-64; LibTorch 1.13's CPU operator also gets the
+  // output size wrong in bfloat16 (2x2 for 8x8 from 4x4). So the CPU takes it for float32 and
+  // float64 from 256 channels.
+  const bool cpu_ok = x.size(1) >= 256 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
+  if (conv_ && doubling && (!x.device().is_cpu() || cpu_ok) &&
+      !(at::GradMode::is_enabled() && conv_->weight.requires_grad()) && upsample_as_transposed_conv()) {
+    // The CPU operator returns NCHW for channels-last input; cuDNN keeps the layout (a no-op there).
+    return at::conv_transpose2d(x, transposed_weight(), conv_->bias, 2, 1).contiguous(x.suggest_memory_format());
+  }
   // Nearest-neighbour upsampling has no bfloat16 CPU kernel on some builds: run it in float32.
   const auto dtype = x.scalar_type();
   const bool widen = dtype == at::kBFloat16 && x.device().is_cpu();

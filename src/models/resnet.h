@@ -88,6 +88,10 @@ struct Upsample2DOptions {
   c10::optional<int64_t> out_channels;   // default: channels
 };
 
+// True unless VDM_UPSAMPLE=separate: Upsample2D's nearest 2x upsampling and 3x3 convolution run as
+// one stride-2 transposed convolution (for inference). Read once; InputError for an unknown value.
+bool upsample_as_transposed_conv();
+
 class Upsample2DImpl : public torch::nn::Module {
  public:
   explicit Upsample2DImpl(const Upsample2DOptions& options);
@@ -95,8 +99,15 @@ class Upsample2DImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const std::vector<int64_t>& output_size = {});
 
  private:
+  // conv's weight as the equivalent stride-2 transposed convolution's [Cin, Cout, 4, 4], rebuilt
+  // when the weight changes (its storage, dtype, layout or version).
+  const at::Tensor& transposed_weight();
+
   Upsample2DOptions options_;
   torch::nn::Conv2d conv_{nullptr};
+  at::Tensor transposed_weight_;
+  at::Tensor transposed_from_;  // a view of the conv weight's storage transposed_weight_ was built from
+  int64_t transposed_version_ = -1;
 };
 TORCH_MODULE(Upsample2D);
 

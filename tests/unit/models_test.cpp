@@ -25,6 +25,7 @@
 #include "models/linear_onednn.h"
 #include "models/normalization.h"
 #include "models/normalization_cpu.h"
+#include "models/resnet.h"
 #include "models/unet_3d_condition.h"
 #include "tests/support/test_support.h"
 
@@ -510,6 +511,55 @@ TEST(Attention, OneContextPerGroupOfRowsMatchesTheRepeatedContext) {
   } catch (const vdm::Error& e) {
     EXPECT_NE(std::string(e.what()).find("4 rows for 6 rows"), std::string::npos) << e.what();
   }
+}
+
+// Upsample2D for inference runs nearest 2x upsampling and its 3x3 convolution as one stride-2
+// transposed convolution: the same values as the two steps, in both layouts and for odd sizes; a
+// forced output size that is not 2x takes the two steps; a changed weight is seen.
+TEST(Upsample2D, TransposedConvolutionMatchesUpsampleThenConv) {
+  ASSERT_TRUE(vdm::models::upsample_as_transposed_conv());
+  at::manual_seed(5);
+  vdm::models::Upsample2DOptions o;
+  o.channels = 256;  // the CPU takes the transposed convolution from 256 channels
+  o.out_channels = 5;
+  vdm::models::Upsample2D up(o);
+  up->eval();
+  const at::Tensor w = up->named_parameters()["conv.weight"];
+  const at::Tensor b = up->named_parameters()["conv.bias"];
+  auto reference = [&](const at::Tensor& x) {
+    return at::conv2d(at::upsample_nearest2d(x.to(at::kDouble), {2 * x.size(2), 2 * x.size(3)}), w.to(at::kDouble),
+                      b.to(at::kDouble), 1, 1);
+  };
+  at::NoGradGuard no_grad;
+  for (const auto& shape : {std::vector<int64_t>{2, 256, 4, 4}, std::vector<int64_t>{1, 256, 3, 5}}) {
+    const at::Tensor x = at::randn(shape);
+    const at::Tensor out = up->forward(x);
+    EXPECT_EQ(out.sizes(), reference(x).sizes());
+    EXPECT_LT(max_abs_diff(out, reference(x)), 1e-5) << shape;
+    const at::Tensor cl = up->forward(x.contiguous(at::MemoryFormat::ChannelsLast));
+    EXPECT_TRUE(cl.is_contiguous(at::MemoryFormat::ChannelsLast)) << shape;
+    EXPECT_LT(max_abs_diff(cl, reference(x)), 1e-5) << "channels-last " << shape;
+  }
+  // bfloat16 (on the CPU the two steps: LibTorch 1.13's transposed convolution gets its size wrong).
+  const at::Tensor xb = at::randn({2, 256, 4, 4});
+  up->to(at::kBFloat16);
+  const at::Tensor bf = up->forward(xb.to(at::kBFloat16));
+  up->to(at::kFloat);
+  EXPECT_EQ(bf.sizes(), reference(xb).sizes());
+  EXPECT_LT(max_abs_diff(bf.to(at::kFloat), reference(xb)), 0.1);
+  // Forced to 7x9 from 3x5 (a skip connection's size): the upsampling then the convolution.
+  const at::Tensor x = at::randn({1, 256, 3, 5});
+  const at::Tensor forced = up->forward(x, {7, 9});
+  EXPECT_EQ(forced.sizes(), (std::vector<int64_t>{1, 5, 7, 9}));
+  EXPECT_LT(max_abs_diff(forced, at::conv2d(at::upsample_nearest2d(x, {7, 9}), w, b, 1, 1)), 1e-5);
+  // A weight changed in place (as training or EMA weights do) or replaced is used from then on.
+  const at::Tensor before = up->forward(x);
+  w.mul_(-1);
+  EXPECT_LT(max_abs_diff(up->forward(x), reference(x)), 1e-5);
+  EXPECT_GT(max_abs_diff(up->forward(x), before), 1e-3);
+  up->to(at::kDouble);
+  EXPECT_EQ(up->forward(x.to(at::kDouble)).scalar_type(), at::kDouble);
+  EXPECT_LT(max_abs_diff(up->forward(x.to(at::kDouble)), reference(x)), 1e-12);
 }
 
 TEST(Attention, BFloat16StaysCloseAndKeepsDtype) {
