@@ -133,15 +133,11 @@ bool upsample_as_transposed_conv() {
 
 const at::Tensor& Upsample2DImpl::transposed_weight() {
   const at::Tensor& w = conv_->weight;
-  // Weights created under inference mode keep no version counter; vdm changes weights in place only
-  // outside it (training, EMA), and a replaced weight is another storage.
+  // A converted or moved weight (to(), set_channels_last) is another storage; one changed in place
+  // has another version. Weights created under inference mode keep no version counter; vdm changes
+  // weights in place only outside it (training, EMA).
   const int64_t version = w.is_inference() ? -1 : int64_t(w._version());
-  const bool current = transposed_weight_.defined() && transposed_from_.is_alias_of(w) &&
-                       transposed_version_ == version &&
-                       transposed_weight_.scalar_type() == w.scalar_type() &&
-                       transposed_weight_.device() == w.device() &&
-                       transposed_weight_.suggest_memory_format() == w.suggest_memory_format();
-  if (!current) {
+  if (!transposed_weight_.defined() || !transposed_from_.is_alias_of(w) || transposed_version_ != version) {
     at::NoGradGuard no_grad;
     transposed_weight_ = upsample_conv_as_transposed(w);
     transposed_from_ = w.detach();  // holds that storage, so a replaced weight cannot reuse its address

@@ -100,7 +100,7 @@ class Upsample2DImpl : public torch::nn::Module {
 
  private:
   // conv's weight as the equivalent stride-2 transposed convolution's [Cin, Cout, 4, 4], rebuilt
-  // when the weight changes (its storage, dtype, layout or version).
+  // when the weight changes (another storage, or another version of it).
   const at::Tensor& transposed_weight();
 
   Upsample2DOptions options_;
