@@ -80,6 +80,13 @@ class EmulatedKernelScope {
   cuda::KernelTable table_;
 };
 
+// Layers initialised to zero (a temporal convolution layer's last convolution, as diffusers does)
+// would hide a lost bias or residual: every parameter gets some noise.
+void perturb(torch::nn::Module& m) {
+  at::NoGradGuard no_grad;
+  for (at::Tensor& p : m.parameters()) p.add_(at::randn_like(p) * 0.05);
+}
+
 double relative_error(const at::Tensor& out, const at::Tensor& ref) {
   return (out.to(at::kDouble) - ref.to(at::kDouble)).norm().item<double>() / ref.to(at::kDouble).norm().item<double>();
 }
@@ -89,12 +96,7 @@ TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
   // The default model's widths: heads of 4 channels (8 and 16 of them), transformer_in's 8 heads of 4.
   UNet3DConditionModel unet(vdm::test::tiny_unet3d_config(32, 8, 32, 4));
   unet->eval();
-  {
-    // Layers initialised to zero (a temporal convolution layer's last convolution, as diffusers
-    // does) would hide a lost bias or residual: every parameter gets some noise.
-    at::NoGradGuard no_grad;
-    for (at::Tensor& p : unet->parameters()) p.add_(at::randn_like(p) * 0.05);
-  }
+  perturb(*unet);
   c10::InferenceMode inference;
   const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 7, 32});
   const at::Tensor ref = unet->forward(x, t, ehs);
@@ -156,10 +158,7 @@ TEST(CudaPathOnTheCpu, ModelScopeShapedUNetTakesEveryKernelPath) {
   c.attention_head_dim = {64, 64, 64, 64};
   UNet3DConditionModel unet(c);
   unet->eval();
-  {
-    at::NoGradGuard no_grad;
-    for (at::Tensor& p : unet->parameters()) p.add_(at::randn_like(p) * 0.05);
-  }
+  perturb(*unet);
   c10::InferenceMode inference;
   // 16x16 latents: levels of 16x16, 8x8, 4x4 and 2x2 positions; 77 text tokens.
   const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 77, 32});
@@ -192,18 +191,9 @@ TEST(CudaPathOnTheCpu, ModelScopeShapedUNetTakesEveryKernelPath) {
 // their outputs in the ordinary layout.
 TEST(CudaPathOnTheCpu, VaeChannelsLastMatchesThePlainCpuNetwork) {
   at::manual_seed(31);
-  AutoencoderKLConfig c;
-  c.down_block_types = {"DownEncoderBlock2D", "DownEncoderBlock2D"};
-  c.up_block_types = {"UpDecoderBlock2D", "UpDecoderBlock2D"};
-  c.block_out_channels = {32, 64};
-  c.layers_per_block = 1;
-  c.norm_num_groups = 8;
-  AutoencoderKL vae(c);
+  AutoencoderKL vae(vdm::test::tiny_vae_config(32, 8));
   vae->eval();
-  {
-    at::NoGradGuard no_grad;
-    for (at::Tensor& p : vae->parameters()) p.add_(at::randn_like(p) * 0.05);
-  }
+  perturb(*vae);
   c10::InferenceMode inference;
   const at::Tensor z = at::randn({3, 4, 8, 8}), img = at::rand({2, 3, 16, 16}) * 2 - 1;
   const at::Tensor ref_decoded = vae->decode(z), ref_mean = vae->encode(img).mean;

@@ -151,4 +151,14 @@ models::UNet3DConditionConfig tiny_unet3d_config(int64_t width, int64_t groups, 
   return c;
 }
 
+models::AutoencoderKLConfig tiny_vae_config(int64_t width, int64_t groups) {
+  models::AutoencoderKLConfig c;
+  c.down_block_types = {"DownEncoderBlock2D", "DownEncoderBlock2D"};
+  c.up_block_types = {"UpDecoderBlock2D", "UpDecoderBlock2D"};
+  c.block_out_channels = {width, 2 * width};
+  c.layers_per_block = 1;
+  c.norm_num_groups = groups;
+  return c;
+}
+
 }  // namespace vdm::test

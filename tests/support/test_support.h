@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
 
 namespace vdm::test {
@@ -19,6 +20,10 @@ namespace vdm::test {
 // `cross_attention_dim`, attention heads of `head_dim` channels.
 models::UNet3DConditionConfig tiny_unet3d_config(int64_t width, int64_t groups, int64_t cross_attention_dim,
                                                  int64_t head_dim);
+
+// A two-level AutoencoderKL (DownEncoderBlock2D / UpDecoderBlock2D, one layer per block) of `width`
+// and 2 * `width` channels, `groups` norm groups.
+models::AutoencoderKLConfig tiny_vae_config(int64_t width, int64_t groups);
 
 // Root of the shared reference fixtures: $VDM_FIXTURES_ROOT, else ../shared/fixtures next to
 // the source tree. Empty string when absent.

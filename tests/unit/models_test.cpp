@@ -579,12 +579,7 @@ UNet3DConditionConfig tiny_unet_config() {
 }
 
 AutoencoderKLConfig tiny_vae_config() {
-  AutoencoderKLConfig c;
-  c.down_block_types = {"DownEncoderBlock2D", "DownEncoderBlock2D"};
-  c.up_block_types = {"UpDecoderBlock2D", "UpDecoderBlock2D"};
-  c.block_out_channels = {8, 16};
-  c.layers_per_block = 1;
-  c.norm_num_groups = 4;
+  AutoencoderKLConfig c = vdm::test::tiny_vae_config(8, 4);
   c.sample_size = 16;
   return c;
 }
