@@ -17,6 +17,7 @@
 #include "io/tensor_io.h"
 #include "models/autoencoder_kl.h"
 #include "models/cuda_ops.h"
+#include "models/resnet.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/model_folder.h"
 #include "pipelines/unet_graph.h"
@@ -48,7 +49,7 @@ nlohmann::json BenchReport::to_json() const {
                       {"source", source},              {"unet_parameters", unet_parameters},
                       {"batch", batch},                {"layout", layout},
                       {"fused_qkv_modules", fused_qkv_modules},
-                      {"cuda_kernels", cuda_kernels},
+                      {"cuda_kernels", cuda_kernels},  {"upsample", upsample},
                       {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
                       {"peak_device_mb", peak_device_mb}};
@@ -61,9 +62,9 @@ nlohmann::json BenchReport::to_json() const {
 
 std::string BenchReport::to_table() const {
   std::string out =
-      fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  threads {} (vdm's kernels on {})  unet "
-                  "{:.1f} M parameters\n{}\n",
-                  device_name, dtype, batch, layout, fused_qkv_modules, threads, kernel_threads,
+      fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  upsample {}  threads {} (vdm's kernels on "
+                  "{})  unet {:.1f} M parameters\n{}\n",
+                  device_name, dtype, batch, layout, fused_qkv_modules, upsample, threads, kernel_threads,
                   unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
@@ -159,6 +160,7 @@ BenchReport run_bench(const BenchOptions& o) {
   report.fused_qkv_modules =
       unet->fuse_qkv_projections(o.fuse_qkv == "auto" ? models::fused_qkv_pays(device) : o.fuse_qkv == "on");
   if (device.is_cuda()) report.cuda_kernels = models::cuda_kernels_in_use();
+  report.upsample = models::upsample_as_transposed_conv() ? "transposed" : "separate";
   report.device_name = device.str();
   report.threads = at::get_num_threads();
   report.kernel_threads = parallel_for_threads();

@@ -47,9 +47,10 @@ struct BenchReport {
   std::string source;  // model folder or config folder
   int64_t unet_parameters = 0;
   int64_t batch = 1;
-  std::string layout = "nchw";  // the UNet's activation layout: nchw or channels-last
+  std::string layout = "nchw";  // the UNet's and the VAE's activation layout: nchw or channels-last
   int64_t fused_qkv_modules = 0;  // self-attention modules with q, k and v as one product
   std::vector<std::string> cuda_kernels;  // vdm's CUDA kernels in use (CUDA runs)
+  std::string upsample = "transposed";    // the upsamplers: transposed or separate (VDM_UPSAMPLE)
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
   std::vector<StageTiming> stages;

@@ -17,6 +17,7 @@
 #include "models/attention.h"
 #include "models/autoencoder_kl.h"
 #include "models/cuda_ops.h"
+#include "models/resnet.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/conditioning.h"
 #include "pipelines/latent_preview.h"
@@ -130,6 +131,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   }
   c->unet->set_channels_last(models::channels_last_pays(device));
   c->vae->set_channels_last(models::channels_last_pays(device));
+  models::upsample_as_transposed_conv();  // a bad VDM_UPSAMPLE fails here, before any work
   c->unet->fuse_qkv_projections(models::fused_qkv_pays(device));
   // Every denoising step has the same shapes: cuDNN's timed choice of algorithms pays from step 2.
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);

@@ -150,6 +150,14 @@ TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
     EXPECT_EQ(rc, 2) << log;
     EXPECT_NE(log.find("not writable"), std::string::npos) << log;
   }
+  {
+    // An unknown VDM_UPSAMPLE fails before any work, naming the variable and the modes.
+    std::string log;
+    int rc = run_command("VDM_UPSAMPLE=bilinear " + generate_cmd(model, dir + "/up.mp4", ""), &log);
+    EXPECT_EQ(rc, 2) << log;
+    EXPECT_NE(log.find("VDM_UPSAMPLE=bilinear: unknown mode; expected 'transposed'"), std::string::npos) << log;
+    EXPECT_FALSE(fs::exists(dir + "/up.mp4"));
+  }
   std::string log;
   int rc = run_command(fmt::format("{} animate --model {} --image {}/missing.png --prompt x --output {}/a.mp4",
                                    vdm::test::vdm_binary(), model, dir, dir), &log);
