@@ -169,25 +169,19 @@ int threads_per_row(int64_t head_dim) {
 
 Strides strides_of(const int64_t (&s)[4]) { return Strides{s[0], s[1], s[2], s[3]}; }
 
-template <typename T, int W>
-void launch_w(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
-              cudaStream_t stream) {
-  const int64_t rows = s.batch * s.inner_batch * s.heads * s.queries;
-  constexpr int kRowsPerBlock = kThreads / W;
-  const unsigned blocks = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  detail::launch("short_attention", short_attention_kernel<T, W>, blocks, kThreads, 0, stream, q, k, v,
-                 strides_of(s.q_strides), strides_of(s.k_strides), strides_of(s.v_strides), strides_of(s.out_strides),
-                 rows, s.inner_batch, int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
-}
+// Either layout's kernel (the same parameters), run over the shape's rows, rows_per_block to a block.
+template <typename T>
+using AttentionKernel = void (*)(const T*, const T*, const T*, Strides, Strides, Strides, Strides, int64_t, int64_t,
+                                 int, int, int, int, float, T*);
 
-template <typename T, int N>
-void launch_narrow(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
-                   cudaStream_t stream) {
+template <typename T>
+void launch_rows(AttentionKernel<T> kernel, int rows_per_block, const ShortAttentionShape& s, const T* q, const T* k,
+                 const T* v, float scale, T* out, cudaStream_t stream) {
   const int64_t rows = s.batch * s.inner_batch * s.heads * s.queries;
-  const unsigned blocks = unsigned((rows + kThreads - 1) / kThreads);
-  detail::launch("short_attention", narrow_head_attention_kernel<T, N>, blocks, kThreads, 0, stream, q, k, v,
-                 strides_of(s.q_strides), strides_of(s.k_strides), strides_of(s.v_strides), strides_of(s.out_strides),
-                 rows, s.inner_batch, int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
+  const unsigned blocks = unsigned((rows + rows_per_block - 1) / rows_per_block);
+  detail::launch("short_attention", kernel, blocks, kThreads, 0, stream, q, k, v, strides_of(s.q_strides),
+                 strides_of(s.k_strides), strides_of(s.v_strides), strides_of(s.out_strides), rows, s.inner_batch,
+                 int(s.heads), int(s.queries), int(s.keys), int(s.head_dim), scale, out);
 }
 
 // Wide heads: whole 16-byte slices of 8 channels, up to 32 slices.
@@ -204,19 +198,24 @@ bool wide_heads(const ShortAttentionShape& s, int64_t element_size, std::initial
 template <typename T>
 void launch(const ShortAttentionShape& s, const T* q, const T* k, const T* v, float scale, T* out,
             cudaStream_t stream) {
+  AttentionKernel<T> kernel = nullptr;
+  int w = 1;  // threads per row
   if (!wide_heads(s, sizeof(T), {q, k, v, out})) {
-    if (s.head_dim <= 8) return launch_narrow<T, 8>(s, q, k, v, scale, out, stream);
-    if (s.head_dim <= 16) return launch_narrow<T, 16>(s, q, k, v, scale, out, stream);
-    return launch_narrow<T, kNarrowMaxDim>(s, q, k, v, scale, out, stream);
+    kernel = s.head_dim <= 8    ? narrow_head_attention_kernel<T, 8>
+             : s.head_dim <= 16 ? narrow_head_attention_kernel<T, 16>
+                                : narrow_head_attention_kernel<T, kNarrowMaxDim>;
+  } else {
+    w = threads_per_row(s.head_dim);
+    switch (w) {
+      case 1: kernel = short_attention_kernel<T, 1>; break;
+      case 2: kernel = short_attention_kernel<T, 2>; break;
+      case 4: kernel = short_attention_kernel<T, 4>; break;
+      case 8: kernel = short_attention_kernel<T, 8>; break;
+      case 16: kernel = short_attention_kernel<T, 16>; break;
+      default: kernel = short_attention_kernel<T, 32>; break;
+    }
   }
-  switch (threads_per_row(s.head_dim)) {
-    case 1: return launch_w<T, 1>(s, q, k, v, scale, out, stream);
-    case 2: return launch_w<T, 2>(s, q, k, v, scale, out, stream);
-    case 4: return launch_w<T, 4>(s, q, k, v, scale, out, stream);
-    case 8: return launch_w<T, 8>(s, q, k, v, scale, out, stream);
-    case 16: return launch_w<T, 16>(s, q, k, v, scale, out, stream);
-    default: return launch_w<T, 32>(s, q, k, v, scale, out, stream);
-  }
+  launch_rows(kernel, kThreads / w, s, q, k, v, scale, out, stream);
 }
 
 }  // namespace
