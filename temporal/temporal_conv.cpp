@@ -6,6 +6,7 @@
 #include <torch/nn/modules/dropout.h>
 
 #include "core/error.h"
+#include "core/runtime.h"
 #include "models/cuda_ops.h"
 #include "models/normalization.h"
 
@@ -25,6 +26,19 @@ torch::nn::Conv3d conv(int64_t in, int64_t out) {
                                .padding({kPadding[0], kPadding[1], kPadding[2]}));
 }
 
+bool channels_last_5d(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous();
+}
+
+// h: [B, C, F, H, W] -> [B, Cout, F, H, W], weight [Cout, C, 3, 1, 1]. Channels-last input takes
+// the 2-D form over [B, C, F, H*W] (temporal_conv_as_2d), which keeps the layout.
+at::Tensor conv_frames(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias) {
+  if (!channels_last_5d(h) || !temporal_conv_as_2d()) return at::conv3d(h, weight, bias, 1, kPadding);
+  const int64_t B = h.size(0), F = h.size(2), H = h.size(3), W = h.size(4);
+  const at::Tensor out = at::conv2d(h.view({B, h.size(1), F, H * W}), weight.squeeze(-1), bias, 1, {kPadding[0], 0});
+  return out.view({B, out.size(1), F, H, W});
+}
+
 // One stage: GroupNorm, SiLU, [Dropout,] Conv3d, with the norm and SiLU fused. `bias` carries a
 // convolution bias from one stage to what follows it where `takes_bias` says that adds it as it reads
 // (channels-last CUDA): the next stage's norm (models::norm_takes_conv_bias), or after the last stage
@@ -37,20 +51,26 @@ at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x, at::Tens
   bias = at::Tensor();
   for (it += 2; it != stage->end(); ++it) {
     auto* c = it->ptr()->as<torch::nn::Conv3dImpl>();
-    if (c && c->options.bias() && takes_bias(h)) {
-      h = at::conv3d(h, c->weight, {}, 1, kPadding);
-      bias = c->bias;
-    } else {
+    if (!c) {
       h = it->forward(h);
+      continue;
     }
+    const bool defer_bias = c->options.bias() && takes_bias(h);
+    h = conv_frames(h, c->weight, defer_bias ? at::Tensor() : c->bias);
+    if (defer_bias) bias = c->bias;
   }
   // A channels-last input gives a channels-last output: cuDNN's Conv3d keeps NDHWC, LibTorch 1.13's
   // CPU one returns NCDHW (a no-op where the layout is kept).
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous())
+  if (channels_last_5d(x) && !h.is_contiguous(at::MemoryFormat::ChannelsLast3d))
     h = h.contiguous(at::MemoryFormat::ChannelsLast3d);
   return h;
 }
 }  // namespace
+
+bool temporal_conv_as_2d() {
+  static const bool on = env_switch("VDM_TEMPORAL_CONV", "conv2d", "conv3d");
+  return on;
+}
 
 TemporalConvLayerImpl::TemporalConvLayerImpl(const TemporalConvOptions& o) : options_(o) {
   const int64_t in = o.in_dim, out = o.out_dim.value_or(o.in_dim);

@@ -17,6 +17,12 @@ struct TemporalConvOptions {
   int64_t norm_num_groups = 32;
 };
 
+// True unless VDM_TEMPORAL_CONV=conv3d: a (3,1,1) convolution over channels-last [B, C, F, H, W]
+// (the CUDA layout) runs as the same convolution with kernel (3,1) over [B, C, F, H*W], a view of
+// the same memory, so that it takes the 2-D channels-last convolutions. Read once; InputError for
+// an unknown value.
+bool temporal_conv_as_2d();
+
 class TemporalConvLayerImpl : public torch::nn::Module {
  public:
   explicit TemporalConvLayerImpl(const TemporalConvOptions& options);

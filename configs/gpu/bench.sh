@@ -77,16 +77,17 @@ echo "|---|---|---|---|---|---|---|"
 # dtype, channels-last, mode, then optional: "nobench" (cuDNN benchmark off), "noqkv" (q, k, v
 # projections apart), "no:KERNELS" (vdm's CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS), "vae"
 # (the VAE decode timed too, 3 runs), "upsep" / "vae-upsep" (the upsamplers as upsampling then
-# convolution, VDM_UPSAMPLE=separate).
+# convolution, VDM_UPSAMPLE=separate), "tconv3d" (the temporal convolutions as NDHWC Conv3d instead
+# of 2-D convolutions over [B, C, F, H*W], VDM_TEMPORAL_CONV=conv3d).
 # QUICK=1: the channels-last rows, the VAE decode in both layouts and the A/B rows of the changes
 # not yet measured on a GPU.
 RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "float16 off graph" "bfloat16 on graph"
       "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu"
       "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
-      "float16 on graph upsep" "float16 on eager vae-upsep")
+      "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d")
 [ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "bfloat16 on graph" "float16 on graph no:layer_norm"
                                 "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
-                                "float16 on graph upsep" "float16 on eager vae-upsep")
+                                "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
@@ -95,10 +96,11 @@ for run in "${RUNS[@]}"; do
   [ "${extra:-}" = noqkv ] && flags+=(--fuse-qkv off)
   case "${extra:-}" in vae*) flags+=(--repeat 3) ;; *) flags+=(--skip-vae) ;; esac
   upsample=""; [[ "${extra:-}" == *upsep ]] && upsample=separate
+  tconv=""; [ "${extra:-}" = tconv3d ] && tconv=conv3d
   disable=""; [[ "${extra:-}" == no:* ]] && disable=${extra#no:}
   name="unet_${dtype}_cl-${layout}_${mode}${extra:+_${extra/:/-}}"
   label=$([ "$layout" = on ] && echo channels-last || echo nchw)${extra:+ ($extra)}
-  VDM_UPSAMPLE=$upsample VDM_DISABLE_CUDA_KERNELS=$disable bench "$name" "${flags[@]}" && row "$name" "$dtype" "$label" "$mode"
+  VDM_UPSAMPLE=$upsample VDM_TEMPORAL_CONV=$tconv VDM_DISABLE_CUDA_KERNELS=$disable bench "$name" "${flags[@]}" && row "$name" "$dtype" "$label" "$mode"
 done
 echo "benchmarks $(elapsed)"
 LAYOUTS=(on off); [ "${QUICK:-0}" = 1 ] && LAYOUTS=(on)

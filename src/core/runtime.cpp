@@ -101,6 +101,15 @@ std::string dtype_name(c10::ScalarType dtype) {
   }
 }
 
+bool env_switch(const char* name, const std::string& on_value, const std::string& off_value) {
+  const char* v = std::getenv(name);
+  const std::string mode = v ? v : "";
+  if (mode.empty() || mode == on_value) return true;
+  if (mode == off_value) return false;
+  throw InputError(fmt::format("{}={}: unknown mode; expected '{}' (the default) or '{}'", name, mode, on_value,
+                               off_value));
+}
+
 at::Generator make_generator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
 
 uint64_t random_seed() {

@@ -24,6 +24,11 @@ c10::Device parse_device(const std::string& name);
 c10::ScalarType parse_dtype(const std::string& name);
 std::string dtype_name(c10::ScalarType dtype);
 
+// A two-way switch read from the environment variable `name`: true when it is unset, empty or
+// `on_value` (the default), false for `off_value`; InputError naming both values otherwise.
+// Used for A/B comparisons of one computation's two forms (VDM_UPSAMPLE, VDM_TEMPORAL_CONV).
+bool env_switch(const char* name, const std::string& on_value, const std::string& off_value);
+
 // A CPU generator seeded with `seed`: same seed, same numbers on the same machine.
 at::Generator make_generator(uint64_t seed);
 

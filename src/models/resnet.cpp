@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/runtime.h"
 #include "models/cuda_ops.h"
 
 namespace vdm::models {
@@ -120,14 +121,7 @@ at::Tensor upsample_conv_as_transposed(const at::Tensor& w) {
 }  // namespace
 
 bool upsample_as_transposed_conv() {
-  static const bool on = [] {
-    const char* v = std::getenv("VDM_UPSAMPLE");
-    const std::string mode = v ? v : "";
-    if (mode.empty() || mode == "transposed") return true;
-    if (mode == "separate") return false;
-    throw InputError(fmt::format("VDM_UPSAMPLE={}: unknown mode; expected 'transposed' (the default) or 'separate'",
-                                 mode));
-  }();
+  static const bool on = env_switch("VDM_UPSAMPLE", "transposed", "separate");
   return on;
 }
 

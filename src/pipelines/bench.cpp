@@ -21,6 +21,7 @@
 #include "models/unet_3d_condition.h"
 #include "pipelines/model_folder.h"
 #include "pipelines/unet_graph.h"
+#include "temporal/temporal_conv.h"
 #include "text/clip_text_model.h"
 #ifdef VDM_WITH_FFMPEG
 #include "codecs/video_writer.h"
@@ -50,6 +51,7 @@ nlohmann::json BenchReport::to_json() const {
                       {"batch", batch},                {"layout", layout},
                       {"fused_qkv_modules", fused_qkv_modules},
                       {"cuda_kernels", cuda_kernels},  {"upsample", upsample},
+                      {"temporal_conv", temporal_conv},
                       {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
                       {"peak_device_mb", peak_device_mb}};
@@ -62,9 +64,9 @@ nlohmann::json BenchReport::to_json() const {
 
 std::string BenchReport::to_table() const {
   std::string out =
-      fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  upsample {}  threads {} (vdm's kernels on "
-                  "{})  unet {:.1f} M parameters\n{}\n",
-                  device_name, dtype, batch, layout, fused_qkv_modules, upsample, threads, kernel_threads,
+      fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  upsample {}  temporal conv {}  threads {} "
+                  "(vdm's kernels on {})  unet {:.1f} M parameters\n{}\n",
+                  device_name, dtype, batch, layout, fused_qkv_modules, upsample, temporal_conv, threads, kernel_threads,
                   unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
@@ -161,6 +163,8 @@ BenchReport run_bench(const BenchOptions& o) {
       unet->fuse_qkv_projections(o.fuse_qkv == "auto" ? models::fused_qkv_pays(device) : o.fuse_qkv == "on");
   if (device.is_cuda()) report.cuda_kernels = models::cuda_kernels_in_use();
   report.upsample = models::upsample_as_transposed_conv() ? "transposed" : "separate";
+  // The 2-D form applies to channels-last activations only.
+  report.temporal_conv = channels_last && temporal::temporal_conv_as_2d() ? "conv2d" : "conv3d";
   report.device_name = device.str();
   report.threads = at::get_num_threads();
   report.kernel_threads = parallel_for_threads();

@@ -51,6 +51,7 @@ struct BenchReport {
   int64_t fused_qkv_modules = 0;  // self-attention modules with q, k and v as one product
   std::vector<std::string> cuda_kernels;  // vdm's CUDA kernels in use (CUDA runs)
   std::string upsample = "transposed";    // the upsamplers: transposed or separate (VDM_UPSAMPLE)
+  std::string temporal_conv = "conv3d";   // the temporal convolutions: conv2d or conv3d (VDM_TEMPORAL_CONV)
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
   std::vector<StageTiming> stages;

@@ -23,6 +23,7 @@
 #include "pipelines/latent_preview.h"
 #include "pipelines/model_folder.h"
 #include "pipelines/unet_graph.h"
+#include "temporal/temporal_conv.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_text_model.h"
 #include "text/clip_tokenizer.h"
@@ -131,7 +132,9 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   }
   c->unet->set_channels_last(models::channels_last_pays(device));
   c->vae->set_channels_last(models::channels_last_pays(device));
-  models::upsample_as_transposed_conv();  // a bad VDM_UPSAMPLE fails here, before any work
+  // A bad VDM_UPSAMPLE or VDM_TEMPORAL_CONV fails here, before any work.
+  models::upsample_as_transposed_conv();
+  temporal::temporal_conv_as_2d();
   c->unet->fuse_qkv_projections(models::fused_qkv_pays(device));
   // Every denoising step has the same shapes: cuDNN's timed choice of algorithms pays from step 2.
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);

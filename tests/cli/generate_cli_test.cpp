@@ -157,6 +157,10 @@ TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
     EXPECT_EQ(rc, 2) << log;
     EXPECT_NE(log.find("VDM_UPSAMPLE=bilinear: unknown mode; expected 'transposed'"), std::string::npos) << log;
     EXPECT_FALSE(fs::exists(dir + "/up.mp4"));
+    rc = run_command("VDM_TEMPORAL_CONV=conv1d " + generate_cmd(model, dir + "/tc.mp4", ""), &log);
+    EXPECT_EQ(rc, 2) << log;
+    EXPECT_NE(log.find("VDM_TEMPORAL_CONV=conv1d: unknown mode; expected 'conv2d'"), std::string::npos) << log;
+    EXPECT_FALSE(fs::exists(dir + "/tc.mp4"));
   }
   std::string log;
   int rc = run_command(fmt::format("{} animate --model {} --image {}/missing.png --prompt x --output {}/a.mp4",

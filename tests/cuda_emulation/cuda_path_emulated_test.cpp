@@ -4,6 +4,7 @@
 // add, the fused q/k/v projections and the short-sequence attention on their strided views all run
 // here, on vdm's kernels compiled for the CPU, against the plain CPU network.
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include "models/cuda_ops.h"
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
+#include "temporal/temporal_conv.h"
 #include "tests/support/test_support.h"
 
 namespace vdm::models::cuda_emulated {
@@ -67,25 +69,30 @@ cuda::KernelTable counting_table() {
   return t;
 }
 
-// Installs the counting table for the scope.
+// Counts LibTorch's 2-D and 3-D convolution calls on this thread as "conv2d" and "conv3d".
+std::unique_ptr<at::ObserverContext> count_convolutions(const at::RecordFunction& fn) {
+  const std::string name = fn.name();
+  if (name == "aten::conv2d" || name == "aten::conv3d") ++calls()[name.substr(6)];
+  return nullptr;
+}
+
+// Installs the counting table for the scope, and counts the convolutions.
 class EmulatedKernelScope {
  public:
-  EmulatedKernelScope() : table_(counting_table()) {
+  EmulatedKernelScope()
+      : table_(counting_table()), convolutions_(at::addThreadLocalCallback(at::RecordFunctionCallback(count_convolutions))) {
     calls().clear();
     install_cpu_kernel_table(&table_);
   }
-  ~EmulatedKernelScope() { install_cpu_kernel_table(nullptr); }
+  ~EmulatedKernelScope() {
+    install_cpu_kernel_table(nullptr);
+    at::removeCallback(convolutions_);
+  }
 
  private:
   cuda::KernelTable table_;
+  at::CallbackHandle convolutions_;
 };
-
-// Layers initialised to zero (a temporal convolution layer's last convolution, as diffusers does)
-// would hide a lost bias or residual: every parameter gets some noise.
-void perturb(torch::nn::Module& m) {
-  at::NoGradGuard no_grad;
-  for (at::Tensor& p : m.parameters()) p.add_(at::randn_like(p) * 0.05);
-}
 
 double relative_error(const at::Tensor& out, const at::Tensor& ref) {
   return (out.to(at::kDouble) - ref.to(at::kDouble)).norm().item<double>() / ref.to(at::kDouble).norm().item<double>();
@@ -96,7 +103,7 @@ TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
   // The default model's widths: heads of 4 channels (8 and 16 of them), transformer_in's 8 heads of 4.
   UNet3DConditionModel unet(vdm::test::tiny_unet3d_config(32, 8, 32, 4));
   unet->eval();
-  perturb(*unet);
+  vdm::test::perturb(*unet);
   c10::InferenceMode inference;
   const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 7, 32});
   const at::Tensor ref = unet->forward(x, t, ehs);
@@ -158,7 +165,7 @@ TEST(CudaPathOnTheCpu, ModelScopeShapedUNetTakesEveryKernelPath) {
   c.attention_head_dim = {64, 64, 64, 64};
   UNet3DConditionModel unet(c);
   unet->eval();
-  perturb(*unet);
+  vdm::test::perturb(*unet);
   c10::InferenceMode inference;
   // 16x16 latents: levels of 16x16, 8x8, 4x4 and 2x2 positions; 77 text tokens.
   const at::Tensor x = at::randn({2, 4, 4, 16, 16}), t = at::full({1}, 400L), ehs = at::randn({2, 77, 32});
@@ -184,6 +191,13 @@ TEST(CudaPathOnTheCpu, ModelScopeShapedUNetTakesEveryKernelPath) {
   // the middle block's at 2x2). Left to SDPA: the 5 over 256 positions and the 16 cross-attentions
   // over 77 tokens.
   EXPECT_EQ(calls()["short_attention"], 34 + 11);
+  // The temporal convolutions on channels-last frames as (3, 1) 2-D convolutions, unless
+  // VDM_TEMPORAL_CONV=conv3d.
+  // The other 2-D ones: conv_in, the ResNets' 44 and 14 shortcuts (2 down, 12 up), 3 downsamplers,
+  // the 128-channel upsampler (the CPU takes the transposed form from 256 channels) and conv_out.
+  const bool as_2d = vdm::temporal::temporal_conv_as_2d();
+  EXPECT_EQ(calls()["conv3d"], as_2d ? 0 : 22 * 4);
+  EXPECT_EQ(calls()["conv2d"], 1 + 44 + 14 + 3 + 1 + 1 + (as_2d ? 22 * 4 : 0));
 }
 
 // The VAE as vdm generate runs it on CUDA: channels-last, its group norms on vdm's kernel taking the
@@ -193,7 +207,7 @@ TEST(CudaPathOnTheCpu, VaeChannelsLastMatchesThePlainCpuNetwork) {
   at::manual_seed(31);
   AutoencoderKL vae(vdm::test::tiny_vae_config(32, 8));
   vae->eval();
-  perturb(*vae);
+  vdm::test::perturb(*vae);
   c10::InferenceMode inference;
   const at::Tensor z = at::randn({3, 4, 8, 8}), img = at::rand({2, 3, 16, 16}) * 2 - 1;
   const at::Tensor ref_decoded = vae->decode(z), ref_mean = vae->encode(img).mean;
@@ -213,8 +227,11 @@ TEST(CudaPathOnTheCpu, VaeChannelsLastMatchesThePlainCpuNetwork) {
   EXPECT_GT(calls()["group_norm"], 0);
   // Back to NCHW: every convolution weight contiguous again.
   vae->set_channels_last(false);
-  for (const auto& p : vae->named_parameters())
-    if (p.value().dim() == 4) EXPECT_TRUE(p.value().is_contiguous()) << p.key();
+  for (const auto& p : vae->named_parameters()) {
+    if (p.value().dim() == 4) {
+      EXPECT_TRUE(p.value().is_contiguous()) << p.key();
+    }
+  }
 }
 
 // A kernel turned off by name leaves its operation to LibTorch (VDM_DISABLE_CUDA_KERNELS is read

@@ -65,6 +65,11 @@ int run_command(const std::string& cmd, std::string* output) {
   return -1;
 }
 
+void perturb(torch::nn::Module& m) {
+  at::NoGradGuard no_grad;
+  for (at::Tensor& p : m.parameters()) p.add_(at::randn_like(p) * 0.05);
+}
+
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   if (a.sizes() != b.sizes()) {
     ADD_FAILURE() << "shape mismatch: " << a.sizes() << " vs " << b.sizes();

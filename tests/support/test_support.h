@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/nn/module.h>
 
 #include <sys/types.h>
 
@@ -50,6 +51,11 @@ pid_t spawn_vdm(const std::vector<std::string>& args, const std::string& log,
 
 // Waits for `pid`; its exit status as run_command reports it: the code, or 128 + signal.
 int wait_exit(pid_t pid);
+
+// Adds noise (0.05 standard deviation) to every parameter of `m`. Layers initialised to zero (a
+// temporal convolution layer's last convolution, as diffusers does) would otherwise hide a lost
+// bias, residual or whole stage.
+void perturb(torch::nn::Module& m);
 
 // max |a - b| (after casting to float64); shapes must match (ADD_FAILURE otherwise).
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);

@@ -35,7 +35,9 @@ TEST(ShapesEval, GroundTruthScoresPerfectly) {
     EXPECT_TRUE(s.all_ok() && s.background_ok) << caption(spec) << ": " << s.failure;
     // Where the object starts (a triangle's centroid sits below its box centre).
     EXPECT_NEAR(s.start_x, spec.x0, 0.02) << caption(spec);
-    if (spec.attributes.shape != Shape::kTriangle) EXPECT_NEAR(s.start_y, spec.y0, 0.02) << caption(spec);
+    if (spec.attributes.shape != Shape::kTriangle) {
+      EXPECT_NEAR(s.start_y, spec.y0, 0.02) << caption(spec);
+    }
     clean.push_back(s);
     ShapeClipScore n = score_clip(degrade(clip, 8.0, noise), spec.attributes);
     EXPECT_TRUE(n.all_ok()) << "degraded " << caption(spec) << ": " << n.failure;
