@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "models/attention.h"
 #include "models/cuda_ops.h"
+#include "models/layout_cpu.h"
 
 namespace vdm::temporal {
 
@@ -61,12 +62,17 @@ at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t nu
     t = proj_out_->forward(t);  // [B, F, H*W, C]
     return t.view({BF, H, W, C}).permute({0, 3, 1, 2}) + x;
   }
-  // One sequence of frames per spatial position: [B*H*W, F, C].
-  h = h.permute({0, 3, 4, 2, 1}).reshape({B * H * W, num_frames, C});
+  // One sequence of frames per spatial position: [B*H*W, F, C]. On the CPU (inference, NCHW) vdm's
+  // layout kernels move the tokens in and out, the residual added on the way out.
+  const bool cpu_layout = x.is_contiguous() && models::token_layout_cpu_applies(x) && !encoder_hidden_states.defined();
+  h = cpu_layout ? models::tokens_from_channels_cpu(h).view({B * H * W, num_frames, C})
+                 : h.permute({0, 3, 4, 2, 1}).reshape({B * H * W, num_frames, C});
   h = proj_in_->forward(h);
   for (const auto& m : *transformer_blocks_)
     h = m->as<models::BasicTransformerBlockImpl>()->forward(h, encoder_hidden_states);
   h = proj_out_->forward(h);
+  if (cpu_layout && h.is_contiguous())
+    return models::channels_from_tokens_add_cpu(h.view({B, H * W, num_frames, C}), x);
   // [B*H*W, F, C] -> [B, F, C, H, W] -> [B*F, C, H, W]
   h = h.reshape({B, H, W, num_frames, C}).permute({0, 3, 4, 1, 2});
   if (x.is_contiguous()) return h.reshape({BF, C, H, W}) + x;

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "models/activations_cpu.h"
 #include "models/attention_cpu.h"
+#include "models/layout_cpu.h"
 #include "models/cuda_ops.h"
 #include "models/linear_onednn.h"
 #include "models/shape.h"
@@ -458,7 +459,11 @@ at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor
   // [N, C, H, W] -> tokens [N, H*W, C]. A 1x1 convolution projection is the same product as a
   // linear layer over the tokens, so both kinds run as one (its weight [out, in, 1, 1] seen as
   // [out, in]): no convolution layout reorders around the token layout.
-  at::Tensor h = norm_->forward(x).permute({0, 2, 3, 1}).reshape({N, H * W, C});
+  // On the CPU (inference, NCHW) vdm's layout kernels move the tokens in and out, the residual
+  // added on the way out.
+  const bool cpu_layout = x.is_contiguous() && token_layout_cpu_applies(x);
+  at::Tensor h = norm_->forward(x);
+  h = cpu_layout ? tokens_from_channels_cpu(h) : h.permute({0, 2, 3, 1}).reshape({N, H * W, C});
   if (proj_in_conv_)
     h = linear_forward(h, proj_in_conv_->weight.view({inner_dim_, C}), proj_in_conv_->bias);
   else
@@ -470,6 +475,7 @@ at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor
   else
     h = proj_out_linear_->forward(h);
   // tokens [N, H*W, C] -> [N, C, H, W], laid out as x (the residual first keeps its layout)
+  if (cpu_layout && h.is_contiguous()) return channels_from_tokens_add_cpu(h.view({N, H * W, 1, C}), x);
   return x + h.view({N, H, W, C}).permute({0, 3, 1, 2});
 }
 

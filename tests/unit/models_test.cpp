@@ -20,6 +20,7 @@
 #include "models/attention.h"
 #include "models/attention_cpu.h"
 #include "models/cuda_ops.h"
+#include "models/layout_cpu.h"
 #include "models/autoencoder_kl.h"
 #include "models/linear.h"
 #include "models/linear_onednn.h"
@@ -516,6 +517,36 @@ TEST(Attention, OneContextPerGroupOfRowsMatchesTheRepeatedContext) {
 // Upsample2D for inference runs nearest 2x upsampling and its 3x3 convolution as one stride-2
 // transposed convolution: the same values as the two steps, in both layouts and for odd sizes; a
 // forced output size that is not 2x takes the two steps; a changed weight is seen.
+// The CPU layout kernels against LibTorch's permute and add, bit for bit (a copy, and the same
+// float32 sum rounded once): float32 and bfloat16, sizes with and without a tail of the 8x8 blocks,
+// [N, C, H, W], the temporal layers' [B, C, F, H, W] view of [B*F, C, H, W], and NCDHW.
+TEST(TokenLayout, MatchesPermuteAndAdd) {
+  at::manual_seed(12);
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const auto& [C, H, W] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{32, 4, 8}, {20, 5, 9}, {3, 1, 7}}) {
+      const int64_t B = 2, F = 3;
+      const at::Tensor frames = at::randn({B * F, C, H, W}).to(dtype);
+      // Spatial: [N, C, H, W] <-> [N, H*W, C].
+      const at::Tensor tokens2d = tokens_from_channels_cpu(frames);
+      EXPECT_TRUE(at::equal(tokens2d, frames.permute({0, 2, 3, 1}).reshape({B * F, H * W, C}))) << C;
+      const at::Tensor t2 = at::randn({B * F, H * W, C}).to(dtype);
+      EXPECT_TRUE(at::equal(channels_from_tokens_add_cpu(t2.view({B * F, H * W, 1, C}), frames),
+                            frames + t2.view({B * F, H, W, C}).permute({0, 3, 1, 2})))
+          << C;
+      // Temporal: [B, C, F, H, W] (either layout) <-> [B, H*W, F, C].
+      const at::Tensor view = frames.view({B, F, C, H, W}).permute({0, 2, 1, 3, 4});
+      const at::Tensor want = view.permute({0, 3, 4, 2, 1}).reshape({B, H * W, F, C});
+      EXPECT_TRUE(at::equal(tokens_from_channels_cpu(view), want)) << C;
+      EXPECT_TRUE(at::equal(tokens_from_channels_cpu(view.contiguous()), want)) << C;
+      const at::Tensor t3 = at::randn({B, H * W, F, C}).to(dtype);
+      const at::Tensor back = t3.view({B, H, W, F, C}).permute({0, 3, 4, 1, 2}).reshape({B * F, C, H, W});
+      EXPECT_TRUE(at::equal(channels_from_tokens_add_cpu(t3, frames), frames + back)) << C;
+    }
+  }
+  EXPECT_FALSE(token_layout_cpu_applies(at::randn({2, 3, 4, 4}, at::kDouble)));
+  EXPECT_THROW(channels_from_tokens_add_cpu(at::randn({2, 16, 3, 8}), at::randn({6, 8, 4, 5})), c10::Error);
+}
+
 TEST(Upsample2D, TransposedConvolutionMatchesUpsampleThenConv) {
   ASSERT_TRUE(vdm::models::upsample_as_transposed_conv());
   at::manual_seed(5);
