@@ -219,7 +219,6 @@ at::Tensor AttentionImpl::forward_frames(const at::Tensor& x) {
 
 at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                                   c10::optional<at::Tensor> mask) {
-  const auto& o = options_;
   const bool spatial = hidden_states.dim() == 4;
   int64_t N = 0, C = 0, H = 0, W = 0;
   at::Tensor x = hidden_states;
@@ -228,6 +227,23 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Ten
     x = x.reshape({N, C, H * W}).transpose(1, 2);  // [N, HW, C]
   }
   if (group_norm_) x = group_norm_->forward(x.transpose(1, 2)).transpose(1, 2);
+  at::Tensor a = to_out_dropout_->forward(to_out_proj_->forward(attend(x, encoder_hidden_states, std::move(mask))));
+  if (spatial) a = a.transpose(1, 2).reshape({N, a.size(2), H, W});
+  return residual_and_rescale(a, hidden_states);
+}
+
+at::Tensor AttentionImpl::forward_add_to(at::Tensor& acc, const at::Tensor& hidden_states,
+                                         const at::Tensor& encoder_hidden_states, c10::optional<at::Tensor> mask) {
+  const auto& o = options_;
+  const bool dropout = to_out_dropout_->is_training() && to_out_dropout_->options.p() > 0;
+  if (hidden_states.dim() != 3 || group_norm_ || o.residual_connection || o.rescale_output_factor != 1.0 || dropout)
+    return acc.add_(forward(hidden_states, encoder_hidden_states, std::move(mask)));
+  return to_out_proj_->forward_add_to(attend(hidden_states, encoder_hidden_states, std::move(mask)), acc);
+}
+
+at::Tensor AttentionImpl::attend(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
+                                 c10::optional<at::Tensor> mask) {
+  const auto& o = options_;
   const int64_t N_tokens = x.size(0);
   // A context of M < N rows serves N / M consecutive rows of x each (a video's frames share its
   // text). Its keys and values are projected once per context row, and the queries of the rows it
@@ -247,11 +263,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Ten
   auto heads = [&](const at::Tensor& t) { return t.view({B, -1, o.heads, o.dim_head}).transpose(1, 2); };
   const auto [q_proj, k_proj, v_proj] = project(x, ctx);
   at::Tensor q = heads(q_proj), k = heads(k_proj), v = heads(v_proj);
-  at::Tensor a = models::scaled_dot_product_attention(q, k, v, std::move(mask));
-  a = a.transpose(1, 2).reshape({N_tokens, -1, o.heads * o.dim_head});
-  a = to_out_dropout_->forward(to_out_proj_->forward(a));
-  if (spatial) a = a.transpose(1, 2).reshape({N, a.size(2), H, W});
-  return residual_and_rescale(a, hidden_states);
+  const at::Tensor a = models::scaled_dot_product_attention(q, k, v, std::move(mask));
+  return a.transpose(1, 2).reshape({N_tokens, -1, o.heads * o.dim_head});
 }
 
 // ---- FeedForward ----------------------------------------------------------------------------
@@ -309,24 +322,28 @@ int64_t feed_forward_tile_rows(int64_t hidden_width, int64_t element_size) {
 }
 }  // namespace
 
+bool FeedForwardImpl::dropout_active() const {
+  for (const torch::nn::Dropout& d : {drop_, final_drop_})
+    if (d && d->is_training() && d->options.p() > 0) return true;
+  return false;
+}
+
 bool FeedForwardImpl::tiled_applies(const at::Tensor& x) const {
   if (!act_->gated() || !onednn_linear_available() || at::GradMode::is_enabled()) return false;
-  if (!linear_uses_onednn(x) || !fused_gelu_cpu_applies(x) || device_kernels_take(x)) return false;
-  for (const torch::nn::Dropout& d : {drop_, final_drop_})
-    if (d && d->is_training() && d->options.p() > 0) return false;
+  if (!linear_uses_onednn(x) || !fused_gelu_cpu_applies(x) || device_kernels_take(x) || dropout_active()) return false;
   const at::Tensor& w = act_->proj()->weight;
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
   return w.scalar_type() == x.scalar_type() && rows >= 2 * feed_forward_tile_rows(w.size(0), x.element_size());
 }
 
 // x: [..., dim] -> [..., dim_out]; per tile of rows: proj (dim -> 2 * inner), GEGLU, out (inner -> dim_out).
-at::Tensor FeedForwardImpl::forward_tiled(const at::Tensor& x) {
+at::Tensor FeedForwardImpl::forward_tiled(const at::Tensor& x, at::Tensor* acc) {
   const Linear& proj = act_->proj();
   const int64_t dim = x.size(-1), dim_out = out_->weight.size(0);
   const at::Tensor x2 = x.reshape({-1, dim}).contiguous();
   const int64_t M = x2.size(0);
   const int64_t tile = feed_forward_tile_rows(proj->weight.size(0), x.element_size());
-  at::Tensor out = at::empty({M, dim_out}, x.options());
+  at::Tensor out = acc ? acc->view({M, dim_out}) : at::empty({M, dim_out}, x.options());
   // LibTorch's worker threads do not inherit the caller's inference mode; tiled_applies requires
   // gradients off, so the workers run with gradients off too.
   const bool inference = c10::InferenceMode::is_enabled();
@@ -336,12 +353,16 @@ at::Tensor FeedForwardImpl::forward_tiled(const at::Tensor& x) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r0 = i * tile, rows = std::min(tile, M - r0);
       const at::Tensor h = linear_forward(x2.narrow(0, r0, rows), proj->weight, proj->bias);
-      out.narrow(0, r0, rows).copy_(linear_forward(fused_geglu_cpu(h), out_->weight, out_->bias));
+      at::Tensor dst = out.narrow(0, r0, rows);
+      if (acc)
+        linear_forward_add(fused_geglu_cpu(h), out_->weight, out_->bias, dst);
+      else
+        dst.copy_(linear_forward(fused_geglu_cpu(h), out_->weight, out_->bias));
     }
   });
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = dim_out;
-  return out.view(shape);
+  return acc ? *acc : out.view(shape);
 }
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
@@ -349,6 +370,17 @@ at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
   at::Tensor h = out_->forward(drop_->forward(act_->forward(x)));
   if (final_drop_) h = final_drop_->forward(h);
   return h;
+}
+
+at::Tensor FeedForwardImpl::forward_add_to(const at::Tensor& x, at::Tensor& acc) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_->weight.size(0);
+  if (acc.sizes() != at::IntArrayRef(shape))
+    throw Error(fmt::format("FeedForward: cannot add an output of shape {} to a tensor of shape {}", c10::str(shape),
+                            c10::str(acc.sizes())));
+  if (tiled_applies(x) && acc.is_contiguous() && acc.scalar_type() == x.scalar_type()) return forward_tiled(x, &acc);
+  if (dropout_active()) return acc.add_(forward(x));
+  return out_->forward_add_to(act_->forward(x), acc);
 }
 
 // ---- BasicTransformerBlock ------------------------------------------------------------------
@@ -389,29 +421,42 @@ bool BasicTransformerBlockImpl::attends_over_frames() const {
 
 template <typename Attend>
 at::Tensor BasicTransformerBlockImpl::run(const at::Tensor& x, const Attend& attend) {
-  // Each residual add and the norm after it run as one (LayerNorm::forward_add).
-  at::Tensor a = attend(attn1_, norm1_->forward(x), /*first=*/true), h = x;
+  // On CUDA each residual add and the norm after it run as one (LayerNorm::forward_add). In CPU
+  // inference the residual stream, once it is a tensor of the block's own (the first sum), takes
+  // the later attention and feed-forward outputs in place, inside their last product (oneDNN's sum
+  // post-op), which saves a pass over the tokens for each.
+  const bool in_place = !device_kernels_take(x) && !at::GradMode::is_enabled() && onednn_linear_available() &&
+                        linear_uses_onednn(x);
+  at::Tensor a = attend(attn1_, norm1_->forward(x), /*first=*/true, nullptr), h = x;
   if (attn2_) {
     auto [sum, normed] = norm2_->forward_add(a, h);
     h = sum;
-    a = attend(attn2_, normed, /*first=*/false);
+    if (in_place) {
+      attend(attn2_, normed, /*first=*/false, &h);
+      return ff_->forward_add_to(norm3_->forward(h), h);
+    }
+    a = attend(attn2_, normed, /*first=*/false, nullptr);
   }
   auto [sum, normed] = norm3_->forward_add(a, h);
+  if (in_place) return ff_->forward_add_to(normed, sum);
   return ff_->forward(normed) + sum;
 }
 
 at::Tensor BasicTransformerBlockImpl::forward_frames(const at::Tensor& x) {
   if (!attends_over_frames())
     throw Error("BasicTransformerBlock::forward_frames: only for blocks of self-attention (temporal transformers)");
-  return run(x, [](Attention& attn, const at::Tensor& input, bool) { return attn->forward_frames(input); });
+  return run(x, [](Attention& attn, const at::Tensor& input, bool, at::Tensor* acc) {
+    return acc ? acc->add_(attn->forward_frames(input)) : attn->forward_frames(input);
+  });
 }
 
 at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
                                               c10::optional<at::Tensor> encoder_attention_mask) {
-  return run(x, [&](Attention& attn, const at::Tensor& input, bool first) {
+  return run(x, [&](Attention& attn, const at::Tensor& input, bool first, at::Tensor* acc) {
     // attn1 attends to the text only with only_cross_attention; attn2 always gets it (none: self).
-    if (first && !options_.only_cross_attention) return attn->forward(input);
-    return attn->forward(input, encoder_hidden_states, encoder_attention_mask);
+    const at::Tensor& context = first && !options_.only_cross_attention ? at::Tensor() : encoder_hidden_states;
+    const auto mask = first && !options_.only_cross_attention ? c10::nullopt : encoder_attention_mask;
+    return acc ? attn->forward_add_to(*acc, input, context, mask) : attn->forward(input, context, mask);
   });
 }
 

@@ -71,6 +71,12 @@ class AttentionImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states = {},
                      c10::optional<at::Tensor> mask = {});
 
+  // acc += forward(hidden_states, encoder_hidden_states, mask), in place; returns acc. For tokens
+  // [B, L, query_dim] with no group norm, residual or rescaling, the sum happens inside to_out's
+  // product (Linear::forward_add_to): the transformer blocks' residual stream on the CPU.
+  at::Tensor forward_add_to(at::Tensor& acc, const at::Tensor& hidden_states,
+                            const at::Tensor& encoder_hidden_states = {}, c10::optional<at::Tensor> mask = {});
+
   // Self-attention over the frames of token-ordered x [B, F, S, query_dim] (S positions per frame):
   // one sequence of F frames per (batch, position), as forward() over [B * S, F, query_dim], without
   // moving the tokens where vdm's short-sequence kernel runs (models/cuda_ops.h). -> [B, F, S, out].
@@ -97,6 +103,9 @@ class AttentionImpl : public torch::nn::Module {
 
   // out (+ input with residual_connection), / rescale_output_factor.
   at::Tensor residual_and_rescale(at::Tensor out, const at::Tensor& input) const;
+  // Tokens x [N, L, query_dim] (after the group norm) -> the heads' outputs merged, [N, L, inner],
+  // before to_out.
+  at::Tensor attend(const at::Tensor& x, const at::Tensor& encoder_hidden_states, c10::optional<at::Tensor> mask);
 
   // q, k, v projections of x [..., query_dim] (k and v of encoder_hidden_states when given), each
   // [..., inner]: views of one product where the projections are fused.
@@ -141,12 +150,17 @@ class FeedForwardImpl : public torch::nn::Module {
  public:
   explicit FeedForwardImpl(const FeedForwardOptions& options);
   at::Tensor forward(const at::Tensor& x);  // x: [..., dim] -> [..., dim_out]
+  // acc += forward(x), in place (acc: [..., dim_out]); returns acc. On the CPU's oneDNN path the sum
+  // happens inside the last product (Linear::forward_add_to).
+  at::Tensor forward_add_to(const at::Tensor& x, at::Tensor& acc);
 
  private:
   // CPU inference with GEGLU on oneDNN: the tokens in tiles whose [rows, 2 * inner] hidden state stays
-  // in cache, tiles on parallel threads, instead of each layer over all tokens at once.
+  // in cache, tiles on parallel threads, instead of each layer over all tokens at once. With `acc`
+  // (contiguous, x's dtype) the result is added to it instead of returned in a new tensor.
   bool tiled_applies(const at::Tensor& x) const;
-  at::Tensor forward_tiled(const at::Tensor& x);
+  at::Tensor forward_tiled(const at::Tensor& x, at::Tensor* acc = nullptr);
+  bool dropout_active() const;
 
   torch::nn::ModuleList net_{nullptr};  // 0: GeluProj, 1: Dropout, 2: Linear, (3: Dropout)
   GeluProj act_{nullptr};
@@ -192,7 +206,8 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
   at::Tensor forward_frames(const at::Tensor& x);
 
  private:
-  // The block with `attend(attention module, normalised input, first)` running each attention.
+  // The block with `attend(attention module, normalised input, first, acc)` running each attention
+  // (acc: null, or a tensor the attention's output is added to in place, then returned).
   template <typename Attend>
   at::Tensor run(const at::Tensor& x, const Attend& attend);
 

@@ -4,9 +4,12 @@
 #include <ATen/Context.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
 
+#include <algorithm>
 #include <vector>
 
+#include "core/error.h"
 #include "models/linear_onednn.h"
 
 namespace vdm::models {
@@ -19,12 +22,18 @@ bool linear_uses_onednn(const at::Tensor& x) {
   return !at::GradMode::is_enabled() || !x.requires_grad();
 }
 
+namespace {
+// The oneDNN path applies: autocast (bf16 training) and mixed dtypes keep LibTorch's linear, which
+// casts to one dtype.
+bool onednn_path(const at::Tensor& x, const at::Tensor& weight) {
+  return linear_uses_onednn(x) && !(at::GradMode::is_enabled() && weight.requires_grad()) &&
+         x.scalar_type() == weight.scalar_type() &&
+         c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU);
+}
+}  // namespace
+
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  // Autocast (bf16 training) and mixed dtypes keep LibTorch's linear, which casts to one dtype.
-  if (!linear_uses_onednn(x) || (at::GradMode::is_enabled() && weight.requires_grad()) ||
-      x.scalar_type() != weight.scalar_type() ||
-      !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU))
-    return at::linear(x, weight, bias);
+  if (!onednn_path(x, weight)) return at::linear(x, weight, bias);
   const int64_t in = x.size(-1);
   const at::Tensor x2 = x.reshape({-1, in}).contiguous();
   at::Tensor y;
@@ -39,6 +48,25 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const a
   return y.view(shape);
 }
 
+at::Tensor linear_forward_add(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& acc) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight.size(0);
+  if (acc.sizes() != at::IntArrayRef(shape))
+    throw Error(fmt::format("Linear: cannot add a product of shape {} to a tensor of shape {}", c10::str(shape),
+                            c10::str(acc.sizes())));
+  if (onednn_path(x, weight) && onednn_linear_available() && acc.is_contiguous() &&
+      acc.scalar_type() == x.scalar_type() && !(at::GradMode::is_enabled() && acc.requires_grad())) {
+    onednn_linear(x.reshape({-1, x.size(-1)}).contiguous(), weight.contiguous(),
+                  bias.defined() ? bias.contiguous() : at::Tensor(), acc.view({-1, weight.size(0)}));
+    return acc;
+  }
+  return acc.add_(linear_forward(x, weight, bias));
+}
+
 at::Tensor LinearImpl::forward(const at::Tensor& x) { return linear_forward(x, weight, bias); }
+
+at::Tensor LinearImpl::forward_add_to(const at::Tensor& x, at::Tensor& acc) {
+  return linear_forward_add(x, weight, bias, acc);
+}
 
 }  // namespace vdm::models

@@ -24,11 +24,18 @@ bool linear_uses_onednn(const at::Tensor& x);
 // [out, in]). x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out].
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
+// acc += x @ weight^T + bias, in place, and returns acc. x: [..., in], acc: [..., out] (x's leading
+// shape). On the oneDNN path with a contiguous acc of x's dtype the sum happens inside the matmul;
+// elsewhere it is acc.add_(linear_forward(...)).
+at::Tensor linear_forward_add(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& acc);
+
 class LinearImpl : public torch::nn::LinearImpl {
  public:
   using torch::nn::LinearImpl::LinearImpl;
   // x: [..., in_features] -> [..., out_features]
   at::Tensor forward(const at::Tensor& x);
+  // acc += forward(x) in place (linear_forward_add); returns acc.
+  at::Tensor forward_add_to(const at::Tensor& x, at::Tensor& acc);
 };
 TORCH_MODULE(Linear);
 

@@ -41,8 +41,10 @@ struct Key {
   int64_t m, k, n, x_stride;
   bool bias;
   int dtype;
+  bool sum;  // dst += the product (post-op)
   bool operator<(const Key& o) const {
-    return std::tie(m, k, n, x_stride, bias, dtype) < std::tie(o.m, o.k, o.n, o.x_stride, o.bias, o.dtype);
+    return std::tie(m, k, n, x_stride, bias, dtype, sum) <
+           std::tie(o.m, o.k, o.n, o.x_stride, o.bias, o.dtype, o.sum);
   }
 };
 
@@ -69,6 +71,11 @@ const Primitive& primitive_for(const Key& key) {
   // once (the library's own scratchpad is shared between calls).
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (key.sum) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
   const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
   p.scratchpad = pd.scratchpad_desc();
   p.matmul = dnnl::matmul(pd);
@@ -79,7 +86,8 @@ const Primitive& primitive_for(const Key& key) {
 
 bool onednn_linear_available() { return true; }
 
-at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& accumulate) {
   RECORD_FUNCTION("vdm::onednn_linear", std::vector<c10::IValue>());
   // x: [M, K], weight: [N, K], bias: [N] -> [M, N]
   const bool rows_ok = x.dim() == 2 && x.stride(1) == 1 && (x.size(0) <= 1 || x.stride(0) >= x.size(1));
@@ -94,9 +102,16 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at
                             bias.defined() ? c10::str(bias.sizes()) : std::string("none")));
   dnnl_type(x.scalar_type());  // an unsupported dtype is refused even with no rows
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
+  if (accumulate.defined() && (accumulate.sizes() != at::IntArrayRef{M, N} || !accumulate.is_contiguous() ||
+                               accumulate.scalar_type() != x.scalar_type() || !accumulate.device().is_cpu()))
+    throw Error(fmt::format("onednn_linear: the tensor to accumulate into must be [{}, {}] contiguous {} on the CPU; "
+                            "got {} {} strides {}",
+                            M, N, c10::toString(x.scalar_type()), c10::toString(accumulate.scalar_type()),
+                            c10::str(accumulate.sizes()), c10::str(accumulate.strides())));
+  at::Tensor y = accumulate.defined() ? accumulate : at::empty({M, N}, x.options());
   if (M == 0) return y;
-  const Key key{M, K, N, std::max<int64_t>(x.stride(0), K), bias.defined(), static_cast<int>(x.scalar_type())};
+  const Key key{M, K, N, std::max<int64_t>(x.stride(0), K), bias.defined(), static_cast<int>(x.scalar_type()),
+                accumulate.defined()};
   const Primitive& p = primitive_for(key);
   dnnl::engine& engine = cpu_engine();
   dnnl::stream stream(engine);
@@ -119,7 +134,7 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at
 
 bool onednn_linear_available() { return false; }
 
-at::Tensor onednn_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+at::Tensor onednn_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   throw Error("onednn_linear: this build of vdm has no oneDNN headers (install libdnnl-dev and reconfigure)");
 }
 

@@ -17,7 +17,9 @@ bool onednn_linear_available();
 
 // x: [M, K] with unit stride along K, weight: [N, K] contiguous, bias: [N] or undefined; all the
 // same dtype (float32 or bfloat16), on the CPU. Returns x @ weight^T + bias: [M, N], row-major,
-// in x's dtype.
-at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+// in x's dtype. With `accumulate` ([M, N] contiguous, x's dtype) the product is added to it in
+// place, inside the matmul (oneDNN's sum post-op: no separate pass over the sum), and it is returned.
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& accumulate = {});
 
 }  // namespace vdm::models

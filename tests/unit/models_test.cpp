@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <string>
 
@@ -220,6 +221,77 @@ TEST(FeedForward, TiledInferenceMatchesLayerByLayer) {
   at::Tensor got_bf16 = ff->forward(x.to(at::kBFloat16));
   EXPECT_EQ(got_bf16.scalar_type(), at::kBFloat16);
   EXPECT_LT(max_abs_diff(got_bf16.to(at::kFloat), want), 0.05 * want.abs().max().item<double>());
+}
+
+// The residual stream's in-place adds (CPU inference): Linear, Attention and FeedForward
+// forward_add_to give acc + forward(x) in acc's own memory, float32 and bfloat16, through oneDNN's
+// sum post-op where it applies (a contiguous acc; the tiled feed-forward with several tiles) and
+// through add_ elsewhere (a strided acc, few rows); a wrong shape is an error, not a broadcast.
+TEST(Linear, ForwardAddToAddsInPlace) {
+  at::manual_seed(13);
+  c10::InferenceMode guard;
+  Linear lin(torch::nn::LinearOptions(32, 48));
+  AttentionOptions ao;
+  ao.query_dim = 32;
+  ao.heads = 4;
+  ao.dim_head = 8;
+  ao.cross_attention_dim = 16;
+  Attention cross(ao);
+  ao.cross_attention_dim = c10::nullopt;
+  Attention self(ao);
+  FeedForwardOptions fo;
+  fo.dim = 32;
+  FeedForward ff(fo);
+  ff->eval();
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (torch::nn::Module* m : std::initializer_list<torch::nn::Module*>{lin.get(), cross.get(), self.get(), ff.get()})
+      m->to(dtype);
+    const double tol = dtype == at::kFloat ? 1e-5 : 0.05;
+    auto check = [&](const at::Tensor& want, at::Tensor acc, const std::function<at::Tensor(at::Tensor&)>& add) {
+      const void* memory = acc.data_ptr();
+      const at::Tensor got = add(acc);
+      EXPECT_EQ(got.data_ptr(), memory);
+      EXPECT_EQ(acc.data_ptr(), memory);
+      EXPECT_LT(max_abs_diff(acc, want), tol * std::max(1.0, want.abs().max().item<double>())) << dtype;
+    };
+    const at::Tensor x = at::randn({2, 700, 32}).to(dtype), ctx = at::randn({2, 5, 16}).to(dtype);
+    const at::Tensor acc48 = at::randn({2, 700, 48}).to(dtype), acc32 = at::randn({2, 700, 32}).to(dtype);
+    check(acc48 + lin->forward(x), acc48.clone(), [&](at::Tensor& a) { return lin->forward_add_to(x, a); });
+    const at::Tensor strided = at::randn({2, 700, 96}).to(dtype).narrow(2, 0, 48);
+    check(strided + lin->forward(x), strided.clone(), [&](at::Tensor& a) { return lin->forward_add_to(x, a); });
+    check(acc32 + self->forward(x), acc32.clone(), [&](at::Tensor& a) { return self->forward_add_to(a, x); });
+    check(acc32 + cross->forward(x, ctx), acc32.clone(),
+          [&](at::Tensor& a) { return cross->forward_add_to(a, x, ctx); });
+    const at::Tensor many = at::randn({3, 1500, 32}).to(dtype), acc_many = at::randn({3, 1500, 32}).to(dtype);
+    check(acc_many + ff->forward(many), acc_many.clone(), [&](at::Tensor& a) { return ff->forward_add_to(many, a); });
+    check(acc32 + ff->forward(x), acc32.clone(), [&](at::Tensor& a) { return ff->forward_add_to(x, a); });
+    at::Tensor wrong = at::zeros({2, 1, 48}, dtype);
+    EXPECT_THROW(lin->forward_add_to(x, wrong), vdm::Error);
+    EXPECT_THROW(ff->forward_add_to(x, wrong), vdm::Error);
+  }
+}
+
+// A transformer block's output is the same with the residual stream added in place (inference)
+// as on the plain path (grad mode on, as in training), with and without attn2.
+TEST(Attention, BlockWithInPlaceResidualsMatchesThePlainPath) {
+  at::manual_seed(14);
+  for (bool cross : {true, false}) {
+    TransformerBlockOptions o;
+    o.dim = 32;
+    o.num_attention_heads = 4;
+    o.attention_head_dim = 8;
+    if (cross) o.cross_attention_dim = 16;
+    BasicTransformerBlock block(o);
+    block->eval();
+    vdm::test::perturb(*block);
+    const at::Tensor x = at::randn({2, 1100, 32}), ctx = at::randn({2, 5, 16});
+    const at::Tensor context = cross ? ctx : at::Tensor();
+    const at::Tensor plain = block->forward(x, context).detach();
+    c10::InferenceMode guard;
+    const at::Tensor x_before = x.clone();
+    EXPECT_LT(max_abs_diff(block->forward(x, context), plain), 1e-5) << cross;
+    EXPECT_TRUE(at::equal(x, x_before));  // the block's input is never written
+  }
 }
 
 // vdm's Linear: torch::nn's parameters; float32 CPU inference through oneDNN gives torch::nn's
