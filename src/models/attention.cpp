@@ -373,11 +373,7 @@ at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
 }
 
 at::Tensor FeedForwardImpl::forward_add_to(const at::Tensor& x, at::Tensor& acc) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_->weight.size(0);
-  if (acc.sizes() != at::IntArrayRef(shape))
-    throw Error(fmt::format("FeedForward: cannot add an output of shape {} to a tensor of shape {}", c10::str(shape),
-                            c10::str(acc.sizes())));
+  check_accumulator("FeedForward", x, out_->weight.size(0), acc);
   if (tiled_applies(x) && acc.is_contiguous() && acc.scalar_type() == x.scalar_type()) return forward_tiled(x, &acc);
   if (dropout_active()) return acc.add_(forward(x));
   return out_->forward_add_to(act_->forward(x), acc);

@@ -49,11 +49,7 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const a
 }
 
 at::Tensor linear_forward_add(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& acc) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = weight.size(0);
-  if (acc.sizes() != at::IntArrayRef(shape))
-    throw Error(fmt::format("Linear: cannot add a product of shape {} to a tensor of shape {}", c10::str(shape),
-                            c10::str(acc.sizes())));
+  check_accumulator("Linear", x, weight.size(0), acc);
   if (onednn_path(x, weight) && onednn_linear_available() && acc.is_contiguous() &&
       acc.scalar_type() == x.scalar_type() && !(at::GradMode::is_enabled() && acc.requires_grad())) {
     onednn_linear(x.reshape({-1, x.size(-1)}).contiguous(), weight.contiguous(),
@@ -61,6 +57,14 @@ at::Tensor linear_forward_add(const at::Tensor& x, const at::Tensor& weight, con
     return acc;
   }
   return acc.add_(linear_forward(x, weight, bias));
+}
+
+void check_accumulator(const char* who, const at::Tensor& x, int64_t out_features, const at::Tensor& acc) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  if (!shape.empty()) shape.back() = out_features;
+  if (acc.sizes() != at::IntArrayRef(shape))
+    throw Error(fmt::format("{}: cannot add an output of shape {} to a tensor of shape {}", who, c10::str(shape),
+                            c10::str(acc.sizes())));
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) { return linear_forward(x, weight, bias); }

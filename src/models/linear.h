@@ -29,6 +29,10 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const a
 // elsewhere it is acc.add_(linear_forward(...)).
 at::Tensor linear_forward_add(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& acc);
 
+// Throws Error (naming `who`) unless acc has x's shape with the last dimension `out_features`: the
+// shape a layer's output added in place must have (add_ would broadcast silently).
+void check_accumulator(const char* who, const at::Tensor& x, int64_t out_features, const at::Tensor& acc);
+
 class LinearImpl : public torch::nn::LinearImpl {
  public:
   using torch::nn::LinearImpl::LinearImpl;
