@@ -127,7 +127,9 @@ void dispatch(const at::Tensor& src, at::Tensor& dst, const at::Tensor& residual
 
 bool token_layout_cpu_applies(const at::Tensor& x) {
   if (!x.device().is_cpu() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16)) return false;
-  return !(at::GradMode::is_enabled() && x.requires_grad());
+  // Gradients off altogether: the kernels have no backward, and what they move is computed from x
+  // by layers whose parameters may need a gradient even where x does not.
+  return !at::GradMode::is_enabled();
 }
 
 at::Tensor tokens_from_channels_cpu(const at::Tensor& input) {

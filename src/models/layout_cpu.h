@@ -8,7 +8,7 @@
 
 namespace vdm::models {
 
-// True when the kernels apply to `x`: a float32 or bfloat16 CPU tensor that needs no gradient.
+// True when the kernels apply to `x`: a float32 or bfloat16 CPU tensor, with gradients off.
 bool token_layout_cpu_applies(const at::Tensor& x);
 
 // x: [N, C, H, W], or [B, C, F, H, W] with each H x W plane contiguous (a temporal layer's view of

@@ -616,6 +616,13 @@ TEST(TokenLayout, MatchesPermuteAndAdd) {
     }
   }
   EXPECT_FALSE(token_layout_cpu_applies(at::randn({2, 3, 4, 4}, at::kDouble)));
+  {
+    at::NoGradGuard no_grad;
+    EXPECT_TRUE(token_layout_cpu_applies(at::randn({2, 3, 4, 4})));
+  }
+  // Under grad mode (training) LibTorch's permute keeps the autograd graph, even for an input that
+  // needs no gradient itself.
+  EXPECT_FALSE(token_layout_cpu_applies(at::randn({2, 3, 4, 4})));
   EXPECT_THROW(channels_from_tokens_add_cpu(at::randn({2, 16, 3, 8}), at::randn({6, 8, 4, 5})), c10::Error);
 }
 
