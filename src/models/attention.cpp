@@ -184,6 +184,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::project(const at::
   return {to_q_->forward(x), to_k_->forward(ctx), to_v_->forward(ctx)};
 }
 
+namespace {
+// A dropout module that would zero values in this call (training mode, p > 0); null ones do not.
+bool drops(const torch::nn::Dropout& d) { return d && d->is_training() && d->options.p() > 0; }
+}  // namespace
+
 at::Tensor AttentionImpl::residual_and_rescale(at::Tensor out, const at::Tensor& input) const {
   if (options_.residual_connection) out = out + input;
   if (options_.rescale_output_factor != 1.0) out = out / options_.rescale_output_factor;
@@ -235,8 +240,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& hidden_states, const at::Ten
 at::Tensor AttentionImpl::forward_add_to(at::Tensor& acc, const at::Tensor& hidden_states,
                                          const at::Tensor& encoder_hidden_states, c10::optional<at::Tensor> mask) {
   const auto& o = options_;
-  const bool dropout = to_out_dropout_->is_training() && to_out_dropout_->options.p() > 0;
-  if (hidden_states.dim() != 3 || group_norm_ || o.residual_connection || o.rescale_output_factor != 1.0 || dropout)
+  if (hidden_states.dim() != 3 || group_norm_ || o.residual_connection || o.rescale_output_factor != 1.0 ||
+      drops(to_out_dropout_))
     return acc.add_(forward(hidden_states, encoder_hidden_states, std::move(mask)));
   return to_out_proj_->forward_add_to(attend(hidden_states, encoder_hidden_states, std::move(mask)), acc);
 }
@@ -323,9 +328,7 @@ int64_t feed_forward_tile_rows(int64_t hidden_width, int64_t element_size) {
 }  // namespace
 
 bool FeedForwardImpl::dropout_active() const {
-  for (const torch::nn::Dropout& d : {drop_, final_drop_})
-    if (d && d->is_training() && d->options.p() > 0) return true;
-  return false;
+  return drops(drop_) || drops(final_drop_);
 }
 
 bool FeedForwardImpl::tiled_applies(const at::Tensor& x) const {

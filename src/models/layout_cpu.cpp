@@ -15,17 +15,21 @@ namespace {
 
 using V8 = cpu::Vec<8>::f;
 
-// Planes p = (p1, p2): the source plane is [R rows, K columns] (columns contiguous, rows src_rs
-// apart), the destination plane its transpose [K rows, R columns] (columns contiguous, rows dst_rs
-// apart); residual, when given, is laid out as the destination.
+// Planes p = (p1, p2) of [P1, P2]: the source plane is [R rows, K columns] (columns contiguous,
+// rows src_rs apart), the destination plane its transpose [K rows, R columns] (columns contiguous,
+// rows dst_rs apart); a residual, when given, is laid out as the destination.
+struct Planes {
+  int64_t P1, P2, R, K;
+  int64_t src_p1, src_p2, src_rs;
+  int64_t dst_p1, dst_p2, dst_rs;
+};
+
 template <class T>
 struct Transpose {
   const T* src;
   T* dst;
   const T* residual;
-  int64_t P2, R, K;
-  int64_t src_p1, src_p2, src_rs;
-  int64_t dst_p1, dst_p2, dst_rs;
+  Planes g;
 };
 
 // An 8x8 block in registers: in[i] holds row i, out[j] column j (unpack pairs of rows, then pairs of
@@ -51,32 +55,32 @@ __attribute__((always_inline)) inline void transpose8(const V8 (&in)[8], V8 (&ou
 // Destination rows [k0, k1) of plane `p`.
 template <class T>
 __attribute__((always_inline)) inline void transpose_rows(const Transpose<T>& t, int64_t p, int64_t k0, int64_t k1) {
-  const T* src = t.src + (p / t.P2) * t.src_p1 + (p % t.P2) * t.src_p2;
-  const int64_t dst_offset = (p / t.P2) * t.dst_p1 + (p % t.P2) * t.dst_p2;
+  const T* src = t.src + (p / t.g.P2) * t.g.src_p1 + (p % t.g.P2) * t.g.src_p2;
+  const int64_t dst_offset = (p / t.g.P2) * t.g.dst_p1 + (p % t.g.P2) * t.g.dst_p2;
   T* dst = t.dst + dst_offset;
   const T* res = t.residual ? t.residual + dst_offset : nullptr;
   auto element = [&](int64_t k, int64_t r) {
-    float v = cpu::load_one(src + r * t.src_rs + k);
-    if (res) v += cpu::load_one(res + k * t.dst_rs + r);
-    cpu::store_one(dst + k * t.dst_rs + r, v);
+    float v = cpu::load_one(src + r * t.g.src_rs + k);
+    if (res) v += cpu::load_one(res + k * t.g.dst_rs + r);
+    cpu::store_one(dst + k * t.g.dst_rs + r, v);
   };
   int64_t k = k0;
   for (; k + 8 <= k1; k += 8) {
     int64_t r = 0;
-    for (; r + 8 <= t.R; r += 8) {
+    for (; r + 8 <= t.g.R; r += 8) {
       V8 in[8], out[8];
-      for (int i = 0; i < 8; ++i) in[i] = cpu::load_lanes<8>(src + (r + i) * t.src_rs + k);
+      for (int i = 0; i < 8; ++i) in[i] = cpu::load_lanes<8>(src + (r + i) * t.g.src_rs + k);
       transpose8(in, out);
       for (int j = 0; j < 8; ++j) {
-        const int64_t at = (k + j) * t.dst_rs + r;
+        const int64_t at = (k + j) * t.g.dst_rs + r;
         cpu::store_lanes<8>(dst + at, res ? out[j] + cpu::load_lanes<8>(res + at) : out[j]);
       }
     }
-    for (; r < t.R; ++r)
+    for (; r < t.g.R; ++r)
       for (int j = 0; j < 8; ++j) element(k + j, r);
   }
   for (; k < k1; ++k)
-    for (int64_t r = 0; r < t.R; ++r) element(k, r);
+    for (int64_t r = 0; r < t.g.R; ++r) element(k, r);
 }
 
 template <class T>
@@ -92,35 +96,29 @@ void rows_baseline(const Transpose<T>& t, int64_t p, int64_t k0, int64_t k1) {
 
 // Every plane, in tasks of up to 64 destination rows.
 template <class T>
-void run(const Transpose<T>& t, int64_t planes) {
+void run(const Transpose<T>& t) {
   const RowsFn<T> fn = cpu::by_isa<RowsFn<T>>(rows_avx2<T>, rows_avx2<T>, rows_baseline<T>);
   constexpr int64_t kRows = 64;
-  const int64_t chunks = (t.K + kRows - 1) / kRows;
-  at::parallel_for(0, planes * chunks, 1, [&](int64_t a, int64_t b) {
+  const int64_t chunks = (t.g.K + kRows - 1) / kRows;
+  at::parallel_for(0, t.g.P1 * t.g.P2 * chunks, 1, [&](int64_t a, int64_t b) {
     for (int64_t task = a; task < b; ++task) {
       const int64_t k0 = (task % chunks) * kRows;
-      fn(t, task / chunks, k0, std::min(t.K, k0 + kRows));
+      fn(t, task / chunks, k0, std::min(t.g.K, k0 + kRows));
     }
   });
 }
 
-template <class T>
-void run_typed(const at::Tensor& src, at::Tensor& dst, const at::Tensor& residual, Transpose<T> t, int64_t planes) {
-  t.src = static_cast<const T*>(src.data_ptr());
-  t.dst = static_cast<T*>(dst.data_ptr());
-  t.residual = residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr;
-  run(t, planes);
-}
-
-void dispatch(const at::Tensor& src, at::Tensor& dst, const at::Tensor& residual, int64_t P1, int64_t P2, int64_t R,
-              int64_t K, int64_t src_p1, int64_t src_p2, int64_t src_rs, int64_t dst_p1, int64_t dst_p2,
-              int64_t dst_rs) {
+// src into dst (plus residual, when defined), all of one dtype.
+void transpose(const at::Tensor& src, at::Tensor& dst, const at::Tensor& residual, const Planes& g) {
+  auto typed = [&](auto type) {
+    using T = decltype(type);
+    run(Transpose<T>{static_cast<const T*>(src.data_ptr()), static_cast<T*>(dst.data_ptr()),
+                     residual.defined() ? static_cast<const T*>(residual.data_ptr()) : nullptr, g});
+  };
   if (src.scalar_type() == at::kBFloat16)
-    run_typed<uint16_t>(src, dst, residual,
-                        {nullptr, nullptr, nullptr, P2, R, K, src_p1, src_p2, src_rs, dst_p1, dst_p2, dst_rs}, P1 * P2);
+    typed(uint16_t{});
   else
-    run_typed<float>(src, dst, residual,
-                     {nullptr, nullptr, nullptr, P2, R, K, src_p1, src_p2, src_rs, dst_p1, dst_p2, dst_rs}, P1 * P2);
+    typed(float{});
 }
 
 }  // namespace
@@ -143,7 +141,7 @@ at::Tensor tokens_from_channels_cpu(const at::Tensor& input) {
   const int64_t B = x.size(0), C = x.size(1), F = x.size(2), S = x.size(3) * W;
   at::Tensor tokens = at::empty({B, S, F, C}, x.options());
   // Plane (b, f): [C rows, S columns] -> [S rows, C columns], rows F*C apart.
-  dispatch(x, tokens, at::Tensor(), B, F, C, S, x.stride(0), x.stride(2), x.stride(1), S * F * C, C, F * C);
+  transpose(x, tokens, at::Tensor(), {B, F, C, S, x.stride(0), x.stride(2), x.stride(1), S * F * C, C, F * C});
   return input.dim() == 4 ? tokens.view({B, S, C}) : tokens;
 }
 
@@ -158,7 +156,7 @@ at::Tensor channels_from_tokens_add_cpu(const at::Tensor& tokens, const at::Tens
               "channels_from_tokens_add_cpu: residual ", residual.sizes(), " does not match tokens ", tokens.sizes());
   at::Tensor out = at::empty_like(residual);
   // Plane (b, f): [S rows, C columns], rows F*C apart -> [C rows, S columns].
-  dispatch(tokens, out, residual, B, F, S, C, S * F * C, C, F * C, F * C * S, C * S, S);
+  transpose(tokens, out, residual, {B, F, S, C, S * F * C, C, F * C, F * C * S, C * S, S});
   return out;
 }
 
