@@ -30,15 +30,6 @@ bool channels_last_5d(const at::Tensor& x) {
   return x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous();
 }
 
-// h: [B, C, F, H, W] -> [B, Cout, F, H, W], weight [Cout, C, 3, 1, 1]. Channels-last input takes
-// the 2-D form over [B, C, F, H*W] (temporal_conv_as_2d), which keeps the layout.
-at::Tensor conv_frames(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!channels_last_5d(h) || !temporal_conv_as_2d()) return at::conv3d(h, weight, bias, 1, kPadding);
-  const int64_t B = h.size(0), F = h.size(2), H = h.size(3), W = h.size(4);
-  const at::Tensor out = at::conv2d(h.view({B, h.size(1), F, H * W}), weight.squeeze(-1), bias, 1, {kPadding[0], 0});
-  return out.view({B, out.size(1), F, H, W});
-}
-
 // One stage: GroupNorm, SiLU, [Dropout,] Conv3d, with the norm and SiLU fused. `bias` carries a
 // convolution bias from one stage to what follows it where `takes_bias` says that adds it as it reads
 // (channels-last CUDA): the next stage's norm (models::norm_takes_conv_bias), or after the last stage
@@ -66,6 +57,13 @@ at::Tensor run_stage(torch::nn::Sequential& stage, const at::Tensor& x, at::Tens
   return h;
 }
 }  // namespace
+
+at::Tensor conv_frames(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias) {
+  if (!temporal_conv_as_2d()) return at::conv3d(h, weight, bias, 1, kPadding);
+  const int64_t B = h.size(0), F = h.size(2), H = h.size(3), W = h.size(4);
+  const at::Tensor out = at::conv2d(h.flatten(3), weight.squeeze(-1), bias, 1, {kPadding[0], 0});
+  return out.view({B, out.size(1), F, H, W});
+}
 
 bool temporal_conv_as_2d() {
   static const bool on = env_switch("VDM_TEMPORAL_CONV", "conv2d", "conv3d");

@@ -17,11 +17,18 @@ struct TemporalConvOptions {
   int64_t norm_num_groups = 32;
 };
 
-// True unless VDM_TEMPORAL_CONV=conv3d: a (3,1,1) convolution over channels-last [B, C, F, H, W]
-// (the CUDA layout) runs as the same convolution with kernel (3,1) over [B, C, F, H*W], a view of
-// the same memory, so that it takes the 2-D channels-last convolutions. Read once; InputError for
-// an unknown value.
+// True unless VDM_TEMPORAL_CONV=conv3d: a (3,1,1) convolution over [B, C, F, H, W] runs as the
+// same convolution with kernel (3,1) over [B, C, F, H*W], a view of the same memory. On channels-last
+// frames (the CUDA layout) that takes the 2-D channels-last convolutions; on the CPU it takes oneDNN
+// where LibTorch 1.13 sends a float32 Conv3d of one video to its slower im2col path. Read once;
+// InputError for an unknown value.
 bool temporal_conv_as_2d();
+
+// One of the layer's convolutions, in the form temporal_conv_as_2d() selects.
+//   h: [B, C, F, H, W] in any layout (a view where H and W merge, as in NCDHW, channels-last and
+//      the frame-major [B, F, C, H, W] memory the layer receives),
+//   weight: [Cout, C, 3, 1, 1], bias: [Cout] or undefined -> [B, Cout, F, H, W]
+at::Tensor conv_frames(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias);
 
 class TemporalConvLayerImpl : public torch::nn::Module {
  public:

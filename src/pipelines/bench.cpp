@@ -163,8 +163,7 @@ BenchReport run_bench(const BenchOptions& o) {
       unet->fuse_qkv_projections(o.fuse_qkv == "auto" ? models::fused_qkv_pays(device) : o.fuse_qkv == "on");
   if (device.is_cuda()) report.cuda_kernels = models::cuda_kernels_in_use();
   report.upsample = models::upsample_as_transposed_conv() ? "transposed" : "separate";
-  // The 2-D form applies to channels-last activations only.
-  report.temporal_conv = channels_last && temporal::temporal_conv_as_2d() ? "conv2d" : "conv3d";
+  report.temporal_conv = temporal::temporal_conv_as_2d() ? "conv2d" : "conv3d";
   report.device_name = device.str();
   report.threads = at::get_num_threads();
   report.kernel_threads = parallel_for_threads();

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/DefaultDtype.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -29,6 +30,7 @@
 #include "models/normalization_cpu.h"
 #include "models/resnet.h"
 #include "models/unet_3d_condition.h"
+#include "temporal/temporal_conv.h"
 #include "tests/support/test_support.h"
 
 namespace {
@@ -670,6 +672,37 @@ TEST(Upsample2D, TransposedConvolutionMatchesUpsampleThenConv) {
   up->to(at::kDouble);
   EXPECT_EQ(up->forward(x.to(at::kDouble)).scalar_type(), at::kDouble);
   EXPECT_LT(max_abs_diff(up->forward(x.to(at::kDouble)), reference(x)), 1e-12);
+}
+
+// The temporal convolution as vdm runs it (by default the (3, 1) 2-D form over [B, C, F, H*W])
+// against Conv3d in float64: one and two videos, the three layouts it meets (NCDHW, the frame-major
+// memory TemporalConvLayer receives, channels-last), with and without a bias, and its gradients.
+TEST(TemporalConv, FramesConvolutionMatchesConv3d) {
+  ASSERT_TRUE(vdm::temporal::temporal_conv_as_2d());
+  at::manual_seed(9);
+  const at::Tensor w = at::randn({6, 5, 3, 1, 1}, at::kDouble), b = at::randn({6}, at::kDouble);
+  auto reference = [&](const at::Tensor& h, const at::Tensor& bias) { return at::conv3d(h, w, bias, 1, {1, 0, 0}); };
+  for (const int64_t B : {1, 2}) {
+    const at::Tensor frame_major = at::randn({B, 4, 5, 3, 7}, at::kDouble);  // [B, F, C, H, W]
+    const at::Tensor h = frame_major.permute({0, 2, 1, 3, 4});                // [B, C, F, H, W]
+    for (const at::Tensor& x : {h.contiguous(), h, h.contiguous(at::MemoryFormat::ChannelsLast3d)}) {
+      for (const at::Tensor& bias : {b, at::Tensor()}) {
+        const at::Tensor out = vdm::temporal::conv_frames(x, w, bias);
+        EXPECT_EQ(out.sizes(), (std::vector<int64_t>{B, 6, 4, 3, 7}));
+        EXPECT_LT(max_abs_diff(out, reference(x, bias)), 1e-12) << "B " << B << " strides " << x.strides();
+      }
+    }
+    // Gradients for the input, the weight and the bias (training takes the same form).
+    const at::Tensor x = h.contiguous().requires_grad_(), wg = w.clone().requires_grad_(), bg = b.clone().requires_grad_();
+    const at::Tensor up = at::randn({B, 6, 4, 3, 7}, at::kDouble);
+    const auto grads = torch::autograd::grad({(vdm::temporal::conv_frames(x, wg, bg) * up).sum()}, {x, wg, bg});
+    const auto ref = torch::autograd::grad({(at::conv3d(x, wg, bg, 1, {1, 0, 0}) * up).sum()}, {x, wg, bg});
+    for (size_t i = 0; i < 3; ++i) EXPECT_LT(max_abs_diff(grads[i], ref[i]), 1e-12) << "gradient " << i;
+  }
+  // A channels-last input keeps its layout.
+  const at::Tensor cl = at::randn({2, 5, 4, 3, 7}).contiguous(at::MemoryFormat::ChannelsLast3d);
+  EXPECT_TRUE(vdm::temporal::conv_frames(cl, w.to(at::kFloat), b.to(at::kFloat))
+                  .is_contiguous(at::MemoryFormat::ChannelsLast3d));
 }
 
 TEST(Attention, BFloat16StaysCloseAndKeepsDtype) {
