@@ -20,7 +20,7 @@ struct TemporalConvOptions {
 // True unless VDM_TEMPORAL_CONV=conv3d: a (3,1,1) convolution over [B, C, F, H, W] runs as the
 // same convolution with kernel (3,1) over [B, C, F, H*W], a view of the same memory. On channels-last
 // frames (the CUDA layout) that takes the 2-D channels-last convolutions; on the CPU it takes oneDNN
-// where LibTorch 1.13 sends a float32 Conv3d of one video to its slower im2col path. Read once;
+// where LibTorch 1.13 sends a small float32 Conv3d of one video to its slower im2col path. Read once;
 // InputError for an unknown value.
 bool temporal_conv_as_2d();
 
