@@ -42,7 +42,7 @@ OpProfile sorted_profile(std::map<std::string, OpTime> by_name, double wall_ms, 
 }  // namespace
 
 OpProfile profile_ops(const std::function<void()>& work) {
-  prof::enableProfilerLegacy(prof::ProfilerConfig(prof::ProfilerState::CPU, true));
+  prof::enableProfilerLegacy(prof::ProfilerConfig(prof::ProfilerState::CPU));
   const double wall_ms = run_profiled(work, [] { prof::disableProfilerLegacy(); });
   const prof::thread_event_lists threads = prof::disableProfilerLegacy();
 
@@ -62,12 +62,7 @@ OpProfile profile_ops(const std::function<void()>& work) {
         const Open open = stack.back();
         stack.pop_back();
         const double us = open.push->cpuElapsedUs(e);
-        std::string name = open.push->name();
-        if (name == "aten::copy_" || name == "aten::add" || name == "aten::cat" || name == "aten::mkldnn_convolution") {
-          std::string sh;
-          for (const auto& v : open.push->shapes()) { sh += "["; for (auto d : v) sh += std::to_string(d) + ","; sh += "]"; }
-          name += " " + sh + (stack.empty() ? std::string("") : std::string(" <- ") + stack.back().push->name());
-        }
+        const std::string name = open.push->name();
         OpTime& t = by_name[name];
         t.name = name;
         ++t.calls;
