@@ -7,9 +7,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "models/cpu_vector.h"
+
+#include <immintrin.h>
 
 namespace vdm::models {
 
@@ -21,6 +24,7 @@ using cpu::store;
 using cpu::hsum;
 using cpu::hmax;
 using cpu::exp2_nonpositive;
+using cpu::store_one;
 
 constexpr int64_t kRows = 4;  // query rows per block: each key/value load feeds this many rows
 // Keys are padded to a multiple of this many, so every vector access (8 or 16 floats) is whole.
@@ -373,6 +377,157 @@ ShortKernel short_function() {
   return cpu::by_isa<ShortKernel>({attend_short_avx512, 16}, {attend_short_avx2, 8}, {attend_short_baseline, 8});
 }
 
+// bfloat16 long sequences on CPUs with AVX512-BF16: the two products take bfloat16 pairs
+// (vdpbf16ps: each float32 lane adds two bfloat16 products), the softmax stays float32.
+//   kP: [D/2, Lp] channel pairs of the keys (one 32-bit pair per key), zero-padded to Lp (a multiple
+//       of 32) keys
+//   vT: [DV, Lp] values, keys contiguous, zero-padded likewise
+//   q rows: bfloat16 read in place; out rows: bfloat16, rounded to nearest even
+//   s: [kRows, Lp] scores
+// The scores are q . k exactly as the float32 kernel forms them from the same bfloat16 values (pair
+// sums in float32); the weights 2^(s * scale - max * scale), from the degree-3 polynomial, are rounded
+// to bfloat16 for the product with the values, as bfloat16 flash attention does, and summed in float32
+// for the normalisation.
+constexpr int64_t kBf16KeyPadding = 32;
+
+struct Bf16Block {
+  const uint16_t* q;
+  int64_t q_row;
+  const uint32_t* kP;
+  const uint16_t* vT;
+  int64_t Lk, Lp;
+  float scale;  // log2(e) / sqrt(d)
+  uint16_t* out;
+  int64_t out_row;
+};
+
+template <int D, int DV>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"))) void attend_block_bf16(
+    const Bf16Block& io, int64_t rows, float* scratch) {
+  using V = typename Vec<16>::f;
+  float* s[kRows];
+  __m512bh qp[kRows][D / 2];
+  for (int64_t r = 0; r < kRows; ++r) {
+    s[r] = scratch + r * io.Lp;
+    const uint16_t* src = io.q + std::min<int64_t>(r, rows - 1) * io.q_row;
+    for (int c = 0; c < D / 2; ++c) {
+      uint32_t pair;
+      std::memcpy(&pair, src + 2 * c, sizeof(pair));
+      qp[r][c] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+    }
+  }
+  // Scores, 16 keys per vector, and the rows' maxima over the vectors wholly within the real keys.
+  V m[kRows];
+  for (int r = 0; r < kRows; ++r) m[r] = V{} - 1e30f;
+  const int64_t whole = io.Lk / 16 * 16;
+  for (int64_t j = 0; j < io.Lp; j += 16) {
+    V a[kRows] = {};
+#pragma GCC unroll 8
+    for (int c = 0; c < D / 2; ++c) {
+      const __m512bh kv = (__m512bh)_mm512_loadu_si512(io.kP + c * io.Lp + j);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) a[r] = _mm512_dpbf16_ps(a[r], kv, qp[r][c]);
+    }
+    for (int r = 0; r < kRows; ++r) {
+      store(s[r] + j, a[r]);
+      if (j < whole) m[r] = a[r] > m[r] ? a[r] : m[r];
+    }
+  }
+  float ms[kRows];  // each row's maximum, scaled
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t j = io.Lk; j < io.Lp; ++j) s[r][j] = -1e30f;
+    V mr = m[r];
+    for (int64_t j = whole; j < io.Lp; j += 16) {
+      const V x = load<V>(s[r] + j);
+      mr = x > mr ? x : mr;
+    }
+    ms[r] = hmax<16>(mr) * io.scale;
+  }
+  // Weights and their product with the values, 32 keys (one bfloat16 vector) at a time; RP rows
+  // keep RP x DV accumulators in registers.
+  constexpr int RP = DV >= 16 ? 1 : 16 / DV;
+  for (int r0 = 0; r0 < kRows && r0 < rows; r0 += RP) {
+    V acc[RP][DV] = {};
+    V l[RP] = {};
+    for (int64_t j = 0; j < io.Lp; j += 32) {
+      __m512bh p[RP];
+#pragma GCC unroll 4
+      for (int r = 0; r < RP; ++r) {
+        const V p0 = exp2_nonpositive<16, 3>(load<V>(s[r0 + r] + j) * io.scale - ms[r0 + r]);
+        const V p1 = exp2_nonpositive<16, 3>(load<V>(s[r0 + r] + j + 16) * io.scale - ms[r0 + r]);
+        l[r] += p0 + p1;
+        p[r] = _mm512_cvtne2ps_pbh(p1, p0);  // keys j..j+15 in the low half: pairs of neighbouring keys
+      }
+#pragma GCC unroll 16
+      for (int c = 0; c < DV; ++c) {
+        const __m512bh vv = (__m512bh)_mm512_loadu_si512(io.vT + c * io.Lp + j);
+#pragma GCC unroll 4
+        for (int r = 0; r < RP; ++r) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], p[r], vv);
+      }
+    }
+    for (int r = 0; r < RP && r0 + r < rows; ++r) {
+      const float inv = 1.0f / hsum<16>(l[r]);
+      for (int c = 0; c < DV; ++c) store_one(io.out + (r0 + r) * io.out_row + c, hsum<16>(acc[r][c]) * inv);
+    }
+  }
+}
+
+using Bf16BlockFn = void (*)(const Bf16Block&, int64_t, float*);
+
+// The instance for head sizes d (keys) and dv (values), or null where there is none (4, 8 or 16
+// channels each).
+Bf16BlockFn bf16_block_function(int64_t d, int64_t dv) {
+  auto for_d = [&](auto D) -> Bf16BlockFn {
+    switch (dv) {
+      case 4: return attend_block_bf16<decltype(D)::value, 4>;
+      case 8: return attend_block_bf16<decltype(D)::value, 8>;
+      case 16: return attend_block_bf16<decltype(D)::value, 16>;
+      default: return nullptr;
+    }
+  };
+  switch (d) {
+    case 4: return for_d(std::integral_constant<int, 4>{});
+    case 8: return for_d(std::integral_constant<int, 8>{});
+    case 16: return for_d(std::integral_constant<int, 16>{});
+    default: return nullptr;
+  }
+}
+
+// softmax(q k^T / sqrt(d)) v on the bfloat16 kernel; q, k, v bfloat16 with channels contiguous
+// -> [B, heads, Lq, dv], the view of a contiguous bfloat16 [B, Lq, heads, dv].
+at::Tensor fused_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, Bf16BlockFn block) {
+  const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
+  const int64_t Lk = k.size(2), dv = v.size(3);
+  const int64_t Lp = (Lk + kBf16KeyPadding - 1) / kBf16KeyPadding * kBf16KeyPadding;
+  // Keys as [B, heads, d/2, Lp] channel pairs and values as [B, heads, dv, Lp], zero-padded, in one
+  // strided copy each.
+  at::Tensor kP = at::empty({B, H, d / 2, Lp, 2}, q.options());
+  at::Tensor vT = at::empty({B, H, dv, Lp}, q.options());
+  if (Lp > Lk) kP.narrow(3, Lk, Lp - Lk).zero_(), vT.narrow(3, Lk, Lp - Lk).zero_();
+  kP.narrow(3, 0, Lk).copy_(k.unflatten(3, {d / 2, 2}).permute({0, 1, 3, 2, 4}));
+  vT.narrow(3, 0, Lk).copy_(v.transpose(2, 3));
+  at::Tensor out = at::empty({B, Lq, H, dv}, q.options());
+  const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
+  const auto* kp = reinterpret_cast<const uint32_t*>(kP.data_ptr<at::BFloat16>());
+  const auto* vp = reinterpret_cast<const uint16_t*>(vT.data_ptr<at::BFloat16>());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const float scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
+  const int64_t blocks_per_seq = (Lq + kRows - 1) / kRows;
+  const int64_t grain = std::max<int64_t>(1, 65536 / (kRows * Lp));
+  at::parallel_for(0, B * H * blocks_per_seq, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(static_cast<size_t>(kRows * Lp));
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / blocks_per_seq, r0 = (i % blocks_per_seq) * kRows;
+      const int64_t b = n / H, h = n % H;
+      const Bf16Block io{qp + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2), q.stride(2),
+                         kp + n * (d / 2) * Lp, vp + n * dv * Lp, Lk, Lp, scale,
+                         op + ((b * Lq + r0) * H + h) * dv, H * dv};
+      block(io, std::min(kRows, Lq - r0), scratch.data());
+    }
+  });
+  return out.transpose(1, 2);
+}
+
 // softmax(q k^T) v with the queries in the lanes (Lk <= kFusedAttentionShortKeys).
 //   q, k, v: float32 [B, H, L, d] with channels contiguous; out: [B, Lq, H, dv] contiguous
 void fused_attention_short(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, float scale,
@@ -406,6 +561,8 @@ void fused_attention_short(const at::Tensor& q, const at::Tensor& k, const at::T
 
 const char* fused_attention_cpu_isa() { return cpu::isa_name(cpu::kernel_isa()); }
 
+bool fused_attention_cpu_bf16_pairs() { return cpu::avx512_bf16(); }
+
 bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
   if (has_mask) return false;
   const at::ScalarType dtype = q.scalar_type();
@@ -435,6 +592,12 @@ at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, cons
     at::Tensor f = t.to(at::kFloat);
     return f.stride(3) == 1 ? f : f.contiguous();
   };
+  if (q_in.scalar_type() == at::kBFloat16 && Lk > kFusedAttentionShortKeys && fused_attention_cpu_bf16_pairs()) {
+    if (const Bf16BlockFn block = bf16_block_function(d, dv)) {
+      auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+      return fused_attention_bf16(rows(q_in), rows(k), rows(v), block);
+    }
+  }
   const at::Tensor q = channels_contiguous(q_in);
   if (Lk <= kFusedAttentionShortKeys) {
     at::Tensor out = at::empty({B, Lq, H, dv}, f32);

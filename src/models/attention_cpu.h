@@ -3,7 +3,8 @@
 // per-thread buffer of four rows (L1-resident): the [L, L] score matrix is never written to
 // memory, which is what bounds the matmul-softmax-matmul path at these shapes. Rows are processed
 // four at a time so that every key and value load feeds four queries; exp runs vectorised
-// (AVX-512 and AVX2/FMA code with a portable fallback, chosen at run time).
+// (AVX-512 and AVX2/FMA code with a portable fallback, chosen at run time). bfloat16 on CPUs with
+// AVX512-BF16 takes bfloat16 pair products instead (fused_attention_cpu_bf16_pairs).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -28,11 +29,18 @@ bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const
 
 // softmax(q k^T / sqrt(d)) v for float32 or bfloat16 CPU tensors. bfloat16 inputs are widened to
 // float32 as they are laid out for the kernel (scores and sums are float32 either way) and the
-// result is rounded back to bfloat16.
+// result is rounded back to bfloat16, except on the AVX512-BF16 kernel (see below).
 // q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv], any
 // strides: q is read in place, and the result is the [B, heads, Lq, dv] view of a contiguous
 // [B, Lq, heads, dv] tensor, so merging the heads back (transpose(1, 2).reshape) copies nothing.
 at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// True when bfloat16 attention over more than kFusedAttentionShortKeys keys, with heads of 4, 8 or
+// 16 channels, runs on the AVX512-BF16 kernel: the two products take bfloat16 pairs and the softmax
+// weights are rounded to bfloat16 for the product with the values (the float32 kernel otherwise,
+// on inputs widened to float32). Needs the AVX-512 kernels (not capped by VDM_CPU_ISA) and a CPU
+// with AVX512-BF16.
+bool fused_attention_cpu_bf16_pairs();
 
 // The instruction set of the kernel build in use: "avx512", "avx2" or "baseline". The widest the
 // CPU supports, unless the environment variable VDM_CPU_ISA caps it at "avx2" or "baseline".

@@ -130,21 +130,30 @@ __attribute__((always_inline)) inline float hmax(typename Vec<N>::f x) {
 //   then sits in the low mantissa bits: shifted into the exponent field it is 2^n, with no
 //   float-to-integer conversion); inputs below -126 give 2^-126, which vanishes next to the row
 //   maximum's 1. (The file is compiled without -ffast-math, so the shift is kept.)
-template <int N>
+//
+// Degree 3 (relative error 7.5e-5) serves weights that are rounded to bfloat16 (2^-9) anyway.
+template <int N, int Degree = 5>
 __attribute__((always_inline)) inline typename Vec<N>::f exp2_poly(typename Vec<N>::f f) {
-  typename Vec<N>::f p = f * 1.32764714e-3f + 9.67554133e-3f;
-  p = p * f + 5.55071328e-2f;
-  p = p * f + 2.40221197e-1f;
-  p = p * f + 6.93146967e-1f;
-  return p * f + 1.00000007f;
+  static_assert(Degree == 5 || Degree == 3, "exp2_poly: degree 5 or 3");
+  if constexpr (Degree == 3) {
+    typename Vec<N>::f p = f * 5.51716691e-2f + 2.42611122e-1f;
+    p = p * f + 6.93260986e-1f;
+    return p * f + 9.99928074e-1f;
+  } else {
+    typename Vec<N>::f p = f * 1.32764714e-3f + 9.67554133e-3f;
+    p = p * f + 5.55071328e-2f;
+    p = p * f + 2.40221197e-1f;
+    p = p * f + 6.93146967e-1f;
+    return p * f + 1.00000007f;
+  }
 }
-template <int N>
+template <int N, int Degree = 5>
 __attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typename Vec<N>::f x) {
   using V = typename Vec<N>::f;
   if constexpr (N == 16) {
     V n, r;
     asm("vrndscaleps $0, %1, %0" : "=v"(n) : "v"(x));  // round to nearest even
-    const V p = exp2_poly<N>(x - n);
+    const V p = exp2_poly<N, Degree>(x - n);
     asm("vscalefps %2, %1, %0" : "=v"(r) : "v"(p), "v"(n));  // p * 2^n
     return r;
   } else {
@@ -153,7 +162,7 @@ __attribute__((always_inline)) inline typename Vec<N>::f exp2_nonpositive(typena
     x = lo > x ? lo : x;  // max(x, -126), NaN kept (one max instruction)
     const V y = x + 12583039.0f;
     const V n = y - 12583039.0f;
-    return exp2_poly<N>(x - n) * (V)(((VU)y) << 23);  // a vector cast reinterprets the bits
+    return exp2_poly<N, Degree>(x - n) * (V)(((VU)y) << 23);  // a vector cast reinterprets the bits
   }
 }
 
@@ -180,6 +189,13 @@ F by_isa(F avx512, F avx2, F baseline) {
     case Isa::kAvx2: return avx2;
     default: return baseline;
   }
+}
+
+// True when the AVX-512 kernels are in use and the CPU also has AVX512-BF16 (bfloat16 pair dot
+// products, vdpbf16ps). Read once.
+inline bool avx512_bf16() {
+  static const bool on = kernel_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  return on;
 }
 
 inline const char* isa_name(Isa isa) {

@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/runtime.h"
 #include "io/tensor_io.h"
+#include "models/attention_cpu.h"
 #include "models/autoencoder_kl.h"
 #include "models/cuda_ops.h"
 #include "models/resnet.h"
@@ -54,6 +55,7 @@ nlohmann::json BenchReport::to_json() const {
                       {"temporal_conv", temporal_conv},
                       {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
+                      {"cpu_kernels", cpu_kernels},
                       {"peak_device_mb", peak_device_mb}};
   for (const auto& s : stages)
     j["stages"][s.stage] = {{"median_ms", s.median()}, {"min_ms", s.min()}, {"max_ms", s.max()},
@@ -65,9 +67,9 @@ nlohmann::json BenchReport::to_json() const {
 std::string BenchReport::to_table() const {
   std::string out =
       fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  upsample {}  temporal conv {}  threads {} "
-                  "(vdm's kernels on {})  unet {:.1f} M parameters\n{}\n",
+                  "(vdm's kernels on {}, {})  unet {:.1f} M parameters\n{}\n",
                   device_name, dtype, batch, layout, fused_qkv_modules, upsample, temporal_conv, threads, kernel_threads,
-                  unet_parameters / 1e6, source);
+                  cpu_kernels, unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
     out += fmt::format("{:<16} {:>10.2f} {:>10.2f} {:>10.2f} {:>6}\n", s.stage, s.median(), s.min(),
@@ -167,6 +169,8 @@ BenchReport run_bench(const BenchOptions& o) {
   report.device_name = device.str();
   report.threads = at::get_num_threads();
   report.kernel_threads = parallel_for_threads();
+  report.cpu_kernels =
+      std::string(models::fused_attention_cpu_isa()) + (models::fused_attention_cpu_bf16_pairs() ? "+bf16" : "");
   report.dtype = dtype_name(dtype);
   report.unet_parameters = io::parameter_count(*unet);
   const int64_t batch = o.guidance > 1.0 ? 2 : 1;

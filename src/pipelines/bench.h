@@ -54,6 +54,7 @@ struct BenchReport {
   std::string temporal_conv = "conv3d";   // the temporal convolutions: conv2d or conv3d (VDM_TEMPORAL_CONV)
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
+  std::string cpu_kernels;  // the build of vdm's CPU kernels in use: avx512 (+bf16), avx2 or baseline
   std::vector<StageTiming> stages;
   double peak_host_mb = 0;    // max resident set size
   double peak_device_mb = 0;  // CUDA caching allocator peak (0 on CPU)

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "models/attention_cpu.h"
 #include "tests/support/test_support.h"
 
 namespace fs = std::filesystem;
@@ -198,6 +199,8 @@ TEST(BenchCli, StagesAndOperatorProfile) {
   EXPECT_EQ(j.at("threads"), 2);
 #if defined(VDM_WITH_OPENMP)
   EXPECT_EQ(j.at("kernel_threads"), 2);  // vdm's own kernels on every thread
+  EXPECT_EQ(j.at("cpu_kernels"), std::string(vdm::models::fused_attention_cpu_isa()) +
+                                   (vdm::models::fused_attention_cpu_bf16_pairs() ? "+bf16" : ""));
 #endif
   EXPECT_EQ(j.at("stages").at("unet_step").at("runs"), 2);
   EXPECT_GT(j.at("stages").at("unet_step").at("median_ms").get<double>(), 0.0);

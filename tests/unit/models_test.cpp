@@ -123,6 +123,27 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
     EXPECT_TRUE(fused_attention_cpu_applies(qb, kb, vb, false));
     EXPECT_FALSE(fused_attention_cpu_applies(qb, kb.to(at::kFloat), vb, false));  // mixed dtypes
   }
+  // bfloat16 over long key sequences (on CPUs with AVX512-BF16 the products take bfloat16 pairs and
+  // the softmax weights are rounded to bfloat16 for the product with the values): every head size
+  // with its own instance and one without, key counts off the 32-key padding, partial row blocks,
+  // heads split from one projection; against float64 on the same bfloat16 inputs, to within the
+  // output's and the weights' rounding. Large scores (spread) check the maximum's scaling.
+  for (const Case& c : {Case{2, 8, 301, 1000, 4, 4, 1}, Case{1, 2, 70, 129, 8, 8, 4}, Case{1, 3, 33, 200, 16, 16, 1},
+                        Case{1, 2, 9, 150, 16, 4, 1}, Case{1, 2, 10, 170, 4, 16, 1}, Case{1, 1, 5, 140, 6, 6, 1}}) {
+    at::Tensor proj = at::randn({c.B, c.Lk, c.H * (2 * c.D + c.Dv)}).to(at::kBFloat16);
+    auto heads = [&](int64_t from, int64_t width) {
+      return proj.narrow(2, from, c.H * width).view({c.B, c.Lk, c.H, width}).transpose(1, 2);
+    };
+    const at::Tensor k = heads(c.H * c.D, c.D), v = heads(2 * c.H * c.D, c.Dv);
+    const at::Tensor q = (at::randn({c.B, c.H, c.Lq, c.D}) * c.spread).to(at::kBFloat16);
+    const at::Tensor out = fused_attention_cpu(q, k, v);
+    ASSERT_EQ(out.scalar_type(), at::kBFloat16);
+    ASSERT_EQ(out.sizes(), (std::vector<int64_t>{c.B, c.H, c.Lq, c.Dv}));
+    const at::Tensor ref = naive_attention(q, k, v);
+    EXPECT_LT(max_abs_diff(out.to(at::kDouble), ref), 1e-2)
+        << c.B << "x" << c.H << "x" << c.Lq << "x" << c.Lk << " d " << c.D << "/" << c.Dv;
+  }
+  std::cout << "bfloat16 pair products: " << (fused_attention_cpu_bf16_pairs() ? "yes" : "no") << "\n";
 
   // The kernel build in use is no wider than VDM_CPU_ISA allows (ctest runs this test under each
   // cap; a CPU without AVX2 runs the baseline under any).
