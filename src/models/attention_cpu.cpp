@@ -24,6 +24,7 @@ using cpu::store;
 using cpu::hsum;
 using cpu::hmax;
 using cpu::exp2_nonpositive;
+using cpu::load_one;
 using cpu::store_one;
 
 constexpr int64_t kRows = 4;  // query rows per block: each key/value load feeds this many rows
@@ -203,23 +204,36 @@ __attribute__((always_inline)) inline void attend_block(const BlockIo& io, int64
 // sequence is scored against each key in turn with the key's channels broadcast, so the row maximum,
 // the softmax sum and the value products are all lane-wise: no horizontal reduction per row, and the
 // keys and values are read where they are ([Lk, d] rows with channels contiguous), without the
-// transposed copies of the long-sequence path.
+// transposed copies of the long-sequence path. T: float, or uint16_t for bfloat16, whose queries are
+// widened as they are read and outputs rounded to nearest even as written, and whose keys and values
+// are widened into the scratch once per (batch, head) sequence (`fresh`: the sequence's first group
+// in this task).
+template <class T>
 struct ShortIo {
-  const float* q;  // the group's first query row; rows q_row apart, channels contiguous
+  const T* q;  // the group's first query row; rows q_row apart, channels contiguous
   int64_t q_row;
+  const T* k;  // [Lk, d] rows k_row apart
+  int64_t k_row;
+  const T* v;  // [Lk, dv] rows v_row apart
+  int64_t v_row;
+  float scale;  // log2(e) / sqrt(d)
+  T* out;       // the group's first output row; rows out_row apart
+  int64_t out_row;
+  bool fresh;
+};
+
+// The float32 keys and values a group reads.
+struct ShortKeys {
   const float* k;  // [Lk, d] rows k_row apart
   int64_t k_row;
   const float* v;  // [Lk, dv] rows v_row apart
   int64_t v_row;
-  float scale;  // log2(e) / sqrt(d)
-  float* out;   // the group's first output row; rows out_row apart
-  int64_t out_row;
 };
 
 // Scores of the N lanes' queries (qT: [d, N], scaled) against keys [0, Lk) into S ([Lk, N]);
 // returns their lane-wise maximum. Four keys at a time for independent accumulation chains.
 template <int N, int D>
-__attribute__((always_inline)) inline typename Vec<N>::f short_scores(const float* qT, const ShortIo& io,
+__attribute__((always_inline)) inline typename Vec<N>::f short_scores(const float* qT, const ShortKeys& io,
                                                                        int64_t Lk, int64_t d, float* S) {
   using V = typename Vec<N>::f;
   const int64_t dd = D > 0 ? D : d;
@@ -259,7 +273,7 @@ __attribute__((always_inline)) inline typename Vec<N>::f short_scores(const floa
 // over S, then the channels are accumulated eight at a time. acc receives [dv, N], l the sums.
 template <int N, int DV>
 __attribute__((always_inline)) inline typename Vec<N>::f short_softmax_values(float* S, typename Vec<N>::f m,
-                                                                               const ShortIo& io, int64_t Lk,
+                                                                               const ShortKeys& io, int64_t Lk,
                                                                                int64_t dv, float* acc_out) {
   using V = typename Vec<N>::f;
   V l = {};
@@ -300,37 +314,52 @@ __attribute__((always_inline)) inline typename Vec<N>::f short_softmax_values(fl
 }
 
 // One group of up to N queries (`rows`; lanes past it repeat the last row and are not written).
-//   scratch: [d, N] (the scaled queries, transposed), [Lk, N] (scores, then weights), [dv, N]
-template <int N>
-__attribute__((always_inline)) inline void attend_short(const ShortIo& io, int64_t rows, int64_t Lk, int64_t d,
+//   scratch: [d, N] (the scaled queries, transposed), [Lk, N] (scores, then weights), [dv, N], then
+//   for bfloat16 the sequence's widened keys [Lk, d] and values [Lk, dv]
+template <int N, class T>
+__attribute__((always_inline)) inline void attend_short(const ShortIo<T>& io, int64_t rows, int64_t Lk, int64_t d,
                                                         int64_t dv, float* scratch) {
   using V = typename Vec<N>::f;
   float* qT = scratch;
   float* S = qT + d * N;
   float* acc = S + Lk * N;
+  ShortKeys kv{nullptr, 0, nullptr, 0};
+  if constexpr (std::is_same_v<T, float>) {
+    kv = {io.k, io.k_row, io.v, io.v_row};
+  } else {
+    float* k = acc + dv * N;
+    float* v = k + Lk * d;
+    if (io.fresh) {
+      for (int64_t j = 0; j < Lk; ++j) {
+        cpu::widen_bf16<N>(io.k + j * io.k_row, k + j * d, d);
+        cpu::widen_bf16<N>(io.v + j * io.v_row, v + j * dv, dv);
+      }
+    }
+    kv = {k, d, v, dv};
+  }
   for (int64_t r = 0; r < N; ++r) {
-    const float* src = io.q + std::min<int64_t>(r, rows - 1) * io.q_row;
-    for (int64_t c = 0; c < d; ++c) qT[c * N + r] = src[c] * io.scale;
+    const T* src = io.q + std::min<int64_t>(r, rows - 1) * io.q_row;
+    for (int64_t c = 0; c < d; ++c) qT[c * N + r] = load_one(src + c) * io.scale;
   }
   V m;
   switch (d) {
-    case 4: m = short_scores<N, 4>(qT, io, Lk, d, S); break;
-    case 8: m = short_scores<N, 8>(qT, io, Lk, d, S); break;
-    case 16: m = short_scores<N, 16>(qT, io, Lk, d, S); break;
-    default: m = short_scores<N, 0>(qT, io, Lk, d, S); break;
+    case 4: m = short_scores<N, 4>(qT, kv, Lk, d, S); break;
+    case 8: m = short_scores<N, 8>(qT, kv, Lk, d, S); break;
+    case 16: m = short_scores<N, 16>(qT, kv, Lk, d, S); break;
+    default: m = short_scores<N, 0>(qT, kv, Lk, d, S); break;
   }
   V l;
   switch (dv) {
-    case 4: l = short_softmax_values<N, 4>(S, m, io, Lk, dv, acc); break;
-    case 8: l = short_softmax_values<N, 8>(S, m, io, Lk, dv, acc); break;
-    case 16: l = short_softmax_values<N, 16>(S, m, io, Lk, dv, acc); break;
-    default: l = short_softmax_values<N, 0>(S, m, io, Lk, dv, acc); break;
+    case 4: l = short_softmax_values<N, 4>(S, m, kv, Lk, dv, acc); break;
+    case 8: l = short_softmax_values<N, 8>(S, m, kv, Lk, dv, acc); break;
+    case 16: l = short_softmax_values<N, 16>(S, m, kv, Lk, dv, acc); break;
+    default: l = short_softmax_values<N, 0>(S, m, kv, Lk, dv, acc); break;
   }
   const V inv = 1.0f / l;
   for (int64_t c = 0; c < dv; ++c) store(acc + c * N, load<V>(acc + c * N) * inv);
   for (int64_t r = 0; r < rows; ++r) {
-    float* o = io.out + r * io.out_row;
-    for (int64_t c = 0; c < dv; ++c) o[c] = acc[c * N + r];
+    T* o = io.out + r * io.out_row;
+    for (int64_t c = 0; c < dv; ++c) store_one(o + c, acc[c * N + r]);
   }
 }
 
@@ -355,26 +384,34 @@ void attend_block_baseline(const BlockIo& io, int64_t rows, const float* kT, con
 
 BlockFn block_function() { return cpu::by_isa<BlockFn>(attend_block_avx512, attend_block_avx2, attend_block_baseline); }
 
-// The short-sequence group likewise: 16 queries per group on AVX-512, 8 otherwise.
-using ShortFn = void (*)(const ShortIo&, int64_t, int64_t, int64_t, int64_t, float*);
+// The short-sequence group likewise: 16 queries per group on AVX-512, 8 otherwise; each for float32
+// and bfloat16.
+template <class T>
+using ShortFn = void (*)(const ShortIo<T>&, int64_t, int64_t, int64_t, int64_t, float*);
+template <class T>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void attend_short_avx512(
-    const ShortIo& io, int64_t rows, int64_t Lk, int64_t d, int64_t dv, float* s) {
+    const ShortIo<T>& io, int64_t rows, int64_t Lk, int64_t d, int64_t dv, float* s) {
   attend_short<16>(io, rows, Lk, d, dv, s);
 }
-__attribute__((target("avx2,fma"))) void attend_short_avx2(const ShortIo& io, int64_t rows, int64_t Lk, int64_t d,
+template <class T>
+__attribute__((target("avx2,fma"))) void attend_short_avx2(const ShortIo<T>& io, int64_t rows, int64_t Lk, int64_t d,
                                                           int64_t dv, float* s) {
   attend_short<8>(io, rows, Lk, d, dv, s);
 }
-void attend_short_baseline(const ShortIo& io, int64_t rows, int64_t Lk, int64_t d, int64_t dv, float* s) {
+template <class T>
+void attend_short_baseline(const ShortIo<T>& io, int64_t rows, int64_t Lk, int64_t d, int64_t dv, float* s) {
   attend_short<8>(io, rows, Lk, d, dv, s);
 }
 
+template <class T>
 struct ShortKernel {
-  ShortFn fn;
+  ShortFn<T> fn;
   int64_t lanes;
 };
-ShortKernel short_function() {
-  return cpu::by_isa<ShortKernel>({attend_short_avx512, 16}, {attend_short_avx2, 8}, {attend_short_baseline, 8});
+template <class T>
+ShortKernel<T> short_function() {
+  return cpu::by_isa<ShortKernel<T>>({attend_short_avx512<T>, 16}, {attend_short_avx2<T>, 8},
+                                     {attend_short_baseline<T>, 8});
 }
 
 // bfloat16 long sequences on CPUs with AVX512-BF16: the two products take bfloat16 pairs
@@ -528,30 +565,41 @@ at::Tensor fused_attention_bf16(const at::Tensor& q, const at::Tensor& k, const 
   return out.transpose(1, 2);
 }
 
+// A tensor's elements as the kernels read them: float32 as floats, bfloat16 as its 16 bits.
+template <class T>
+T* elements(const at::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>) return t.data_ptr<float>();
+  else return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
 // softmax(q k^T) v with the queries in the lanes (Lk <= kFusedAttentionShortKeys).
-//   q, k, v: float32 [B, H, L, d] with channels contiguous; out: [B, Lq, H, dv] contiguous
+//   q, k, v: [B, H, L, d] of T (float, or uint16_t for bfloat16) with channels contiguous;
+//   out: [B, Lq, H, dv] contiguous, of T
+template <class T>
 void fused_attention_short(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, float scale,
                            at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
   const int64_t Lk = k.size(2), dv = v.size(3);
-  const ShortKernel kernel = short_function();
+  const ShortKernel<T> kernel = short_function<T>();
   const int64_t lanes = kernel.lanes;
   const int64_t groups = (Lq + lanes - 1) / lanes;
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  const T* qp = elements<T>(q);
+  const T* kp = elements<T>(k);
+  const T* vp = elements<T>(v);
+  T* op = elements<T>(out);
+  const int64_t widened = std::is_same_v<T, float> ? 0 : Lk * (d + dv);
   // About 64k score evaluations per task.
   const int64_t grain = std::max<int64_t>(1, 65536 / (lanes * Lk * std::max<int64_t>(1, d / 4)));
   at::parallel_for(0, B * H * groups, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(static_cast<size_t>(lanes * (d + Lk + dv)));
+    std::vector<float> scratch(static_cast<size_t>(lanes * (d + Lk + dv) + widened));
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / groups, r0 = (i % groups) * lanes;
       const int64_t b = n / H, h = n % H;
-      const ShortIo io{qp + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2), q.stride(2),
-                       kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
-                       vp + b * v.stride(0) + h * v.stride(1), v.stride(2),
-                       scale, op + ((b * Lq + r0) * H + h) * dv, H * dv};
+      const ShortIo<T> io{qp + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2), q.stride(2),
+                          kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
+                          vp + b * v.stride(0) + h * v.stride(1), v.stride(2),
+                          scale, op + ((b * Lq + r0) * H + h) * dv, H * dv,
+                          i == begin || r0 == 0};
       kernel.fn(io, std::min(lanes, Lq - r0), Lk, d, dv, scratch.data());
     }
   });
@@ -598,12 +646,17 @@ at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, cons
       return fused_attention_bf16(rows(q_in), rows(k), rows(v), block);
     }
   }
-  const at::Tensor q = channels_contiguous(q_in);
   if (Lk <= kFusedAttentionShortKeys) {
-    at::Tensor out = at::empty({B, Lq, H, dv}, f32);
-    fused_attention_short(q, channels_contiguous(k), channels_contiguous(v), scale, out);
-    return out.transpose(1, 2).to(q_in.scalar_type());
+    // Read in place in their own dtype (only a layout without contiguous channels is copied).
+    auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+    at::Tensor out = at::empty({B, Lq, H, dv}, q_in.options());
+    if (q_in.scalar_type() == at::kBFloat16)
+      fused_attention_short<uint16_t>(rows(q_in), rows(k), rows(v), scale, out);
+    else
+      fused_attention_short<float>(rows(q_in), rows(k), rows(v), scale, out);
+    return out.transpose(1, 2);
   }
+  const at::Tensor q = channels_contiguous(q_in);
   // Keys and values transposed ([B, heads, d, Lp], [B, heads, dv, Lp]), widened to float32 and
   // zero-padded to whole vectors, in one strided copy each.
   auto transposed = [&](const at::Tensor& t, int64_t width) {

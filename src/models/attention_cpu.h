@@ -27,9 +27,11 @@ constexpr int64_t kFusedAttentionShortMaxHeadDim = 128;
 // needed (inference), no mask.
 bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask);
 
-// softmax(q k^T / sqrt(d)) v for float32 or bfloat16 CPU tensors. bfloat16 inputs are widened to
-// float32 as they are laid out for the kernel (scores and sums are float32 either way) and the
-// result is rounded back to bfloat16, except on the AVX512-BF16 kernel (see below).
+// softmax(q k^T / sqrt(d)) v for float32 or bfloat16 CPU tensors; scores and sums are float32. For
+// bfloat16 over short key sequences the kernel widens the queries, keys and values as it reads them
+// and rounds its output to nearest even as it writes it; over long ones the AVX512-BF16 kernel
+// (below) takes bfloat16 pairs, and otherwise the inputs are widened to float32 first and the result
+// rounded back.
 // q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv], any
 // strides: q is read in place, and the result is the [B, heads, Lq, dv] view of a contiguous
 // [B, Lq, heads, dv] tensor, so merging the heads back (transpose(1, 2).reshape) copies nothing.

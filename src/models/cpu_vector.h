@@ -24,6 +24,8 @@ struct Vec;
 template <>
 struct Vec<4> {
   using f = float __attribute__((vector_size(16)));
+  using u = uint32_t __attribute__((vector_size(16)));
+  using h = uint16_t __attribute__((vector_size(8)));  // bfloat16 bits
 };
 template <>
 struct Vec<8> {
@@ -89,6 +91,18 @@ inline float load_one(const float* p) { return *p; }
 inline float load_one(const uint16_t* p) { return static_cast<float>(c10::BFloat16(*p, c10::BFloat16::from_bits())); }
 inline void store_one(float* p, float x) { *p = x; }
 inline void store_one(uint16_t* p, float x) { *p = c10::BFloat16(x).x; }
+
+// n bfloat16 values widened to float32: N lanes at a time, then 8 and 4, then one by one (rows of a
+// few channels).
+template <int N>
+__attribute__((always_inline)) inline void widen_bf16(const uint16_t* src, float* dst, int64_t n) {
+  int64_t c = 0;
+  for (; c + N <= n; c += N) store(dst + c, load_bf16<N>(src + c));
+  if constexpr (N > 8)
+    for (; c + 8 <= n; c += 8) store(dst + c, load_bf16<8>(src + c));
+  for (; c + 4 <= n; c += 4) store(dst + c, load_bf16<4>(src + c));
+  for (; c < n; ++c) dst[c] = load_one(src + c);
+}
 
 // Horizontal sum and maximum: a 16-lane vector is folded to 8 lanes, 8 lanes to 4, in vector
 // operations, and the last four lanes are combined in a tree.

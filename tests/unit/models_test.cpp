@@ -123,13 +123,15 @@ TEST(Attention, FusedCpuKernelMatchesNaiveFormula) {
     EXPECT_TRUE(fused_attention_cpu_applies(qb, kb, vb, false));
     EXPECT_FALSE(fused_attention_cpu_applies(qb, kb.to(at::kFloat), vb, false));  // mixed dtypes
   }
-  // bfloat16 over long key sequences (on CPUs with AVX512-BF16 the products take bfloat16 pairs and
-  // the softmax weights are rounded to bfloat16 for the product with the values): every head size
-  // with its own instance and one without, key counts off the 32-key padding, partial row blocks,
-  // heads split from one projection; against float64 on the same bfloat16 inputs, to within the
-  // output's and the weights' rounding. Large scores (spread) check the maximum's scaling.
+  // bfloat16 read in place, heads split from one projection, against float64 on the same bfloat16
+  // inputs to within the output's rounding (and, over long key sequences on CPUs with AVX512-BF16,
+  // the weights' rounding: there the products take bfloat16 pairs). Long sequences: every head size
+  // with its own instance and one without, key counts off the 32-key padding, partial row blocks;
+  // large scores (spread) check the maximum's scaling. Short sequences (keys and values widened per
+  // sequence inside the kernel): head sizes taking 16-, 8-, 4-lane and single widening steps.
   for (const Case& c : {Case{2, 8, 301, 1000, 4, 4, 1}, Case{1, 2, 70, 129, 8, 8, 4}, Case{1, 3, 33, 200, 16, 16, 1},
-                        Case{1, 2, 9, 150, 16, 4, 1}, Case{1, 2, 10, 170, 4, 16, 1}, Case{1, 1, 5, 140, 6, 6, 1}}) {
+                        Case{1, 2, 9, 150, 16, 4, 1}, Case{1, 2, 10, 170, 4, 16, 1}, Case{1, 1, 5, 140, 6, 6, 1},
+                        Case{2, 4, 40, 16, 8, 8, 1}, Case{1, 3, 20, 77, 5, 3, 1}, Case{1, 2, 17, 9, 40, 40, 2}}) {
     at::Tensor proj = at::randn({c.B, c.Lk, c.H * (2 * c.D + c.Dv)}).to(at::kBFloat16);
     auto heads = [&](int64_t from, int64_t width) {
       return proj.narrow(2, from, c.H * width).view({c.B, c.Lk, c.H, width}).transpose(1, 2);
