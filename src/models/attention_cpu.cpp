@@ -414,6 +414,16 @@ ShortKernel<T> short_function() {
                                      {attend_short_baseline<T>, 8});
 }
 
+// A tensor's elements as the kernels read them: float32 as floats, bfloat16 as its 16 bits.
+template <class T>
+T* elements(const at::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>) return t.data_ptr<float>();
+  else return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
+// The factor the kernels apply to q . k: 1/sqrt(d) for the softmax, times log2(e) for 2^x.
+float score_scale(int64_t d) { return static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d))); }
+
 // bfloat16 long sequences on CPUs with AVX512-BF16: the two products take bfloat16 pairs
 // (vdpbf16ps: each float32 lane adds two bfloat16 products), the softmax stays float32.
 //   kP: [D/2, Lp] channel pairs of the keys (one 32-bit pair per key), zero-padded to Lp (a multiple
@@ -544,11 +554,11 @@ at::Tensor fused_attention_bf16(const at::Tensor& q, const at::Tensor& k, const 
   kP.narrow(3, 0, Lk).copy_(k.unflatten(3, {d / 2, 2}).permute({0, 1, 3, 2, 4}));
   vT.narrow(3, 0, Lk).copy_(v.transpose(2, 3));
   at::Tensor out = at::empty({B, Lq, H, dv}, q.options());
-  const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
-  const auto* kp = reinterpret_cast<const uint32_t*>(kP.data_ptr<at::BFloat16>());
-  const auto* vp = reinterpret_cast<const uint16_t*>(vT.data_ptr<at::BFloat16>());
-  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const float scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
+  const uint16_t* qp = elements<uint16_t>(q);
+  const auto* kp = reinterpret_cast<const uint32_t*>(elements<uint16_t>(kP));
+  const uint16_t* vp = elements<uint16_t>(vT);
+  uint16_t* op = elements<uint16_t>(out);
+  const float scale = score_scale(d);
   const int64_t blocks_per_seq = (Lq + kRows - 1) / kRows;
   const int64_t grain = std::max<int64_t>(1, 65536 / (kRows * Lp));
   at::parallel_for(0, B * H * blocks_per_seq, grain, [&](int64_t begin, int64_t end) {
@@ -565,21 +575,15 @@ at::Tensor fused_attention_bf16(const at::Tensor& q, const at::Tensor& k, const 
   return out.transpose(1, 2);
 }
 
-// A tensor's elements as the kernels read them: float32 as floats, bfloat16 as its 16 bits.
+// softmax(q k^T / sqrt(d)) v with the queries in the lanes (Lk <= kFusedAttentionShortKeys).
+//   q, k, v: [B, H, L, d] of T (float, or uint16_t for bfloat16) with channels contiguous
+//   -> [B, H, Lq, dv], the view of a contiguous [B, Lq, H, dv] of T
 template <class T>
-T* elements(const at::Tensor& t) {
-  if constexpr (std::is_same_v<T, float>) return t.data_ptr<float>();
-  else return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
-}
-
-// softmax(q k^T) v with the queries in the lanes (Lk <= kFusedAttentionShortKeys).
-//   q, k, v: [B, H, L, d] of T (float, or uint16_t for bfloat16) with channels contiguous;
-//   out: [B, Lq, H, dv] contiguous, of T
-template <class T>
-void fused_attention_short(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, float scale,
-                           at::Tensor& out) {
+at::Tensor fused_attention_short(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
   const int64_t Lk = k.size(2), dv = v.size(3);
+  const float scale = score_scale(d);
+  at::Tensor out = at::empty({B, Lq, H, dv}, q.options());
   const ShortKernel<T> kernel = short_function<T>();
   const int64_t lanes = kernel.lanes;
   const int64_t groups = (Lq + lanes - 1) / lanes;
@@ -603,60 +607,21 @@ void fused_attention_short(const at::Tensor& q, const at::Tensor& k, const at::T
       kernel.fn(io, std::min(lanes, Lq - r0), Lk, d, dv, scratch.data());
     }
   });
+  return out.transpose(1, 2);
 }
 
-}  // namespace
-
-const char* fused_attention_cpu_isa() { return cpu::isa_name(cpu::kernel_isa()); }
-
-bool fused_attention_cpu_bf16_pairs() { return cpu::avx512_bf16(); }
-
-bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
-  if (has_mask) return false;
-  const at::ScalarType dtype = q.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
-  for (const at::Tensor* t : {&q, &k, &v}) {
-    if (!t->device().is_cpu() || t->scalar_type() != dtype) return false;
-    if (at::GradMode::is_enabled() && t->requires_grad()) return false;
-  }
-  if (q.dim() != 4 || k.size(2) == 0) return false;
-  const int64_t max_dim = k.size(2) <= kFusedAttentionShortKeys ? kFusedAttentionShortMaxHeadDim
-                                                                  : kFusedAttentionMaxHeadDim;
-  return q.size(3) <= max_dim && v.size(3) <= max_dim;
-}
-
-at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v) {
-  RECORD_FUNCTION("vdm::fused_attention_cpu", std::vector<c10::IValue>());
+// softmax(q k^T / sqrt(d)) v over long key sequences on the float32 kernel; bfloat16 inputs are
+// widened first and the result rounded back.
+//   q, k, v: [B, H, L, d] with channels contiguous -> [B, H, Lq, dv], the view of a contiguous
+//   [B, Lq, H, dv]
+at::Tensor fused_attention_long(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v) {
   const int64_t B = q_in.size(0), H = q_in.size(1), Lq = q_in.size(2), d = q_in.size(3);
   const int64_t Lk = k.size(2), dv = v.size(3);
   const int64_t N = B * H;
-  const float scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));  // log2(e)/sqrt(d)
+  const float scale = score_scale(d);
   const int64_t Lp = (Lk + kKeyPadding - 1) / kKeyPadding * kKeyPadding;
   const at::TensorOptions f32 = q_in.options().dtype(at::kFloat);
-  // Queries are read where they are (typically heads split from a projection: [B, L, heads, d]
-  // seen as [B, heads, L, d]); only bfloat16 is widened, and a layout without contiguous channels
-  // copied.
-  auto channels_contiguous = [](const at::Tensor& t) {
-    at::Tensor f = t.to(at::kFloat);
-    return f.stride(3) == 1 ? f : f.contiguous();
-  };
-  if (q_in.scalar_type() == at::kBFloat16 && Lk > kFusedAttentionShortKeys && fused_attention_cpu_bf16_pairs()) {
-    if (const Bf16BlockFn block = bf16_block_function(d, dv)) {
-      auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-      return fused_attention_bf16(rows(q_in), rows(k), rows(v), block);
-    }
-  }
-  if (Lk <= kFusedAttentionShortKeys) {
-    // Read in place in their own dtype (only a layout without contiguous channels is copied).
-    auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-    at::Tensor out = at::empty({B, Lq, H, dv}, q_in.options());
-    if (q_in.scalar_type() == at::kBFloat16)
-      fused_attention_short<uint16_t>(rows(q_in), rows(k), rows(v), scale, out);
-    else
-      fused_attention_short<float>(rows(q_in), rows(k), rows(v), scale, out);
-    return out.transpose(1, 2);
-  }
-  const at::Tensor q = channels_contiguous(q_in);
+  const at::Tensor q = q_in.to(at::kFloat);
   // Keys and values transposed ([B, heads, d, Lp], [B, heads, dv, Lp]), widened to float32 and
   // zero-padded to whole vectors, in one strided copy each.
   auto transposed = [&](const at::Tensor& t, int64_t width) {
@@ -689,6 +654,42 @@ at::Tensor fused_attention_cpu(const at::Tensor& q_in, const at::Tensor& k, cons
     }
   });
   return out.transpose(1, 2).to(q_in.scalar_type());
+}
+
+
+}  // namespace
+
+const char* fused_attention_cpu_isa() { return cpu::isa_name(cpu::kernel_isa()); }
+
+bool fused_attention_cpu_bf16_pairs() { return cpu::avx512_bf16(); }
+
+bool fused_attention_cpu_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool has_mask) {
+  if (has_mask) return false;
+  const at::ScalarType dtype = q.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
+  for (const at::Tensor* t : {&q, &k, &v}) {
+    if (!t->device().is_cpu() || t->scalar_type() != dtype) return false;
+    if (at::GradMode::is_enabled() && t->requires_grad()) return false;
+  }
+  if (q.dim() != 4 || k.size(2) == 0) return false;
+  const int64_t max_dim = k.size(2) <= kFusedAttentionShortKeys ? kFusedAttentionShortMaxHeadDim
+                                                                  : kFusedAttentionMaxHeadDim;
+  return q.size(3) <= max_dim && v.size(3) <= max_dim;
+}
+
+at::Tensor fused_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  RECORD_FUNCTION("vdm::fused_attention_cpu", std::vector<c10::IValue>());
+  // The heads are read where they are (typically split from a projection: [B, L, heads, d] seen as
+  // [B, heads, L, d]); only a layout without contiguous channels is copied.
+  auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  if (k.size(2) <= kFusedAttentionShortKeys)
+    return bf16 ? fused_attention_short<uint16_t>(rows(q), rows(k), rows(v))
+                : fused_attention_short<float>(rows(q), rows(k), rows(v));
+  if (bf16 && fused_attention_cpu_bf16_pairs())
+    if (const Bf16BlockFn block = bf16_block_function(q.size(3), v.size(3)))
+      return fused_attention_bf16(rows(q), rows(k), rows(v), block);
+  return fused_attention_long(rows(q), k, v);
 }
 
 }  // namespace vdm::models
