@@ -448,6 +448,13 @@ struct Bf16Block {
   int64_t out_row;
 };
 
+// 32 bfloat16 values from their bits (__m512bh's element type differs between compilers, so no cast).
+__attribute__((target("avx512f,avx512bf16"), always_inline)) inline __m512bh bf16_vector(__m512i bits) {
+  __m512bh v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
 template <int D, int DV>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"))) void attend_block_bf16(
     const Bf16Block& io, int64_t rows, float* scratch) {
@@ -460,7 +467,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"))
     for (int c = 0; c < D / 2; ++c) {
       uint32_t pair;
       std::memcpy(&pair, src + 2 * c, sizeof(pair));
-      qp[r][c] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      qp[r][c] = bf16_vector(_mm512_set1_epi32(static_cast<int>(pair)));
     }
   }
   // Scores, 16 keys per vector, and the rows' maxima over the vectors wholly within the real keys.
@@ -471,7 +478,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"))
     V a[kRows] = {};
 #pragma GCC unroll 8
     for (int c = 0; c < D / 2; ++c) {
-      const __m512bh kv = (__m512bh)_mm512_loadu_si512(io.kP + c * io.Lp + j);
+      const __m512bh kv = bf16_vector(_mm512_loadu_si512(io.kP + c * io.Lp + j));
 #pragma GCC unroll 4
       for (int r = 0; r < kRows; ++r) a[r] = _mm512_dpbf16_ps(a[r], kv, qp[r][c]);
     }
@@ -507,7 +514,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"))
       }
 #pragma GCC unroll 16
       for (int c = 0; c < DV; ++c) {
-        const __m512bh vv = (__m512bh)_mm512_loadu_si512(io.vT + c * io.Lp + j);
+        const __m512bh vv = bf16_vector(_mm512_loadu_si512(io.vT + c * io.Lp + j));
 #pragma GCC unroll 4
         for (int r = 0; r < RP; ++r) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], p[r], vv);
       }
