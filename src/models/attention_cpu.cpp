@@ -414,13 +414,6 @@ ShortKernel<T> short_function() {
                                      {attend_short_baseline<T>, 8});
 }
 
-// A tensor's elements as the kernels read them: float32 as floats, bfloat16 as its 16 bits.
-template <class T>
-T* elements(const at::Tensor& t) {
-  if constexpr (std::is_same_v<T, float>) return t.data_ptr<float>();
-  else return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
-}
-
 // The factor the kernels apply to q . k: 1/sqrt(d) for the softmax, times log2(e) for 2^x.
 float score_scale(int64_t d) { return static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d))); }
 
@@ -561,10 +554,10 @@ at::Tensor fused_attention_bf16(const at::Tensor& q, const at::Tensor& k, const 
   kP.narrow(3, 0, Lk).copy_(k.unflatten(3, {d / 2, 2}).permute({0, 1, 3, 2, 4}));
   vT.narrow(3, 0, Lk).copy_(v.transpose(2, 3));
   at::Tensor out = at::empty({B, Lq, H, dv}, q.options());
-  const uint16_t* qp = elements<uint16_t>(q);
-  const auto* kp = reinterpret_cast<const uint32_t*>(elements<uint16_t>(kP));
-  const uint16_t* vp = elements<uint16_t>(vT);
-  uint16_t* op = elements<uint16_t>(out);
+  const auto* qp = static_cast<const uint16_t*>(q.data_ptr());
+  const auto* kp = static_cast<const uint32_t*>(kP.data_ptr());
+  const auto* vp = static_cast<const uint16_t*>(vT.data_ptr());
+  uint16_t* op = static_cast<uint16_t*>(out.data_ptr());
   const float scale = score_scale(d);
   const int64_t blocks_per_seq = (Lq + kRows - 1) / kRows;
   const int64_t grain = std::max<int64_t>(1, 65536 / (kRows * Lp));
@@ -594,10 +587,10 @@ at::Tensor fused_attention_short(const at::Tensor& q, const at::Tensor& k, const
   const ShortKernel<T> kernel = short_function<T>();
   const int64_t lanes = kernel.lanes;
   const int64_t groups = (Lq + lanes - 1) / lanes;
-  const T* qp = elements<T>(q);
-  const T* kp = elements<T>(k);
-  const T* vp = elements<T>(v);
-  T* op = elements<T>(out);
+  const T* qp = static_cast<const T*>(q.data_ptr());
+  const T* kp = static_cast<const T*>(k.data_ptr());
+  const T* vp = static_cast<const T*>(v.data_ptr());
+  T* op = static_cast<T*>(out.data_ptr());
   const int64_t widened = std::is_same_v<T, float> ? 0 : Lk * (d + dv);
   // About 64k score evaluations per task.
   const int64_t grain = std::max<int64_t>(1, 65536 / (lanes * Lk * std::max<int64_t>(1, d / 4)));
