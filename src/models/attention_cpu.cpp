@@ -79,6 +79,21 @@ __attribute__((always_inline)) inline int64_t block_scores(const float* const q[
   }
 }
 
+// A row's maximum score, completed: the padding keys [Lk, Lp) get the score -1e30 (so the weight
+// 0, or 2^-126 on 8 lanes, against values of 0), and the vectors from `from` on, which the scores
+// pass left out of m, join it.
+template <int N>
+__attribute__((always_inline)) inline float row_max(float* s, typename Vec<N>::f m, int64_t Lk, int64_t Lp,
+                                                    int64_t from) {
+  using V = typename Vec<N>::f;
+  for (int64_t j = Lk; j < Lp; ++j) s[j] = -1e30f;
+  for (int64_t j = from; j < Lp; j += N) {
+    const V x = load<V>(s + j);
+    m = x > m ? x : m;
+  }
+  return hmax<N>(m);
+}
+
 // Where one block's query rows come from and where its output rows go: row r of the block is at
 // q + r * q_row and out + r * out_row (channels contiguous), so the kernel reads the heads split
 // from a projection and writes the heads merged back without copies.
@@ -153,19 +168,8 @@ __attribute__((always_inline)) inline void attend_block(const BlockIo& io, int64
     case 16: from = block_scores<N, 16>(qr, kT, Lk, Lp, d, s, m); break;
     default: from = block_scores<N, 0>(qr, kT, Lk, Lp, d, s, m); break;
   }
-  // Padding keys get the weight 0 (2^-126 on 8 lanes; their values are 0); the maximum is completed over the
-  // vectors block_scores did not cover.
   float mx[kRows];
-  for (int64_t r = 0; r < kRows; ++r) {
-    float* sr = s[r];
-    for (int64_t j = Lk; j < Lp; ++j) sr[j] = -1e30f;
-    V mr = m[r];
-    for (int64_t j = from; j < Lp; j += N) {
-      const V x = load<V>(sr + j);
-      mr = x > mr ? x : mr;
-    }
-    mx[r] = hmax<N>(mr);
-  }
+  for (int64_t r = 0; r < kRows; ++r) mx[r] = row_max<N>(s[r], m[r], Lk, Lp, from);
   switch (dv) {
     case 4: return block_softmax_values<N, 4>(s, mx, vT, Lp, rows, io);
     case 8: return block_softmax_values<N, 8>(s, mx, vT, Lp, rows, io);
@@ -481,15 +485,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"))
     }
   }
   float ms[kRows];  // each row's maximum, scaled
-  for (int64_t r = 0; r < kRows; ++r) {
-    for (int64_t j = io.Lk; j < io.Lp; ++j) s[r][j] = -1e30f;
-    V mr = m[r];
-    for (int64_t j = whole; j < io.Lp; j += 16) {
-      const V x = load<V>(s[r] + j);
-      mr = x > mr ? x : mr;
-    }
-    ms[r] = hmax<16>(mr) * io.scale;
-  }
+  for (int64_t r = 0; r < kRows; ++r) ms[r] = row_max<16>(s[r], m[r], io.Lk, io.Lp, whole) * io.scale;
   // Weights and their product with the values, 32 keys (one bfloat16 vector) at a time; RP rows
   // keep RP x DV accumulators in registers.
   constexpr int RP = DV >= 16 ? 1 : 16 / DV;
