@@ -20,25 +20,32 @@ constexpr int64_t kFrames = 16;
 constexpr int64_t kBatch = 2;
 
 // Spatial self-attention: B*F sequences of HxW tokens; args: tokens per side, channels.
-void BM_SpatialAttention(benchmark::State& state) {
+void spatial_attention(benchmark::State& state, at::ScalarType dtype) {
   c10::InferenceMode guard;
   const int64_t side = state.range(0), heads = 8, dim = state.range(1) / heads;
-  at::Tensor q = at::randn({kBatch * kFrames, heads, side * side, dim});
+  at::Tensor q = at::randn({kBatch * kFrames, heads, side * side, dim}).to(dtype);
   at::Tensor k = at::randn_like(q), v = at::randn_like(q);
   for (auto _ : state) benchmark::DoNotOptimize(vdm::models::scaled_dot_product_attention(q, k, v));
   state.SetItemsProcessed(state.iterations() * kBatch * kFrames);
 }
+void BM_SpatialAttention(benchmark::State& state) { spatial_attention(state, at::kFloat); }
 BENCHMARK(BM_SpatialAttention)->Args({32, 32})->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
+// bfloat16 (on CPUs with AVX512-BF16 heads of 4 to 16 channels take bfloat16 pair products).
+void BM_SpatialAttentionBf16(benchmark::State& state) { spatial_attention(state, at::kBFloat16); }
+BENCHMARK(BM_SpatialAttentionBf16)->Args({32, 32})->Args({32, 64})->Unit(benchmark::kMillisecond);
 
 // Temporal attention: B*H*W sequences of F tokens.
-void BM_TemporalAttention(benchmark::State& state) {
+void temporal_attention(benchmark::State& state, at::ScalarType dtype) {
   c10::InferenceMode guard;
   const int64_t side = state.range(0), heads = 8, dim = state.range(1) / heads;
-  at::Tensor q = at::randn({kBatch * side * side, heads, kFrames, dim});
+  at::Tensor q = at::randn({kBatch * side * side, heads, kFrames, dim}).to(dtype);
   at::Tensor k = at::randn_like(q), v = at::randn_like(q);
   for (auto _ : state) benchmark::DoNotOptimize(vdm::models::scaled_dot_product_attention(q, k, v));
 }
+void BM_TemporalAttention(benchmark::State& state) { temporal_attention(state, at::kFloat); }
 BENCHMARK(BM_TemporalAttention)->Args({32, 32})->Args({16, 320})->Args({32, 320})->Unit(benchmark::kMillisecond);
+void BM_TemporalAttentionBf16(benchmark::State& state) { temporal_attention(state, at::kBFloat16); }
+BENCHMARK(BM_TemporalAttentionBf16)->Args({32, 32})->Args({32, 64})->Unit(benchmark::kMillisecond);
 
 void BM_ResnetBlock2D(benchmark::State& state) {
   c10::InferenceMode guard;
