@@ -1054,7 +1054,8 @@ TEST(UNet3D, FusedQkvProjectionsKeepTheOutputAndTheParameters) {
   for (const auto& m : unet->modules())
     if (auto* a = m->as<AttentionImpl>(); a && a->projections_fused() && !first) first = a;
   ASSERT_NE(first, nullptr);
-  const at::Tensor* found = first->named_parameters().find("to_q.weight");
+  const auto params = first->named_parameters();  // find() points into it: kept alive
+  const at::Tensor* found = params.find("to_q.weight");
   ASSERT_NE(found, nullptr);
   at::Tensor wq = *found;
   {
