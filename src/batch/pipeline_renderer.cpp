@@ -163,6 +163,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
                  {"shot", shot.id},
                  {"software", "vdm 0.1.0"}};
   if (shot.mode() == Shot::Mode::kGenerate) wo.metadata["t2v_mode"] = pipeline_->t2v_mode(o.t2v_mode);
+  if (!options_.pipeline.loras.empty()) wo.metadata["lora"] = pipeline_->lora_description();
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

@@ -40,6 +40,7 @@ struct BatchArgs {
   int crf = 18;
   std::string preset = "medium";
   std::string max_memory;  // "" = the memory the machine has free
+  std::vector<std::string> loras;  // --lora FILE[:STRENGTH], for every shot
 };
 
 #ifndef VDM_WITH_BATCH
@@ -71,6 +72,7 @@ void run_batch(const BatchArgs& a) {
   ro.pipeline.device = a.device;
   ro.pipeline.dtype = a.dtype;
   ro.pipeline.cuda_graph = a.cuda_graph;
+  for (const std::string& l : a.loras) ro.pipeline.loras.push_back(models::parse_lora_spec(l));
   if (!a.max_memory.empty()) ro.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
   ro.crf = a.crf;
   ro.preset = a.preset;
@@ -151,6 +153,8 @@ void register_batch(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
   cmd->add_flag("--cuda-graph", args->cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
+  cmd->add_option("--lora", args->loras,
+                  "LoRA file merged into the model for every shot, as FILE or FILE:STRENGTH; repeat for several");
   cmd->add_option("--dtype", args->dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--crf", args->crf, "Quality for MP4/WebM (lower is better)")->capture_default_str();
   cmd->add_option("--preset", args->preset, "x264 preset for MP4")->capture_default_str();

@@ -36,6 +36,7 @@ struct GenerateArgs {
   std::string progress = "text";
   int64_t seed = -1;
   std::string max_memory;  // "" = the memory the machine has free
+  std::vector<std::string> loras;  // --lora FILE[:STRENGTH]
 };
 
 void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
@@ -60,6 +61,9 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   cmd->add_option("--crf", a.crf, "Quality for MP4/WebM (lower is better)")->capture_default_str();
   cmd->add_option("--preset", a.preset, "x264 preset for MP4")->capture_default_str();
   cmd->add_option("--format", a.format, "Output format: mp4, webm, gif, png (default: by extension)");
+  cmd->add_option("--lora", a.loras,
+                  "LoRA file (diffusers/PEFT or kohya safetensors) merged into the model, as FILE or "
+                  "FILE:STRENGTH (default 1); repeat for several");
   cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
   cmd->add_flag("--cuda-graph", a.pipeline.cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
@@ -100,6 +104,7 @@ void run(Mode mode, GenerateArgs& a) {
   if (a.fps < 1 || a.fps > 240)
     throw InputError(fmt::format("--fps {}: must be between 1 and 240", a.fps));
   if (!a.max_memory.empty()) a.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
+  for (const std::string& l : a.loras) a.pipeline.loras.push_back(models::parse_lora_spec(l));
 
   at::Tensor input;
 #ifdef VDM_WITH_FFMPEG
@@ -144,6 +149,7 @@ void run(Mode mode, GenerateArgs& a) {
                                         : "video-to-video"},
       {"software", "vdm 0.1.0"}};
   if (mode == Mode::kGenerate) meta["t2v_mode"] = pipe->t2v_mode(o.t2v_mode);
+  if (!a.pipeline.loras.empty()) meta["lora"] = pipe->lora_description();
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -49,6 +50,8 @@ struct VideoPipeline::Components {
   c10::ScalarType dtype = at::kFloat;
   std::optional<uint64_t> max_memory;  // PipelineConfig::max_memory
   std::unique_ptr<UNetGraph> unet_graph;  // with PipelineConfig::cuda_graph
+  std::vector<models::LoraSpec> loras;    // merged at load
+  std::vector<models::LoraFile> lora_files;
 };
 
 namespace {
@@ -102,7 +105,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
 
   auto c = std::make_unique<Components>(Components{
       folder, scheduler_config, text::ClipTokenizer::load(folder.component("tokenizer").dir),
-      nullptr, nullptr, nullptr, device, dtype, config.max_memory, nullptr});
+      nullptr, nullptr, nullptr, device, dtype, config.max_memory, nullptr, {}, {}});
   c->text_encoder = text::load_clip_text_model(folder.component("text_encoder").dir);
   c->unet = models::load_unet3d(folder.component("unet").dir);
   c->vae = models::load_autoencoder_kl(folder.component("vae").dir);
@@ -124,6 +127,12 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
   if (ucfg.out_channels != lc)
     throw InputError(fmt::format("{}: unet out_channels {} differs from the VAE's latent_channels {}",
                                  folder.dir(), ucfg.out_channels, lc));
+
+  // Merged in float32, before the conversion to the run dtype; every file is checked before any merge.
+  c->loras = config.loras;
+  c->lora_files = models::apply_loras(config.loras, {{"unet", c->unet.get()}, {"text_encoder", c->text_encoder.get()}});
+  for (size_t i = 0; i < c->lora_files.size(); ++i)
+    log::info("LoRA {} (strength {}): {}", c->lora_files[i].path, config.loras[i].strength, c->lora_files[i].summary());
 
   for (torch::nn::Module* m : std::initializer_list<torch::nn::Module*>{
            c->text_encoder.get(), c->unet.get(), c->vae.get()}) {
@@ -155,14 +164,22 @@ std::string VideoPipeline::scheduler_name(const std::string& sampler) const {
   return make_pipeline_scheduler(c_->scheduler_config, sampler)->name();
 }
 
+std::string VideoPipeline::lora_description() const {
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < c_->lora_files.size(); ++i)
+    parts.push_back(fmt::format("{}:{}", c_->lora_files[i].path, c_->loras[i].strength));
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
 std::string VideoPipeline::describe() const {
   const int64_t in = c_->unet->config().in_channels;
-  return fmt::format("{} (unet in_channels {}, {}{}; {} on {})", c_->folder.dir(), in,
+  const std::string loras = lora_description();
+  return fmt::format("{} (unet in_channels {}, {}{}; {} on {}{})", c_->folder.dir(), in,
                      has_first_frame_conditioning() ? "text- and image-to-video" : "text-to-video",
                      takes_pixel_coordinates(in, latent_channels()) ? " with frame position and pixel coordinates"
                      : takes_frame_position(in, latent_channels())  ? " with frame position"
                                                                     : "",
-                     dtype_name(c_->dtype), c_->device.str());
+                     dtype_name(c_->dtype), c_->device.str(), loras.empty() ? "" : "; LoRA " + loras);
 }
 
 void VideoPipeline::validate(GenerateOptions& o) const {

@@ -11,7 +11,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "models/lora.h"
 #include "pipelines/memory_guard.h"
 #include "pipelines/progress.h"
 #include "pipelines/t2v_mode.h"
@@ -56,6 +58,9 @@ struct PipelineConfig {
   std::optional<uint64_t> max_memory;
   // Replay the UNet step as a CUDA graph (pipelines/unet_graph.h); CUDA devices only.
   bool cuda_graph = false;
+  // LoRA files merged into the UNet and text encoder weights, in order, before the dtype conversion
+  // (models/lora.h).
+  std::vector<models::LoraSpec> loras;
 };
 
 class VideoPipeline {
@@ -100,7 +105,10 @@ class VideoPipeline {
   MemoryModel memory_model() const;
   MemoryEstimate estimate_memory(const GenerateOptions& options) const;
   void check_memory(const GenerateOptions& options) const;
-  std::string describe() const;  // model folder, components, dtype, device
+  std::string describe() const;  // model folder, components, dtype, device, LoRAs
+  // The LoRA files merged at load, with their strengths (PipelineConfig::loras), for output metadata:
+  // "style.safetensors:0.8, motion.safetensors:1" ("" without any).
+  std::string lora_description() const;
 
   int64_t latent_channels() const;
   int64_t spatial_factor() const;  // pixel size multiple: VAE factor * UNet factor
