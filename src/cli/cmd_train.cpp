@@ -18,7 +18,7 @@ namespace vdm::cli {
 void register_train(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "train",
-      "Train a model from a recipe: --stage tokenizer, vae, unet or all; resumable; exports <out>/model");
+      "Train a model from a recipe: --stage tokenizer, vae, unet or all; resumable; exports <out>/model. A LoRA recipe trains adapters on its base model and writes <out>/lora");
   struct Args {
     std::string recipe, stage = "all", progress = "text";
     double time_budget = 0, time_budget_vae = -1, time_budget_unet = -1;
@@ -27,7 +27,7 @@ void register_train(CLI::App& app) {
   auto a = std::make_shared<Args>();
   cmd->add_option("--recipe", a->recipe, "Training recipe (JSON), e.g. configs/shapes/recipe.json")->required();
   cmd->add_option("--out", a->options.out_dir, "Output folder (checkpoints/, logs/, model/)")->required();
-  cmd->add_option("--stage", a->stage, "all | tokenizer | vae | unet")->capture_default_str();
+  cmd->add_option("--stage", a->stage, "all | tokenizer | vae | unet | lora (a LoRA recipe)")->capture_default_str();
   cmd->add_option("--device", a->options.device, "cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--precision", a->options.precision,
                   "auto | float32 | bf16 (autocast, norms in float32); default: the recipe's");
@@ -62,7 +62,11 @@ void register_train(CLI::App& app) {
                   static_cast<long long>(r.total_steps), r.seconds, r.step_seconds, r.last_loss, r.device.c_str(),
                   r.precision.c_str(), r.budget_stop ? "  (time budget reached)" : "");
     }
-    std::printf("model: %s\n", train::model_dir(o.out_dir).c_str());
+    if (recipe.is_lora())
+      std::printf("lora: %s/pytorch_lora_weights.safetensors (use: vdm generate --model %s --lora %s)\n",
+                  train::lora_dir(o.out_dir).c_str(), recipe.lora.base.c_str(), train::lora_dir(o.out_dir).c_str());
+    else
+      std::printf("model: %s\n", train::model_dir(o.out_dir).c_str());
   });
 }
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
@@ -11,6 +12,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
 #include "pipelines/conditioning.h"
+#include "pipelines/model_folder.h"
 #include "text/clip_text_model.h"
 #include "train/optim.h"
 
@@ -120,7 +122,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   TrainRecipe r;
   r.source = source;
   Section root(json, source);
-  root.allow({"name", "seed", "data", "tokenizer", "vae", "unet", "scheduler", "export", "notes"});
+  root.allow({"name", "seed", "data", "tokenizer", "vae", "unet", "scheduler", "export", "notes", "lora"});
   r.name = root.cfg().get_string("name", r.name);
   r.seed = static_cast<uint64_t>(root.cfg().get_int("seed", static_cast<int64_t>(r.seed)));
 
@@ -141,10 +143,47 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   tok.allow({"num_merges"});
   r.tokenizer.num_merges = tok.cfg().get_int("num_merges", r.tokenizer.num_merges);
 
+  // A LoRA recipe takes the model's configs and scheduler from its base folder.
+  nlohmann::json from_base = nlohmann::json::object();
+  if (json.contains("lora")) {
+    Section lora(json, "lora", source, "");
+    lora.allow({"base", "rank", "alpha", "target_modules"});
+    r.lora.base = lora.cfg().get_string("base", "");
+    if (r.lora.base.empty()) lora.cfg().fail("base", "the model folder the LoRA is trained for");
+    namespace fs = std::filesystem;
+    if (fs::path(r.lora.base).is_relative() && fs::is_regular_file(source))
+      r.lora.base = (fs::path(source).parent_path() / r.lora.base).lexically_normal().string();
+    r.lora.rank = lora.cfg().get_int("rank", r.lora.rank);
+    r.lora.alpha = lora.cfg().get_double("alpha", r.lora.alpha);
+    if (r.lora.rank < 1 || !(r.lora.alpha > 0)) lora.cfg().fail("rank", "rank >= 1 and alpha > 0");
+    if (lora.json().contains("target_modules")) {
+      const auto& t = lora.json().at("target_modules");
+      if (!t.is_array() || t.empty() || !std::all_of(t.begin(), t.end(), [](const auto& e) { return e.is_string(); }))
+        lora.cfg().fail("target_modules", "a non-empty list of module names such as \"to_q\"");
+      r.lora.target_modules = t.get<std::vector<std::string>>();
+    }
+    pipelines::ModelFolder base = pipelines::ModelFolder::open(r.lora.base);
+    from_base["vae"] = io::JsonConfig::load(base.component("vae").config_path).json();
+    from_base["unet"] = io::JsonConfig::load(base.component("unet").config_path).json();
+    from_base["text_encoder"] = io::JsonConfig::load(base.component("text_encoder").config_path).json();
+    from_base["scheduler"] = io::JsonConfig::load(base.component("scheduler").config_path).json();
+    const char* own[][2] = {{"vae", "config"}, {"unet", "config"}, {"unet", "text_encoder"}, {"scheduler", nullptr}};
+    for (const auto& o : own) {
+      const bool given = json.contains(o[0]) && (o[1] == nullptr || json.at(o[0]).contains(o[1]));
+      if (given)
+        throw ConfigError(fmt::format("{}: '{}{}{}' comes from lora.base ({}) in a LoRA recipe; remove it", source, o[0],
+                                      o[1] ? "." : "", o[1] ? o[1] : "", r.lora.base));
+    }
+  }
+
   Section vae(json, "vae", source, "");
   vae.allow({"config", "train", "object_weight", "kl_weight"});
-  if (!vae.json().contains("config")) throw ConfigError(fmt::format("{}: 'vae.config' is required", source));
-  r.vae.config = vae.json().at("config");
+  if (r.is_lora()) {
+    r.vae.config = from_base["vae"];
+  } else {
+    if (!vae.json().contains("config")) throw ConfigError(fmt::format("{}: 'vae.config' is required", source));
+    r.vae.config = vae.json().at("config");
+  }
   StageTraining vae_defaults;
   vae_defaults.batch = 32;
   r.vae.train = parse_training(Section(vae.json(), "train", source, "vae"), vae_defaults);
@@ -155,11 +194,16 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   unet.allow({"config", "text_encoder", "train", "caption_dropout", "image_condition_prob", "object_weight",
               "min_snr_gamma", "frame_noise_correlation", "high_noise_share", "high_noise_from", "text_word_loss", "curriculum",
               "latent_pool"});
-  if (!unet.json().contains("config")) throw ConfigError(fmt::format("{}: 'unet.config' is required", source));
-  if (!unet.json().contains("text_encoder"))
-    throw ConfigError(fmt::format("{}: 'unet.text_encoder' is required", source));
-  r.unet.config = unet.json().at("config");
-  r.unet.text_encoder = unet.json().at("text_encoder");
+  if (r.is_lora()) {
+    r.unet.config = from_base["unet"];
+    r.unet.text_encoder = from_base["text_encoder"];
+  } else {
+    if (!unet.json().contains("config")) throw ConfigError(fmt::format("{}: 'unet.config' is required", source));
+    if (!unet.json().contains("text_encoder"))
+      throw ConfigError(fmt::format("{}: 'unet.text_encoder' is required", source));
+    r.unet.config = unet.json().at("config");
+    r.unet.text_encoder = unet.json().at("text_encoder");
+  }
   r.unet.train = parse_training(Section(unet.json(), "train", source, "unet"), StageTraining{});
   r.unet.caption_dropout = unet.cfg().get_double("caption_dropout", r.unet.caption_dropout);
   r.unet.image_condition_prob = unet.cfg().get_double("image_condition_prob", r.unet.image_condition_prob);
@@ -220,9 +264,17 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
     }
   }
 
-  if (!json.contains("scheduler") || !json.at("scheduler").is_object())
-    throw ConfigError(fmt::format("{}: 'scheduler' (a scheduler_config.json object) is required", source));
-  r.scheduler = json.at("scheduler");
+  if (r.is_lora()) {
+    r.scheduler = from_base["scheduler"];
+    if (r.unet.text_word_loss > 0)
+      throw ConfigError(fmt::format("{}: unet.text_word_loss trains the text encoder, which a LoRA recipe keeps "
+                                    "frozen; remove it",
+                                    source));
+  } else {
+    if (!json.contains("scheduler") || !json.at("scheduler").is_object())
+      throw ConfigError(fmt::format("{}: 'scheduler' (a scheduler_config.json object) is required", source));
+    r.scheduler = json.at("scheduler");
+  }
   Section exp(json, "export", source, "");
   exp.allow({"dtype"});
   r.export_dtype = exp.cfg().get_string("dtype", r.export_dtype);
@@ -320,6 +372,14 @@ nlohmann::json TrainRecipe::to_json() const {
                {"curriculum", curriculum}};
   j["scheduler"] = scheduler;
   j["export"] = {{"dtype", export_dtype}};
+  if (is_lora()) {
+    // The configs are the base model's: the recipe names the folder, not its contents.
+    j["vae"].erase("config");
+    j["unet"].erase("config");
+    j["unet"].erase("text_encoder");
+    j.erase("scheduler");
+    j["lora"] = {{"base", lora.base}, {"rank", lora.rank}, {"alpha", lora.alpha}, {"target_modules", lora.target_modules}};
+  }
   return j;
 }
 

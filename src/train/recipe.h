@@ -113,6 +113,19 @@ struct UNetRecipe {
   std::vector<CurriculumPhase> curriculum;
 };
 
+// LoRA fine-tuning of an existing model: with a "lora" section the recipe trains adapters on the UNet of
+// `base` (its tokenizer, VAE, text encoder, configs and scheduler come from there; the recipe gives
+// the data and the "unet" section's training settings) and `vdm train` writes
+// <out>/lora/pytorch_lora_weights.safetensors.
+//   "lora": {"base": "../../samples/models/shapes", "rank": 4, "alpha": 4,
+//            "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+struct LoraRecipe {
+  std::string base;  // model folder (relative to the recipe file); "" = not a LoRA recipe
+  int64_t rank = 4;
+  double alpha = 4.0;
+  std::vector<std::string> target_modules = {"to_q", "to_k", "to_v", "to_out.0"};
+};
+
 struct TrainRecipe {
   std::string name = "shapes";
   uint64_t seed = 1234;
@@ -129,6 +142,9 @@ struct TrainRecipe {
   UNetRecipe unet;
   nlohmann::json scheduler;        // scheduler_config.json written with the model
   std::string export_dtype = "float16";  // float16 | float32 storage of exported weights
+  LoraRecipe lora;
+
+  bool is_lora() const { return !lora.base.empty(); }
 
   std::string source;  // file it came from (for messages)
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 #include <mutex>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -27,6 +28,7 @@
 #include "text/clip_text_model.h"
 #include "text/clip_tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/lora_adapters.h"
 #include "train/loss_log.h"
 #include "train/model_export.h"
 #include "train/optim.h"
@@ -48,6 +50,7 @@ at::Tensor sample_timesteps(double high_noise_share, int64_t high_noise_from, in
 }
 
 std::string model_dir(const std::string& out_dir) { return (fs::path(out_dir) / "model").string(); }
+std::string lora_dir(const std::string& out_dir) { return (fs::path(out_dir) / "lora").string(); }
 std::string checkpoint_dir(const std::string& out_dir, const std::string& stage) {
   return (fs::path(out_dir) / "checkpoints" / stage).string();
 }
@@ -409,14 +412,17 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
       choose_precision(options.precision.empty() ? recipe.unet.train.precision : options.precision, device);
   configure_device_for_training(device);
   const std::string mdir = model_dir(options.out_dir);
-  require_tokenizer(options.out_dir);
-  const std::string vae_dir = (fs::path(mdir) / "vae").string();
+  // A LoRA recipe trains adapters on its base model's UNet; everything else comes from that folder.
+  const bool lora_run = recipe.is_lora();
+  const std::string src_dir = lora_run ? recipe.lora.base : mdir;
+  if (!lora_run) require_tokenizer(options.out_dir);
+  const std::string vae_dir = (fs::path(src_dir) / "vae").string();
   if (!fs::exists(fs::path(vae_dir) / "config.json")) {
     throw InputError(fmt::format("{}: no trained VAE; run `vdm train --stage vae` (or --stage all) with this --out "
                                  "first",
                                  vae_dir));
   }
-  text::ClipTokenizer tokenizer = text::ClipTokenizer::load((fs::path(mdir) / "tokenizer").string());
+  text::ClipTokenizer tokenizer = text::ClipTokenizer::load((fs::path(src_dir) / "tokenizer").string());
   models::AutoencoderKL vae = models::load_autoencoder_kl(vae_dir);
   vae->to(device);
   vae->eval();
@@ -438,14 +444,38 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
       models::UNet3DConditionConfig::from_json(io::JsonConfig(recipe.unet.config, recipe.source + " [unet.config]"));
   ucfg.sample_size = h;
   seed_default_generator(recipe.seed + 2);
-  models::UNet3DConditionModel unet(ucfg);
-  text::CLIPTextModel text_encoder(tcfg);
-  unet->to(device);
-  text_encoder->to(device);
-  unet->train();
-  text_encoder->train();
-  NamedParams params = named_trainable(*unet, "unet.");
-  for (auto& p : named_trainable(*text_encoder, "text_encoder.")) params.push_back(p);
+  models::UNet3DConditionModel unet{nullptr};
+  text::CLIPTextModel text_encoder{nullptr};
+  std::unique_ptr<LoraAdapters> lora;
+  NamedParams params;
+  if (lora_run) {
+    unet = models::load_unet3d((fs::path(src_dir) / "unet").string());
+    text_encoder = text::load_clip_text_model((fs::path(src_dir) / "text_encoder").string());
+    tcfg = text_encoder->config();
+    for (auto& p : unet->parameters()) p.set_requires_grad(false);
+    for (auto& p : text_encoder->parameters()) p.set_requires_grad(false);
+    unet->to(device);
+    text_encoder->to(device);
+    unet->train();
+    text_encoder->eval();
+    at::Generator lora_gen = make_generator(recipe.seed + 5);
+    lora = std::make_unique<LoraAdapters>(
+        *unet, "unet", LoraAdapterOptions{recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules}, lora_gen);
+    params = lora->parameters();
+    int64_t lora_numel = 0;
+    for (const auto& p : params) lora_numel += p.second.numel();
+    log::info("lora: rank {} alpha {} on {} modules of {} ({} trained parameters)", recipe.lora.rank,
+              recipe.lora.alpha, lora->size(), src_dir, lora_numel);
+  } else {
+    unet = models::UNet3DConditionModel(ucfg);
+    text_encoder = text::CLIPTextModel(tcfg);
+    unet->to(device);
+    text_encoder->to(device);
+    unet->train();
+    text_encoder->train();
+    params = named_trainable(*unet, "unet.");
+    for (auto& p : named_trainable(*text_encoder, "text_encoder.")) params.push_back(p);
+  }
   // The word probe of text_word_loss: pooled text embedding [B, D] -> one logit per vocabulary
   // entry. Trained and checkpointed with the model, never exported.
   const bool word_loss = recipe.unet.text_word_loss > 0;
@@ -478,7 +508,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   at::Generator gen = make_generator(recipe.seed + 202);
 
   StageSpec spec;
-  spec.stage = "unet";
+  spec.stage = lora_run ? "lora" : "unet";
   spec.training = recipe.unet.train;
   spec.total = options.steps_unet >= 0 ? options.steps_unet : recipe.unet.train.steps;
   spec.budget_s = options.time_budget_unet;
@@ -681,6 +711,8 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     at::Tensor pred, pooled;
     {
       AutocastScope autocast(device, precision);
+      std::optional<LoraAdapters::Applied> adapted;  // the UNet's weights with the adapters, this forward
+      if (lora) adapted.emplace(*lora);
       text::CLIPTextModelOutput text_out = text_encoder->forward(ids);
       pred = unet->forward(model_in, t_dev, text_out.last_hidden_state);
       pooled = text_out.pooler_output;
@@ -716,6 +748,10 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     return r;
   };
   auto export_fn = [&]() {
+    if (lora) {
+      save_lora_weights(*lora, lora_dir(options.out_dir));
+      return;
+    }
     const c10::ScalarType dt = export_dtype(recipe);
     write_component(mdir, "unet", [&](const std::string& d) { models::save_unet3d(unet, d, dt); });
     write_component(mdir, "text_encoder", [&](const std::string& d) { text::save_clip_text_model(text_encoder, d, dt); });
@@ -726,13 +762,23 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     const CurriculumPhase p = recipe.phase_at(step);
     return fmt::format(" ({} frames x {})", p.frames, scaled_batch(p.batch, options.batch_scale));
   };
-  return run_stage(spec, options, params, gen, step_fn, export_fn, describe);
+  StageReport report = run_stage(spec, options, params, gen, step_fn, export_fn, describe);
+  if (lora) report.exported = lora_dir(options.out_dir);
+  return report;
 }
 
 std::vector<StageReport> run_training(const TrainRecipe& recipe, const std::string& stage, const TrainOptions& options) {
-  if (stage != "all" && stage != "tokenizer" && stage != "vae" && stage != "unet") {
-    throw InputError(fmt::format("--stage '{}' is not known; use all, tokenizer, vae or unet", stage));
+  if (stage != "all" && stage != "tokenizer" && stage != "vae" && stage != "unet" && stage != "lora") {
+    throw InputError(fmt::format("--stage '{}' is not known; use all, tokenizer, vae, unet or lora", stage));
   }
+  if (recipe.is_lora() && stage != "all" && stage != "lora")
+    throw InputError(fmt::format("--stage {}: {} is a LoRA recipe (it has a \"lora\" section), which trains only "
+                                 "the adapters; use --stage lora or all",
+                                 stage, recipe.source));
+  if (!recipe.is_lora() && stage == "lora")
+    throw InputError(fmt::format("--stage lora needs a recipe with a \"lora\" section naming the base model; {} has "
+                                 "none (see docs/training.md)",
+                                 recipe.source));
   if (options.out_dir.empty()) throw InputError("training needs an output folder (--out DIR)");
   std::error_code ec;
   fs::create_directories(options.out_dir, ec);
@@ -742,12 +788,14 @@ std::vector<StageReport> run_training(const TrainRecipe& recipe, const std::stri
   std::unique_ptr<ClipDataset> data = make_dataset(recipe);
   log::info("training '{}' on {} into {}", recipe.name, data->describe(), options.out_dir);
   std::vector<StageReport> reports;
-  if (stage == "all" || stage == "tokenizer") reports.push_back(train_tokenizer(recipe, *data, options));
-  if (stage == "all" || stage == "vae") reports.push_back(train_vae(recipe, *data, options));
-  if (stage == "all" || stage == "unet") reports.push_back(train_unet(recipe, *data, options));
+  const bool lora_run = recipe.is_lora();
+  if (!lora_run && (stage == "all" || stage == "tokenizer")) reports.push_back(train_tokenizer(recipe, *data, options));
+  if (!lora_run && (stage == "all" || stage == "vae")) reports.push_back(train_vae(recipe, *data, options));
+  if (lora_run || stage == "all" || stage == "unet") reports.push_back(train_unet(recipe, *data, options));
 
-  // Record what each stage did next to the model.
-  const std::string record = (fs::path(model_dir(options.out_dir)) / "training.json").string();
+  // Record what each stage did next to the model (or the LoRA).
+  const std::string record_dir = lora_run ? lora_dir(options.out_dir) : model_dir(options.out_dir);
+  const std::string record = (fs::path(record_dir) / "training.json").string();
   nlohmann::json j = nlohmann::json::object();
   if (fs::exists(record)) {
     try {
@@ -761,7 +809,7 @@ std::vector<StageReport> run_training(const TrainRecipe& recipe, const std::stri
   if (recipe.dataset == "shapes") {
     ShapeWorldConfig world = recipe.world;
     for (const auto& r : reports)
-      if (r.stage == "unet" && r.end_step > 0) world = recipe.world_at(r.end_step - 1);
+      if ((r.stage == "unet" || r.stage == "lora") && r.end_step > 0) world = recipe.world_at(r.end_step - 1);
     j["world"] = world_json(world);
   }
   for (const auto& r : reports) {
@@ -775,7 +823,7 @@ std::vector<StageReport> run_training(const TrainRecipe& recipe, const std::stri
     s["precision"] = r.precision;
     s["stopped_by_time_budget"] = r.budget_stop;
   }
-  fs::create_directories(model_dir(options.out_dir), ec);
+  fs::create_directories(record_dir, ec);
   io::write_file_atomic(record, j.dump(2) + "\n");
   return reports;
 }

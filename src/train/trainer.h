@@ -53,6 +53,7 @@ at::Tensor sample_timesteps(double high_noise_share, int64_t high_noise_from, in
                             int64_t batch, at::Generator& gen);
 
 std::string model_dir(const std::string& out_dir);                             // <out>/model
+std::string lora_dir(const std::string& out_dir);                              // <out>/lora (LoRA recipes)
 std::string checkpoint_dir(const std::string& out_dir, const std::string& stage);  // <out>/checkpoints/<stage>
 std::string loss_log_path(const std::string& out_dir, const std::string& stage);   // <out>/logs/<stage>_loss.csv
 
@@ -60,7 +61,7 @@ StageReport train_tokenizer(const TrainRecipe& recipe, ClipDataset& data, const 
 StageReport train_vae(const TrainRecipe& recipe, ClipDataset& data, const TrainOptions& options);
 StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const TrainOptions& options);
 
-// Runs `stage` (all | tokenizer | vae | unet) on the recipe's dataset, records the reports in
+// Runs `stage` (all | tokenizer | vae | unet; a LoRA recipe: all | lora, which trains its adapters) on the recipe's dataset, records the reports in
 // <out>/model/training.json and returns them.
 std::vector<StageReport> run_training(const TrainRecipe& recipe, const std::string& stage,
                                       const TrainOptions& options);

@@ -1,0 +1,195 @@
+// LoRA training (train/lora_adapters.h, a recipe's "lora" section): adapters start as the base model,
+// train only themselves, and export a file that the loader merges into exactly the model they trained.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/runtime.h"
+#include "io/tensor_io.h"
+#include "models/lora.h"
+#include "models/unet_3d_condition.h"
+#include "pipelines/video_pipeline.h"
+#include "tests/support/test_support.h"
+#include "train/lora_adapters.h"
+#include "train/recipe.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace vdm::train {
+namespace {
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+struct UNetInputs {
+  at::Tensor x, t, text;
+};
+
+UNetInputs unet_inputs(const models::UNet3DConditionConfig& c) {
+  at::manual_seed(11);
+  return {at::randn({1, c.in_channels, 3, 8, 8}), at::tensor({500}, at::kLong), at::randn({1, 5, c.cross_attention_dim})};
+}
+
+// The adapters' forward (the weight member set to W + s * B @ A) is the base model while B is zero,
+// passes gradients to A and B only, and leaves the model as it was when the guard ends; the file it
+// saves, merged by the loader into a copy of the base, gives the same output as the adapted model.
+TEST(LoraTraining, AdaptedForwardEqualsTheMergedFile) {
+  models::UNet3DConditionConfig cfg = test::tiny_unet3d_config(8, 4, 12, 4);
+  models::UNet3DConditionModel unet(cfg);
+  unet->eval();  // the temporal convolutions' dropout off: every forward the same
+  for (auto& p : unet->parameters()) p.set_requires_grad(false);
+  const UNetInputs in = unet_inputs(cfg);
+  at::Tensor base_out;
+  {
+    at::NoGradGuard g;
+    base_out = unet->forward(in.x, in.t, in.text);
+  }
+  at::Generator gen = vdm::make_generator(3);
+  LoraAdapters adapters(*unet, "unet", LoraAdapterOptions{2, 4.0, {"to_q", "to_v", "to_out.0", "conv1"}}, gen);
+  // Every attention's to_q, to_v and to_out.0 and the spatial ResNets' conv1 (a temporal convolution
+  // layer's conv1 is a Sequential, which is not adapted).
+  EXPECT_GT(adapters.size(), 8);
+  for (const auto& [key, value] : adapters.parameters()) {
+    EXPECT_TRUE(key.rfind("unet.", 0) == 0 && (key.find(".lora_A.weight") != std::string::npos ||
+                                               key.find(".lora_B.weight") != std::string::npos))
+        << key;
+    if (key.find("lora_B") != std::string::npos) EXPECT_EQ(value.abs().max().item<float>(), 0.0f) << key;
+  }
+  {
+    LoraAdapters::Applied applied(adapters);
+    at::NoGradGuard g;
+    EXPECT_TRUE(unet->forward(in.x, in.t, in.text).equal(base_out)) << "B = 0 must leave the model as it was";
+  }
+  // Gradients reach A and B (B first: A's gradient is zero while B is).
+  {
+    LoraAdapters::Applied applied(adapters);
+    unet->forward(in.x, in.t, in.text).square().mean().backward();
+  }
+  for (const auto& [key, value] : adapters.parameters()) {
+    if (key.find("lora_B") == std::string::npos) continue;
+    ASSERT_TRUE(value.grad().defined()) << key;
+    EXPECT_GT(value.grad().abs().max().item<float>(), 0.0f) << key;
+  }
+  for (const auto& p : unet->parameters()) EXPECT_FALSE(p.grad().defined());
+
+  {
+    at::NoGradGuard g;
+    at::manual_seed(12);
+    for (const auto& [key, value] : adapters.parameters()) value.add_(at::randn(value.sizes()) * 0.2);
+  }
+  at::Tensor adapted_out;
+  {
+    LoraAdapters::Applied applied(adapters);
+    at::NoGradGuard g;
+    adapted_out = unet->forward(in.x, in.t, in.text);
+  }
+  EXPECT_GT(test::max_abs_diff(adapted_out, base_out), 1e-3);
+  {
+    at::NoGradGuard g;
+    EXPECT_TRUE(unet->forward(in.x, in.t, in.text).equal(base_out)) << "the guard did not restore the weights";
+  }
+
+  const std::string dir = test::make_temp_dir("lora_train_file");
+  save_lora_weights(adapters, dir);
+  const models::LoraComponents components = {{"unet", unet.get()}};
+  const models::LoraFile file = models::read_lora(dir, components);
+  EXPECT_EQ(file.format, "peft");
+  EXPECT_EQ(static_cast<int64_t>(file.layers.size()), adapters.size());
+  for (const auto& l : file.layers) EXPECT_DOUBLE_EQ(l.scale, 2.0) << l.module;  // alpha 4 / rank 2 from the metadata
+  models::merge_lora(file, 1.0, components);
+  at::NoGradGuard g;
+  EXPECT_LT(test::max_abs_diff(unet->forward(in.x, in.t, in.text), adapted_out), 1e-5);
+}
+
+nlohmann::json tiny_base_recipe() {
+  return nlohmann::json::parse(R"({
+    "name": "tiny-base", "seed": 7,
+    "data": {"dataset": "shapes", "size": 16, "frames": 4, "fps": 8},
+    "tokenizer": {"num_merges": 200},
+    "vae": {"config": {"block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                       "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": 1,
+                       "latent_channels": 4, "norm_num_groups": 4, "sample_size": 16},
+            "train": {"steps": 2, "batch": 2, "warmup": 0, "checkpoint_every": 100, "log_every": 1, "precision": "float32"}},
+    "unet": {"config": {"in_channels": 9, "out_channels": 4, "block_out_channels": [8, 16],
+                        "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+                        "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "layers_per_block": 1,
+                        "norm_num_groups": 4, "cross_attention_dim": 16, "attention_head_dim": 2},
+             "text_encoder": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                              "num_attention_heads": 2, "hidden_act": "gelu"},
+             "train": {"steps": 2, "batch": 2, "warmup": 0, "checkpoint_every": 100, "log_every": 1, "precision": "float32"}},
+    "scheduler": {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                  "beta_end": 0.012, "prediction_type": "v_prediction", "rescale_betas_zero_snr": true,
+                  "timestep_spacing": "trailing", "clip_sample": false},
+    "export": {"dtype": "float32"}
+  })");
+}
+
+// A LoRA recipe on a trained folder: only the adapters train, the base folder is left byte for
+// byte, and the file it writes changes what the pipeline renders with --lora.
+TEST(LoraTraining, RecipeTrainsAdaptersForItsBaseModel) {
+  const std::string dir = test::make_temp_dir("lora_recipe");
+  TrainOptions base_options;
+  base_options.out_dir = dir + "/base";
+  run_training(TrainRecipe::from_json(tiny_base_recipe(), "tiny-base"), "all", base_options);
+  const fs::path base = model_dir(base_options.out_dir);
+  const std::string unet_file = (base / "unet" / "diffusion_pytorch_model.safetensors").string();
+  const std::string unet_before = read_bytes(unet_file);
+
+  nlohmann::json lora = nlohmann::json::parse(R"({
+    "name": "tiny-lora", "seed": 9,
+    "data": {"dataset": "shapes", "size": 16, "frames": 4, "fps": 8, "world": {"min_radius": 0.2, "max_radius": 0.25}},
+    "unet": {"train": {"steps": 4, "batch": 2, "lr": 0.01, "warmup": 0, "ema_decay": 0.5, "checkpoint_every": 100,
+                       "log_every": 1, "precision": "float32"}},
+    "lora": {"rank": 2, "alpha": 2}
+  })");
+  lora["lora"]["base"] = base.string();
+  const TrainRecipe recipe = TrainRecipe::from_json(lora, "tiny-lora");
+  EXPECT_TRUE(recipe.is_lora());
+  EXPECT_EQ(recipe.unet.config.at("in_channels"), 9);  // from the base folder
+  TrainOptions o;
+  o.out_dir = dir + "/lora";
+  EXPECT_THROW(run_training(recipe, "unet", o), InputError);
+  auto reports = run_training(recipe, "all", o);
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].stage, "lora");
+  EXPECT_EQ(reports[0].end_step, 4);
+  EXPECT_EQ(read_bytes(unet_file), unet_before) << "LoRA training changed the base model";
+  EXPECT_FALSE(fs::exists(model_dir(o.out_dir))) << "a LoRA run exports no model folder";
+  const std::string lora_file = lora_dir(o.out_dir) + "/pytorch_lora_weights.safetensors";
+  ASSERT_TRUE(fs::exists(lora_file));
+  EXPECT_TRUE(fs::exists(lora_dir(o.out_dir) + "/training.json"));
+
+  auto render = [&](const std::vector<models::LoraSpec>& loras) {
+    pipelines::PipelineConfig pc;
+    pc.model_dir = base.string();
+    pc.loras = loras;
+    auto pipe = pipelines::VideoPipeline::load(pc);
+    pipelines::GenerateOptions g;
+    g.prompt = "a red circle moving left on a black background";
+    g.frames = 4;
+    g.steps = 2;
+    g.seed = 5;
+    g.t2v_mode = "joint";
+    return pipe->generate_float(g);
+  };
+  const at::Tensor plain = render({});
+  EXPECT_GT(test::max_abs_diff(render({{lora_dir(o.out_dir), 1.0}}), plain), 1e-4);
+  EXPECT_TRUE(render({{lora_file, 0.0}}).equal(plain)) << "strength 0 must leave the model as it was";
+
+  // The configs come from the base: a LoRA recipe that also gives one is refused.
+  lora["unet"]["config"] = tiny_base_recipe()["unet"]["config"];
+  EXPECT_THROW(TrainRecipe::from_json(lora, "tiny-lora"), ConfigError);
+  lora["unet"].erase("config");
+  lora["lora"]["target_modules"] = {"no_such_layer"};
+  o.out_dir = dir + "/lora2";
+  EXPECT_THROW(run_training(TrainRecipe::from_json(lora, "tiny-lora"), "lora", o), ConfigError);
+}
+
+}  // namespace
+}  // namespace vdm::train
