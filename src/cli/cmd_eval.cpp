@@ -19,6 +19,7 @@ void register_eval(CLI::App& app) {
   o->model_dir = default_model_dir();
   o->out_dir = "eval_shapes";
   auto mode = std::make_shared<std::string>("both");
+  auto loras = std::make_shared<std::vector<std::string>>();
   cmd->add_option("--model", o->model_dir, "Model folder")->capture_default_str();
   cmd->add_option("--n", o->n, "Clips per mode")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the captions and the generations")->capture_default_str();
@@ -33,10 +34,12 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--frames", o->frames, "Frames per clip")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  cmd->add_option("--lora", *loras, "LoRA file merged into the model, as FILE or FILE:STRENGTH; repeat for several");
   cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow) | words (first frames animated with a direction at right angles to the rendered one: motion read from the prompt or from the image)")->capture_default_str();
   cmd->add_option("--out", o->out_dir, "Folder for contact_t2v.png, contact_i2v.png, results.json")
       ->capture_default_str();
-  cmd->callback([o, mode] {
+  cmd->callback([o, mode, loras] {
+    for (const std::string& l : *loras) o->loras.push_back(models::parse_lora_spec(l));
     if (*mode != "both" && *mode != "t2v" && *mode != "i2v" && *mode != "ceiling" && *mode != "words")
       throw InputError("--mode '" + *mode + "' is not known; use both, t2v, i2v, ceiling or words");
     o->text_to_video = *mode != "i2v";

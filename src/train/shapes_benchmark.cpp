@@ -27,7 +27,7 @@ namespace {
 
 nlohmann::json rates_json(const ShapeRates& r) {
   return {{"n", r.n},           {"colour", r.colour},       {"direction", r.direction}, {"shape", r.shape},
-          {"persistence", r.persistence}, {"background", r.background}, {"all", r.all},
+          {"persistence", r.persistence}, {"background", r.background}, {"all", r.all}, {"size", r.size},
           {"direction_misses",
            {{"reversed", r.reversed}, {"axis", r.wrong_axis}, {"unsteady", r.unsteady}, {"unmeasured", r.unmeasured}}}};
 }
@@ -99,6 +99,7 @@ std::unique_ptr<pipelines::VideoPipeline> load_pipeline(const ShapesBenchmarkOpt
   pc.model_dir = o.model_dir;
   pc.device = o.device;
   pc.dtype = o.dtype;
+  pc.loras = o.loras;
   auto pipe = pipelines::VideoPipeline::load(pc);
   log::info("eval shapes: {}", pipe->describe());
   return pipe;
@@ -310,6 +311,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
                         {"start", {s.start_x, s.start_y}},
                         {"r2", s.r2},
                         {"fill", s.fill},
+                        {"size", s.size},
                         {"skew", s.skew},
                         {"corner", s.corner},
                         {"frames_ok", s.frames_ok},
@@ -343,12 +345,12 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
 }
 
 std::string ShapesBenchmarkReport::to_table() const {
-  std::string out = fmt::format("{:<6}{:>5}{:>9}{:>11}{:>8}{:>13}{:>7}\n", "mode", "n", "colour", "direction", "shape",
-                                "persistence", "all");
+  std::string out = fmt::format("{:<6}{:>5}{:>9}{:>11}{:>8}{:>13}{:>7}{:>7}\n", "mode", "n", "colour", "direction", "shape",
+                                "persistence", "all", "size");
   auto row = [&](const char* name, const ShapeRates& r) {
     if (r.n == 0) return;
-    out += fmt::format("{:<6}{:>5}{:>8.0f}%{:>10.0f}%{:>7.0f}%{:>12.0f}%{:>6.0f}%\n", name, r.n, 100 * r.colour,
-                       100 * r.direction, 100 * r.shape, 100 * r.persistence, 100 * r.all);
+    out += fmt::format("{:<6}{:>5}{:>8.0f}%{:>10.0f}%{:>7.0f}%{:>12.0f}%{:>6.0f}%{:>7.3f}\n", name, r.n, 100 * r.colour,
+                       100 * r.direction, 100 * r.shape, 100 * r.persistence, 100 * r.all, r.size);
   };
   row("t2v", t2v);
   row("i2v", i2v);

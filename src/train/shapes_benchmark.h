@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "models/lora.h"
 #include "train/shapes_eval.h"
 
 namespace vdm::train {
@@ -29,6 +30,7 @@ struct ShapesBenchmarkOptions {
   std::string start;
   std::string device = "cpu";
   std::string dtype = "float32";
+  std::vector<models::LoraSpec> loras;  // merged into the model (PipelineConfig::loras)
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)
   bool text_to_video = true;
   bool image_to_video = true;

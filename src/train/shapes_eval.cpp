@@ -282,10 +282,11 @@ ShapeClipScore score_clip(const at::Tensor& frames, const ShapeAttributes& expec
   }
 
   // Shape and direction use the frames where the object is a sane region; at least half of them.
-  std::vector<double> fills, skews, corners, t, xs, ys;
+  std::vector<double> fills, skews, corners, t, xs, ys, sizes;
   for (int64_t f = 0; f < F; ++f) {
     if (!ms[f].ok) continue;
     fills.push_back(ms[f].fill);
+    sizes.push_back(std::sqrt(static_cast<double>(ms[f].area) / static_cast<double>(H * W)));
     skews.push_back(ms[f].skew);
     corners.push_back(ms[f].corner);
     t.push_back(static_cast<double>(f));
@@ -295,6 +296,7 @@ ShapeClipScore score_clip(const at::Tensor& frames, const ShapeAttributes& expec
   const bool enough = s.frames_ok >= std::max<int64_t>(2, (F + 1) / 2);
   if (enough) {
     s.fill = median(fills);
+    s.size = median(sizes);
     s.skew = median(skews);
     s.corner = median(corners);
     Shape sh = classify_shape(s.skew, s.corner);
@@ -346,6 +348,10 @@ ShapeRates summarize(const std::vector<ShapeClipScore>& scores) {
     r.reversed += s.direction_miss == "reversed", r.wrong_axis += s.direction_miss == "axis";
     r.unsteady += s.direction_miss == "unsteady", r.unmeasured += s.direction_miss == "unmeasured";
   }
+  std::vector<double> sizes;
+  for (const ShapeClipScore& s : scores)
+    if (s.size > 0) sizes.push_back(s.size);
+  if (!sizes.empty()) r.size = median(sizes);
   const double n = static_cast<double>(r.n);
   r.colour /= n, r.direction /= n, r.shape /= n, r.persistence /= n, r.background /= n, r.all /= n;
   return r;

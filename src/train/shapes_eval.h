@@ -66,6 +66,7 @@ struct ShapeClipScore {
   double start_x = 0, start_y = 0;    // the line fit's centre at frame 0, fraction of side
   double r2 = 0;                      // linearity of the motion-axis trajectory
   double fill = 0, skew = 0, corner = 0;  // medians over frames (fill: area / bounding box)
+  double size = 0;  // median over frames of sqrt(object area) / frame side (0: too few frames)
   int64_t frames_ok = 0, frames = 0;
   std::string failure;                // human-readable reasons of failed measures ("" when all pass)
   // Why the direction missed: "" (it did not), "reversed" (the caption's axis, the other way),
@@ -83,6 +84,7 @@ struct ShapeRates {
   double colour = 0, direction = 0, shape = 0, persistence = 0, background = 0, all = 0;
   // Clips whose direction missed, by ShapeClipScore::direction_miss.
   int64_t reversed = 0, wrong_axis = 0, unsteady = 0, unmeasured = 0;
+  double size = 0;  // median ShapeClipScore::size of the clips where it was measured (0: none)
 };
 ShapeRates summarize(const std::vector<ShapeClipScore>& scores);
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/tensor_io.h"
 #include "models/attention_cpu.h"
 #include "tests/support/test_support.h"
 
@@ -169,6 +170,44 @@ TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
   EXPECT_EQ(rc, 2) << log;
   EXPECT_NE(log.find("missing.png"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(dir + "/a.mp4"));
+}
+
+// --lora on the embedded model: the file is merged (a different clip from the same seed), named in the
+// clip's metadata, and a LoRA that does not fit, or is missing, stops the command before any work
+// with exit code 2, one line, and no output.
+TEST(GenerateCli, LoraIsMergedRecordedAndCheckedFirst) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  const std::string dir = vdm::test::make_temp_dir("lora_cli");
+  const std::string to_q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
+  at::manual_seed(1);
+  vdm::io::save_safetensors(dir + "/style.safetensors",
+                            {{to_q + ".lora_A.weight", at::randn({4, 32}) * 0.5}, {to_q + ".lora_B.weight", at::randn({32, 4}) * 0.5}});
+  vdm::io::save_safetensors(dir + "/other.safetensors",
+                            {{to_q + ".lora_A.weight", at::randn({4, 320})}, {to_q + ".lora_B.weight", at::randn({320, 4})}});
+  auto cmd = [&](const std::string& out, const std::string& extra) {
+    return fmt::format("{} --threads 2 generate --model {} --prompt 'a red circle moving right on a black background' "
+                       "--frames 4 --steps 2 --seed 3 --t2v-mode joint --progress none {} --output {} 2>&1",
+                       vdm::test::vdm_binary(), shapes, extra, out);
+  };
+  std::string log;
+  ASSERT_EQ(run_command(cmd(dir + "/plain.mp4", ""), &log), 0) << log;
+  ASSERT_EQ(run_command(cmd(dir + "/lora.mp4", fmt::format("--lora {}/style.safetensors:0.7", dir)), &log), 0) << log;
+  EXPECT_NE(log.find("peft, 1 layer (unet 1), rank 4"), std::string::npos) << log;
+  EXPECT_NE(read_bytes(dir + "/plain.mp4"), read_bytes(dir + "/lora.mp4"));
+  EXPECT_EQ(ffprobe(dir + "/lora.mp4").at("format").at("tags").at("lora").get<std::string>(),
+            dir + "/style.safetensors:0.7");
+  EXPECT_FALSE(ffprobe(dir + "/plain.mp4").at("format").at("tags").contains("lora"));
+
+  for (const auto& [lora, expect] : std::vector<std::pair<std::string, std::string>>{
+           {dir + "/other.safetensors", "weight [32, 32] needs down [r, 32] and up [32, r], got down [4, 320]"},
+           {dir + "/missing.safetensors", "does not exist; check the path given to --lora"},
+           {dir + "/style.safetensors:x1", "does not exist"}}) {
+    SCOPED_TRACE(lora);
+    EXPECT_EQ(run_command(cmd(dir + "/bad.mp4", "--lora " + lora), &log), 2) << log;
+    EXPECT_NE(log.find(expect), std::string::npos) << log;
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+    EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
+  }
 }
 
 // restyle's help shows the strength default that applies to it (0.6), animate's its own (0.8).

@@ -82,6 +82,29 @@ ShapeClipSpec fixed_spec() {
   return spec;
 }
 
+// The size measure: sqrt(area) / side of the rendered object, whatever the resolution; a circle of
+// radius r covers pi r^2 of the frame, a square (2r)^2.
+TEST(ShapesEval, SizeIsTheObjectsSideFraction) {
+  ShapeClipSpec spec = fixed_spec();
+  for (int64_t size : {64, 128}) {
+    for (double radius : {0.1, 0.2}) {
+      spec.radius = radius;
+      spec.attributes.shape = Shape::kCircle;
+      EXPECT_NEAR(score_clip(render_clip(spec, kFrames, size), spec.attributes).size, std::sqrt(M_PI) * radius, 0.012)
+          << size << " px, radius " << radius;
+      spec.attributes.shape = Shape::kSquare;
+      EXPECT_NEAR(score_clip(render_clip(spec, kFrames, size), spec.attributes).size, 2 * radius, 0.012)
+          << size << " px, radius " << radius;
+    }
+  }
+  spec.radius = 0.1;
+  ShapeClipScore small = score_clip(render_clip(spec, kFrames, 64), spec.attributes);
+  spec.radius = 0.2;
+  ShapeClipScore large = score_clip(render_clip(spec, kFrames, 64), spec.attributes);
+  EXPECT_DOUBLE_EQ(summarize({small, large, large}).size, large.size);
+  EXPECT_DOUBLE_EQ(summarize({small, small, large}).size, small.size);
+}
+
 TEST(ShapesEval, WrongColourFailsOnlyColour) {
   ShapeClipSpec spec = fixed_spec();
   ShapeClipSpec wrong = spec;
