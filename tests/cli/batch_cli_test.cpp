@@ -21,6 +21,7 @@
 #include "batch/manifest.h"
 #include "batch/sha256.h"
 #include "batch/shard.h"
+#include "io/tensor_io.h"
 #include "tests/support/test_support.h"
 
 extern char** environ;
@@ -133,6 +134,29 @@ class BatchCli : public ::testing::Test {
 };
 
 }  // namespace
+
+// --lora applies to every shot and is recorded in each output's tags; a LoRA that does not fit the
+// model stops the batch before anything renders (exit 2, no output, no manifest).
+TEST_F(BatchCli, LoraForEveryShotCheckedBeforeRendering) {
+  if (!kHaveCodecs) GTEST_SKIP() << "built without FFmpeg: vdm batch cannot write video";
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  const std::string to_q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
+  vdm::io::save_safetensors(dir_ + "/good.safetensors",
+                            {{to_q + ".lora_A.weight", at::randn({2, 32})}, {to_q + ".lora_B.weight", at::randn({32, 2})}});
+  vdm::io::save_safetensors(dir_ + "/bad.safetensors", {{to_q + ".lora_A.weight", at::randn({2, 32})}});
+  write_text(list_, shot_list(1, 4, 1));
+  std::string out;
+  EXPECT_EQ(run_command(batch_cmd(shapes, list_, dir_ + "/bad", "--lora " + dir_ + "/bad.safetensors 2>&1"), &out), 2)
+      << out;
+  EXPECT_NE(out.find("has a down (A) but no up (B)"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir_ + "/bad/s0.mp4"));
+  EXPECT_TRUE(vdm::batch::read_manifests(dir_ + "/bad").records.empty());
+
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "--lora " + dir_ + "/good.safetensors:0.5 2>&1"), &out), 0) << out;
+  std::string tags;
+  ASSERT_EQ(run_command("ffprobe -v error -show_entries format_tags=lora -of csv=p=0 '" + out_ + "/s0.mp4'", &tags), 0);
+  EXPECT_NE(tags.find(dir_ + "/good.safetensors:0.5"), std::string::npos) << tags;
+}
 
 TEST_F(BatchCli, RendersAShotListResumesAndRerendersOnlyWhatIsMissing) {
   REQUIRE_MODEL(model);
