@@ -328,7 +328,9 @@ LoraFile read_lora(const std::string& path, const LoraComponents& components) {
                                      p.down.defined() ? "up (B)" : "down (A)", fmt::join(p.keys, ", ")));
       continue;
     }
-    const std::string bad = shape_problem(p.down, p.up, weights[component].at(module));
+    std::string bad = shape_problem(p.down, p.up, weights[component].at(module));
+    if (bad.empty() && p.alpha.defined() && p.alpha.numel() != 1)
+      bad = fmt::format("alpha must be one number, got a tensor of shape {}", shape_str(p.alpha));
     if (!bad.empty()) {
       problems.push_back(fmt::format("module '{}' of the {}: {}", module, component, bad));
       continue;

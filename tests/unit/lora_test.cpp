@@ -238,6 +238,18 @@ TEST(Lora, MismatchesAreReportedTogetherAndNothingIsMerged) {
   EXPECT_EQ(message.find('\n'), std::string::npos);
   EXPECT_TRUE(m.weight("unet", kToQ).equal(before)) << "the good file was merged before the bad one failed";
 
+  Adapter q{"unet", kToQ, down, up};
+  const std::string alpha = write(dir + "/alpha.safetensors", {{kohya_name(q) + ".lora_down.weight", down},
+                                                               {kohya_name(q) + ".lora_up.weight", up},
+                                                               {kohya_name(q) + ".alpha", at::ones({2})}});
+  try {
+    vdm::models::read_lora(alpha, m.components());
+    ADD_FAILURE() << "an alpha of two numbers was accepted";
+  } catch (const vdm::WeightsError& e) {
+    EXPECT_NE(std::string(e.what()).find("alpha must be one number, got a tensor of shape [2]"), std::string::npos)
+        << e.what();
+  }
+
   EXPECT_THROW(vdm::models::read_lora(dir + "/missing.safetensors", m.components()), vdm::InputError);
   EXPECT_THROW(vdm::models::read_lora(dir, m.components()), vdm::InputError);  // a folder without one
 }
