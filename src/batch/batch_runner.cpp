@@ -93,6 +93,7 @@ std::string shard_lock_path(const std::string& dir, const Shard& shard) {
 json without_paths(json j) {
   j.erase("image");
   j.erase("video");
+  j.erase("lora_files");
   return j;
 }
 
@@ -116,6 +117,16 @@ json shot_settings(const Shot& shot) {
     j["video_sha256"] = sha256_file(shot.video);
   }
   if (shot.mode() != Shot::Mode::kGenerate) j["strength"] = shot.strength;
+  if (!shot.loras.empty()) {
+    // The files by content (a moved folder does not re-render; a retrained LoRA does), with their strengths.
+    json loras = json::array(), files = json::array();
+    for (const auto& l : shot.loras) {
+      loras.push_back({{"sha256", sha256_file(l.path)}, {"strength", l.strength}});
+      files.push_back(l.path);
+    }
+    j["lora"] = loras;
+    j["lora_files"] = files;
+  }
   return j;
 }
 

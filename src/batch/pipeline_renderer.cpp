@@ -81,6 +81,7 @@ std::vector<std::string> PipelineRenderer::prepare(const ShotList& list,
       pipelines::GenerateOptions o = options_for(*shot);
       pipeline_->validate(o);
       pipeline_->scheduler_name(o.sampler);  // an unknown sampler throws here
+      pipeline_->check_loras(shot->loras);    // each file read once; a LoRA that does not fit throws here
       if (shot->mode() == Shot::Mode::kGenerate) pipeline_->t2v_mode(o.t2v_mode);  // factorized on a plain UNet
       pipeline_->check_memory(o);
       codecs::VideoFormat format = codecs::resolve_video_format(shot->output);
@@ -122,6 +123,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
     };
   }
 
+  pipeline_->set_extra_loras(shot.loras);
   at::Tensor frames;  // [F, H, W, 3] uint8
   switch (shot.mode()) {
     case Shot::Mode::kGenerate:
@@ -163,7 +165,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
                  {"shot", shot.id},
                  {"software", "vdm 0.1.0"}};
   if (shot.mode() == Shot::Mode::kGenerate) wo.metadata["t2v_mode"] = pipeline_->t2v_mode(o.t2v_mode);
-  if (!options_.pipeline.loras.empty()) wo.metadata["lora"] = pipeline_->lora_description();
+  if (const std::string loras = pipeline_->lora_description(); !loras.empty()) wo.metadata["lora"] = loras;
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

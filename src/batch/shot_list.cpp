@@ -105,6 +105,7 @@ struct Fields {
   std::optional<uint64_t> seed;
   std::optional<int64_t> frames, fps, width, height, steps;
   std::optional<double> guidance, strength;
+  std::optional<std::vector<models::LoraSpec>> loras;
   std::map<std::string, int> lines;  // key -> line
 };
 
@@ -126,6 +127,7 @@ const std::vector<KeySpec>& key_specs() {
       {"sampler", Kind::kString, true},     {"image", Kind::kString, true},
       {"video", Kind::kString, true},       {"strength", Kind::kNumber, true},
       {"output", Kind::kString, false},     {"t2v_mode", Kind::kString, true},
+      {"lora", Kind::kString, true},
   };
   return specs;
 }
@@ -437,6 +439,20 @@ class Parser {
         } else if (name == "output") {
           if (!check_output_name(s, line, where)) return;
           f->output = s;
+        } else if (name == "lora") {
+          std::vector<models::LoraSpec> loras;
+          try {
+            for (models::LoraSpec spec : models::parse_lora_list(s)) {
+              fs::path p = fs::path(spec.path);
+              if (p.is_relative()) p = fs::path(base_dir_) / p;
+              spec.path = models::lora_weights_file(p.lexically_normal().string());
+              loras.push_back(spec);
+            }
+          } catch (const InputError& e) {
+            problems_.add(line, where, fmt::format("key 'lora': {}", e.what()));
+            return;
+          }
+          f->loras = loras;
         }
         return;
       }
@@ -591,6 +607,7 @@ class Parser {
     if (has_video) shot->video = f.video ? *f.video : *d.video;
     shot->strength = f.strength.value_or(d.strength.value_or(ShotDefaults::kStrength));
     shot->output = f.output.value_or(shot->id + ".mp4");
+    shot->loras = f.loras.value_or(d.loras.value_or(std::vector<models::LoraSpec>{}));
     return true;
   }
 

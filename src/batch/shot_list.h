@@ -15,6 +15,9 @@
 //       video: clips/take3.mp4          # restyled from this video
 //       strength: 0.6
 //       output: restyled-take3.webm     # file name in the output folder; default <id>.mp4
+//     - id: styled
+//       prompt: a red circle moving right
+//       lora: loras/large-shapes:0.8     # LoRAs for this shot: FILE[:STRENGTH], comma-separated
 //
 // Every problem (YAML syntax, unknown or duplicate keys, duplicate ids, wrong types, values out of
 // range, missing files) is collected and reported in one ConfigError, each with its line number,
@@ -23,6 +26,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "models/lora_spec.h"
 
 namespace vdm::batch {
 
@@ -64,6 +69,9 @@ struct Shot {
   std::string video;    // absolute path of the video to restyle, or ""
   double strength = ShotDefaults::kStrength;  // meaningful with image or video
   std::string output;   // file name inside the output folder (default "<id>.mp4")
+  // LoRAs merged for this shot on top of the batch's --lora ("lora: a.safetensors:0.8, b.safetensors";
+  // paths resolved to the safetensors file, relative ones against the list's folder).
+  std::vector<models::LoraSpec> loras;
   // Where the shot came from, for messages.
   size_t index = 0;     // 0-based position in the list
   int line = 0;         // 1-based line of the shot's entry

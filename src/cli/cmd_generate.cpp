@@ -149,7 +149,7 @@ void run(Mode mode, GenerateArgs& a) {
                                         : "video-to-video"},
       {"software", "vdm 0.1.0"}};
   if (mode == Mode::kGenerate) meta["t2v_mode"] = pipe->t2v_mode(o.t2v_mode);
-  if (!a.pipeline.loras.empty()) meta["lora"] = pipe->lora_description();
+  if (const std::string loras = pipe->lora_description(); !loras.empty()) meta["lora"] = loras;
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

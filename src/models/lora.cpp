@@ -41,24 +41,6 @@ std::map<std::string, at::Tensor> adaptable_weights(torch::nn::Module& component
   return out;
 }
 
-// The file inside a LoRA folder, or the path itself.
-std::string resolve_lora_file(const std::string& path) {
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) {
-    for (const char* name : {"pytorch_lora_weights.safetensors", "adapter_model.safetensors"}) {
-      const fs::path p = fs::path(path) / name;
-      if (fs::is_regular_file(p, ec)) return p.string();
-    }
-    throw InputError(fmt::format(
-        "LoRA folder '{}' holds neither pytorch_lora_weights.safetensors nor adapter_model.safetensors; "
-        "pass the .safetensors file itself",
-        path));
-  }
-  if (!fs::is_regular_file(path, ec))
-    throw InputError(fmt::format("LoRA file '{}' does not exist; check the path given to --lora", path));
-  return path;
-}
-
 // The PEFT LoraConfig that sets alpha, from the file's metadata or an adapter_config.json beside it.
 struct AlphaConfig {
   std::optional<double> lora_alpha;
@@ -215,24 +197,6 @@ std::string shape_problem(const at::Tensor& down, const at::Tensor& up, const at
 
 }  // namespace
 
-LoraSpec parse_lora_spec(const std::string& text) {
-  LoraSpec spec{text, 1.0};
-  const auto colon = text.rfind(':');
-  if (colon != std::string::npos && colon + 1 < text.size()) {
-    const std::string tail = text.substr(colon + 1);
-    char* end = nullptr;
-    const double v = std::strtod(tail.c_str(), &end);
-    if (end == tail.c_str() + tail.size()) {
-      if (!std::isfinite(v))
-        throw InputError(fmt::format("--lora '{}': strength '{}' is not a finite number; give FILE or FILE:0.8", text, tail));
-      spec = {text.substr(0, colon), v};
-    }
-  }
-  if (spec.path.empty())
-    throw InputError(fmt::format("--lora '{}': no file before the strength; give FILE or FILE:0.8", text));
-  return spec;
-}
-
 at::Tensor LoraLayer::delta() const {
   // [out, r] @ [r, in * k...] -> [out, in, k...]
   std::vector<int64_t> shape{up.size(0)};
@@ -257,7 +221,7 @@ std::string LoraFile::summary() const {
 
 LoraFile read_lora(const std::string& path, const LoraComponents& components) {
   LoraFile out;
-  out.path = resolve_lora_file(path);
+  out.path = lora_weights_file(path);
   const io::SafetensorsFile file(out.path);
   const io::TensorMap tensors = io::load_safetensors(out.path);
 

@@ -21,18 +21,9 @@
 #include <string>
 #include <vector>
 
+#include "models/lora_spec.h"
+
 namespace vdm::models {
-
-// `--lora FILE[:STRENGTH]`: a file (or a folder holding pytorch_lora_weights.safetensors or
-// adapter_model.safetensors) and the strength it is merged with (default 1).
-struct LoraSpec {
-  std::string path;
-  double strength = 1.0;
-};
-
-// "style.safetensors:0.7" -> {path, 0.7}; a suffix that is not a number stays part of the path.
-// InputError for an empty path or a strength that is not finite.
-LoraSpec parse_lora_spec(const std::string& text);
 
 // One adapted module.
 struct LoraLayer {

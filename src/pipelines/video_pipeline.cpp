@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 
 #include "core/error.h"
 #include "core/interrupt.h"
@@ -52,6 +53,18 @@ struct VideoPipeline::Components {
   std::unique_ptr<UNetGraph> unet_graph;  // with PipelineConfig::cuda_graph
   std::vector<models::LoraSpec> loras;    // merged at load
   std::vector<models::LoraFile> lora_files;
+  // set_extra_loras: the files read so far (by path), the list merged now, and the weights it
+  // changed as they were before ("<component>/<module>" -> copy).
+  std::map<std::string, models::LoraFile> lora_cache;
+  std::vector<models::LoraSpec> extra_loras;
+  std::map<std::string, at::Tensor> weights_before_extra;
+
+  models::LoraComponents lora_components() { return {{"unet", unet.get()}, {"text_encoder", text_encoder.get()}}; }
+  const models::LoraFile& cached_lora(const std::string& path) {
+    auto it = lora_cache.find(path);
+    if (it == lora_cache.end()) it = lora_cache.emplace(path, models::read_lora(path, lora_components())).first;
+    return it->second;
+  }
 };
 
 namespace {
@@ -105,7 +118,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
 
   auto c = std::make_unique<Components>(Components{
       folder, scheduler_config, text::ClipTokenizer::load(folder.component("tokenizer").dir),
-      nullptr, nullptr, nullptr, device, dtype, config.max_memory, nullptr, {}, {}});
+      nullptr, nullptr, nullptr, device, dtype, config.max_memory, nullptr, {}, {}, {}, {}, {}});
   c->text_encoder = text::load_clip_text_model(folder.component("text_encoder").dir);
   c->unet = models::load_unet3d(folder.component("unet").dir);
   c->vae = models::load_autoencoder_kl(folder.component("vae").dir);
@@ -130,7 +143,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
 
   // Merged in float32, before the conversion to the run dtype; every file is checked before any merge.
   c->loras = config.loras;
-  c->lora_files = models::apply_loras(config.loras, {{"unet", c->unet.get()}, {"text_encoder", c->text_encoder.get()}});
+  c->lora_files = models::apply_loras(config.loras, c->lora_components());
   for (size_t i = 0; i < c->lora_files.size(); ++i)
     log::info("LoRA {} (strength {}): {}", c->lora_files[i].path, config.loras[i].strength, c->lora_files[i].summary());
 
@@ -168,7 +181,41 @@ std::string VideoPipeline::lora_description() const {
   std::vector<std::string> parts;
   for (size_t i = 0; i < c_->lora_files.size(); ++i)
     parts.push_back(fmt::format("{}:{}", c_->lora_files[i].path, c_->loras[i].strength));
+  for (const auto& spec : c_->extra_loras)
+    parts.push_back(fmt::format("{}:{}", c_->lora_cache.at(spec.path).path, spec.strength));
   return fmt::format("{}", fmt::join(parts, ", "));
+}
+
+void VideoPipeline::check_loras(const std::vector<models::LoraSpec>& specs) {
+  for (const auto& spec : specs) c_->cached_lora(spec.path);
+}
+
+void VideoPipeline::set_extra_loras(const std::vector<models::LoraSpec>& specs) {
+  if (specs == c_->extra_loras) return;
+  check_loras(specs);  // every file fits before any weight changes
+  const models::LoraComponents components = c_->lora_components();
+  torch::NoGradGuard no_grad;
+  auto weight_of = [&](const std::string& component, const std::string& module) {
+    return *components.at(component)->named_parameters().find(module + ".weight");
+  };
+  // In place: fused q/k/v views, channels-last weights and a captured CUDA graph all read these.
+  for (auto& [key, before] : c_->weights_before_extra) {
+    const auto slash = key.find('/');
+    weight_of(key.substr(0, slash), key.substr(slash + 1)).copy_(before);
+  }
+  c_->weights_before_extra.clear();
+  c_->extra_loras.clear();
+  for (const auto& spec : specs) {
+    const models::LoraFile& file = c_->cached_lora(spec.path);
+    for (const auto& layer : file.layers) {
+      const std::string key = layer.component + "/" + layer.module;
+      if (!c_->weights_before_extra.count(key))
+        c_->weights_before_extra.emplace(key, weight_of(layer.component, layer.module).clone());
+    }
+    models::merge_lora(file, spec.strength, components);
+    log::info("LoRA {} (strength {}) for the next renders: {}", file.path, spec.strength, file.summary());
+  }
+  c_->extra_loras = specs;
 }
 
 std::string VideoPipeline::describe() const {

@@ -106,9 +106,17 @@ class VideoPipeline {
   MemoryEstimate estimate_memory(const GenerateOptions& options) const;
   void check_memory(const GenerateOptions& options) const;
   std::string describe() const;  // model folder, components, dtype, device, LoRAs
-  // The LoRA files merged at load, with their strengths (PipelineConfig::loras), for output metadata:
-  // "style.safetensors:0.8, motion.safetensors:1" ("" without any).
+  // The LoRA files merged, with their strengths (PipelineConfig::loras, then set_extra_loras'), for
+  // output metadata: "style.safetensors:0.8, motion.safetensors:1" ("" without any).
   std::string lora_description() const;
+  // LoRAs for the renders that follow, on top of the load-time ones (a batch shot's own). The weights
+  // the previous call changed are restored first (exact copies), then `specs` are merged in place into
+  // the run-dtype weights; each file is read once per pipeline. The same list as the current one is
+  // free; an empty list returns to the load-time model. WeightsError (nothing changed) when a file
+  // does not fit.
+  void set_extra_loras(const std::vector<models::LoraSpec>& specs);
+  // Reads `specs` against this model (as set_extra_loras would) without merging; throws as it would.
+  void check_loras(const std::vector<models::LoraSpec>& specs);
 
   int64_t latent_channels() const;
   int64_t spatial_factor() const;  // pixel size multiple: VAE factor * UNet factor

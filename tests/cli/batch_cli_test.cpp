@@ -153,9 +153,35 @@ TEST_F(BatchCli, LoraForEveryShotCheckedBeforeRendering) {
   EXPECT_TRUE(vdm::batch::read_manifests(dir_ + "/bad").records.empty());
 
   ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "--lora " + dir_ + "/good.safetensors:0.5 2>&1"), &out), 0) << out;
-  std::string tags;
-  ASSERT_EQ(run_command("ffprobe -v error -show_entries format_tags=lora -of csv=p=0 '" + out_ + "/s0.mp4'", &tags), 0);
-  EXPECT_NE(tags.find(dir_ + "/good.safetensors:0.5"), std::string::npos) << tags;
+  auto lora_tag = [](const std::string& file) {
+    std::string tags;
+    EXPECT_EQ(run_command("ffprobe -v error -show_entries format_tags=lora -of csv=p=0 '" + file + "'", &tags), 0);
+    return tags;
+  };
+  EXPECT_NE(lora_tag(out_ + "/s0.mp4").find(dir_ + "/good.safetensors:0.5"), std::string::npos);
+
+  // A shot's own `lora:`: only that shot has it; the shot after it renders as without any LoRA; a
+  // changed strength re-renders that shot alone.
+  auto two_shots = [&](const std::string& strength) {
+    write_text(list_, "defaults:\n  frames: 4\n  steps: 1\n  guidance: 1\nshots:\n"
+                      "  - {id: styled, prompt: a red circle, lora: 'good.safetensors:" + strength + "'}\n"
+                      "  - {id: plain, prompt: a blue square}\n");
+  };
+  two_shots("0.8");
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, dir_ + "/shots", "2>&1"), &out), 0) << out;
+  EXPECT_NE(lora_tag(dir_ + "/shots/styled.mp4").find(dir_ + "/good.safetensors:0.8"), std::string::npos);
+  EXPECT_EQ(lora_tag(dir_ + "/shots/plain.mp4").find("good"), std::string::npos);
+  write_text(dir_ + "/plain.yaml", "defaults:\n  frames: 4\n  steps: 1\n  guidance: 1\nshots:\n"
+                                   "  - {id: plain, prompt: a blue square}\n");
+  ASSERT_EQ(run_command(batch_cmd(shapes, dir_ + "/plain.yaml", dir_ + "/alone", "2>&1"), &out), 0) << out;
+  EXPECT_EQ(read_text(dir_ + "/shots/plain.mp4"), read_text(dir_ + "/alone/plain.mp4"))
+      << "the shot after a LoRA shot did not render as the plain model";
+  const std::string plain_before = read_text(dir_ + "/shots/plain.mp4"), styled_before = read_text(dir_ + "/shots/styled.mp4");
+  two_shots("0.4");
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, dir_ + "/shots", "2>&1"), &out), 0) << out;
+  EXPECT_NE(read_text(dir_ + "/shots/styled.mp4"), styled_before);
+  EXPECT_EQ(read_text(dir_ + "/shots/plain.mp4"), plain_before);
+  EXPECT_NE(out.find("1 shot rendered, 1 up to date"), std::string::npos) << out;
 }
 
 TEST_F(BatchCli, RendersAShotListResumesAndRerendersOnlyWhatIsMissing) {

@@ -200,7 +200,7 @@ TEST(GenerateCli, LoraIsMergedRecordedAndCheckedFirst) {
 
   for (const auto& [lora, expect] : std::vector<std::pair<std::string, std::string>>{
            {dir + "/other.safetensors", "weight [32, 32] needs down [r, 32] and up [32, r], got down [4, 320]"},
-           {dir + "/missing.safetensors", "does not exist; check the path given to --lora"},
+           {dir + "/missing.safetensors", "does not exist; check the path"},
            {dir + "/style.safetensors:x1", "does not exist"}}) {
     SCOPED_TRACE(lora);
     EXPECT_EQ(run_command(cmd(dir + "/bad.mp4", "--lora " + lora), &log), 2) << log;

@@ -194,8 +194,35 @@ TEST(LoraTraining, RecipeTrainsAdaptersForItsBaseModel) {
     return pipe->generate_float(g);
   };
   const at::Tensor plain = render({});
-  EXPECT_GT(test::max_abs_diff(render({{lora_dir(o.out_dir), 1.0}}), plain), 1e-4);
+  const at::Tensor merged = render({{lora_dir(o.out_dir), 1.0}});
+  EXPECT_GT(test::max_abs_diff(merged, plain), 1e-4);
   EXPECT_TRUE(render({{lora_file, 0.0}}).equal(plain)) << "strength 0 must leave the model as it was";
+
+  // A batch's per-shot LoRAs on one loaded pipeline: merged in place they give what merging at load
+  // gives, and switching back restores the model bit for bit.
+  {
+    pipelines::PipelineConfig pc;
+    pc.model_dir = base.string();
+    auto pipe = pipelines::VideoPipeline::load(pc);
+    pipelines::GenerateOptions g;
+    g.prompt = "a red circle moving left on a black background";
+    g.frames = 4;
+    g.steps = 2;
+    g.seed = 5;
+    g.t2v_mode = "joint";
+    pipe->set_extra_loras({{lora_file, 0.5}});
+    EXPECT_GT(test::max_abs_diff(pipe->generate_float(g), plain), 1e-5);
+    pipe->set_extra_loras({{lora_file, 1.0}});
+    EXPECT_TRUE(pipe->generate_float(g).equal(merged));
+    EXPECT_EQ(pipe->lora_description(), lora_file + ":1");
+    pipe->set_extra_loras({});
+    EXPECT_TRUE(pipe->generate_float(g).equal(plain));
+    EXPECT_EQ(pipe->lora_description(), "");
+    const std::string bad = dir + "/bad.safetensors";
+    io::save_safetensors(bad, {{"unet.conv_in.lora_A.weight", at::zeros({2, 3, 3, 3})}});
+    EXPECT_THROW(pipe->set_extra_loras({{lora_file, 1.0}, {bad, 1.0}}), WeightsError);
+    EXPECT_TRUE(pipe->generate_float(g).equal(plain)) << "a failed switch changed the model";
+  }
 
   // The configs come from the base: a LoRA recipe that also gives one is refused.
   lora["unet"]["config"] = tiny_base_recipe()["unet"]["config"];

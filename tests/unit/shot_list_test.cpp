@@ -394,6 +394,37 @@ TEST(ShotList, RelativePathsResolveAgainstTheListFolder) {
   EXPECT_THROW(vdm::batch::load_shot_list(list_path), vdm::InputError);
 }
 
+// `lora:` names one or more LoRAs for a shot (FILE[:STRENGTH], comma-separated), relative to the
+// list's folder; a folder means the LoRA file inside it; defaults give every shot theirs. Missing
+// files and bad strengths are problems with their line, like missing images.
+TEST(ShotList, LoraKeyResolvesFilesAndStrengths) {
+  const std::string dir = vdm::test::make_temp_dir("shotlist_lora");
+  write(fs::path(dir) / "loras" / "a.safetensors", "x");
+  write(fs::path(dir) / "loras" / "big" / "pytorch_lora_weights.safetensors", "x");
+  ShotList list = parse_shot_list(
+      "defaults:\n  lora: loras/a.safetensors\n"
+      "shots:\n  - {id: one, prompt: p}\n  - {id: two, prompt: p, lora: 'loras/big:0.5, loras/a.safetensors:-1'}\n",
+      "shots.yaml", dir);
+  ASSERT_EQ(list.shots.size(), 2u);
+  ASSERT_EQ(list.shots[0].loras.size(), 1u);
+  EXPECT_EQ(list.shots[0].loras[0].path, (fs::path(dir) / "loras" / "a.safetensors").string());
+  EXPECT_DOUBLE_EQ(list.shots[0].loras[0].strength, 1.0);
+  ASSERT_EQ(list.shots[1].loras.size(), 2u);
+  EXPECT_EQ(list.shots[1].loras[0].path, (fs::path(dir) / "loras" / "big" / "pytorch_lora_weights.safetensors").string());
+  EXPECT_DOUBLE_EQ(list.shots[1].loras[0].strength, 0.5);
+  EXPECT_DOUBLE_EQ(list.shots[1].loras[1].strength, -1.0);
+
+  const std::string msg = error_of(
+      "shots:\n  - {id: a, prompt: p, lora: loras/none.safetensors}\n"
+      "  - {id: b, prompt: p, lora: 'loras/a.safetensors:inf'}\n"
+      "  - {id: c, prompt: p, lora: 'loras/a.safetensors,'}\n",
+      dir);
+  for (const char* expected : {"shots.yaml:2: shot 'a': key 'lora': LoRA file", "none.safetensors' does not exist",
+                               "shots.yaml:3: shot 'b': key 'lora': LoRA 'loras/a.safetensors:inf': strength 'inf' is not a finite number",
+                               "shots.yaml:4: shot 'c': key 'lora': LoRA list 'loras/a.safetensors,' has an empty entry"})
+    EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
+}
+
 TEST(ShotList, ClosestMatch) {
   const auto& keys = vdm::batch::shot_keys();
   EXPECT_EQ(vdm::batch::closest_match("promt", keys), "prompt");
