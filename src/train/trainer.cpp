@@ -454,10 +454,15 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     tcfg = text_encoder->config();
     for (auto& p : unet->parameters()) p.set_requires_grad(false);
     for (auto& p : text_encoder->parameters()) p.set_requires_grad(false);
-    unet->to(device);
-    text_encoder->to(device);
-    unet->train();
-    text_encoder->eval();
+  } else {
+    unet = models::UNet3DConditionModel(ucfg);
+    text_encoder = text::CLIPTextModel(tcfg);
+  }
+  unet->to(device);
+  text_encoder->to(device);
+  unet->train();
+  text_encoder->train(!lora_run);
+  if (lora_run) {
     at::Generator lora_gen = make_generator(recipe.seed + 5);
     lora = std::make_unique<LoraAdapters>(
         *unet, "unet", LoraAdapterOptions{recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules}, lora_gen);
@@ -467,12 +472,6 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     log::info("lora: rank {} alpha {} on {} modules of {} ({} trained parameters)", recipe.lora.rank,
               recipe.lora.alpha, lora->size(), src_dir, lora_numel);
   } else {
-    unet = models::UNet3DConditionModel(ucfg);
-    text_encoder = text::CLIPTextModel(tcfg);
-    unet->to(device);
-    text_encoder->to(device);
-    unet->train();
-    text_encoder->train();
     params = named_trainable(*unet, "unet.");
     for (auto& p : named_trainable(*text_encoder, "text_encoder.")) params.push_back(p);
   }
