@@ -13,6 +13,7 @@
 
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
+#include "text/clip_text_model.h"
 
 namespace vdm::test {
 
@@ -25,6 +26,13 @@ models::UNet3DConditionConfig tiny_unet3d_config(int64_t width, int64_t groups, 
 // A two-level AutoencoderKL (DownEncoderBlock2D / UpDecoderBlock2D, one layer per block) of `width`
 // and 2 * `width` channels, `groups` norm groups.
 models::AutoencoderKLConfig tiny_vae_config(int64_t width, int64_t groups);
+
+// A CLIP text model of 16 channels, 2 layers of 2 heads, vocabulary 40 (bos 38, eos 39, pad 0), 12 positions.
+text::CLIPTextConfig tiny_clip_text_config();
+
+// A training recipe (vdm train) for a tiny model: 16x16 frames, 4 frames, a two-level VAE of 8
+// channels with 4 latent channels, a UNet (8, 16) with first-frame conditioning, v prediction.
+nlohmann::json tiny_recipe_json();
 
 // Root of the shared reference fixtures: $VDM_FIXTURES_ROOT, else ../shared/fixtures next to
 // the source tree. Empty string when absent.

@@ -26,24 +26,9 @@ const std::string kConv = "down_blocks.0.resnets.0.conv1";        // Conv2d 3x3
 const std::string kTempConv = "down_blocks.0.temp_convs.0.conv1.2";  // Conv3d 3x1x1
 const std::string kTextQ = "text_model.encoder.layers.0.self_attn.q_proj";
 
-vdm::text::CLIPTextConfig tiny_text_config() {
-  vdm::text::CLIPTextConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 12;
-  c.intermediate_size = 24;
-  c.projection_dim = 12;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 2;
-  c.max_position_embeddings = 12;
-  c.pad_token_id = 0;
-  c.bos_token_id = 38;
-  c.eos_token_id = 39;
-  return c;
-}
-
 struct Models {
   vdm::models::UNet3DConditionModel unet{vdm::test::tiny_unet3d_config(8, 4, 12, 4)};
-  vdm::text::CLIPTextModel text{tiny_text_config()};
+  vdm::text::CLIPTextModel text{vdm::test::tiny_clip_text_config()};
   LoraComponents components() { return {{"unet", unet.get()}, {"text_encoder", text.get()}}; }
   at::Tensor weight(const std::string& component, const std::string& module) {
     torch::nn::Module& m = component == "unet" ? static_cast<torch::nn::Module&>(*unet) : *text;

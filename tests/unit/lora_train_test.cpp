@@ -122,27 +122,23 @@ TEST(LoraTraining, AdaptedForwardEqualsTheMergedFile) {
   EXPECT_LT(test::max_abs_diff(unet->forward(in.x, in.t, in.text), adapted_out), 1e-5);
 }
 
+// The tiny recipe with two steps per stage: a base model to train LoRAs for.
 nlohmann::json tiny_base_recipe() {
-  return nlohmann::json::parse(R"({
-    "name": "tiny-base", "seed": 7,
-    "data": {"dataset": "shapes", "size": 16, "frames": 4, "fps": 8},
-    "tokenizer": {"num_merges": 200},
-    "vae": {"config": {"block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                       "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": 1,
-                       "latent_channels": 4, "norm_num_groups": 4, "sample_size": 16},
-            "train": {"steps": 2, "batch": 2, "warmup": 0, "checkpoint_every": 100, "log_every": 1, "precision": "float32"}},
-    "unet": {"config": {"in_channels": 9, "out_channels": 4, "block_out_channels": [8, 16],
-                        "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
-                        "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "layers_per_block": 1,
-                        "norm_num_groups": 4, "cross_attention_dim": 16, "attention_head_dim": 2},
-             "text_encoder": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                              "num_attention_heads": 2, "hidden_act": "gelu"},
-             "train": {"steps": 2, "batch": 2, "warmup": 0, "checkpoint_every": 100, "log_every": 1, "precision": "float32"}},
-    "scheduler": {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                  "beta_end": 0.012, "prediction_type": "v_prediction", "rescale_betas_zero_snr": true,
-                  "timestep_spacing": "trailing", "clip_sample": false},
-    "export": {"dtype": "float32"}
-  })");
+  nlohmann::json j = test::tiny_recipe_json();
+  j["vae"]["train"]["steps"] = 2;
+  j["unet"]["train"]["steps"] = 2;
+  return j;
+}
+
+// Two denoising steps of four frames, one seed.
+pipelines::GenerateOptions tiny_clip_options() {
+  pipelines::GenerateOptions g;
+  g.prompt = "a red circle moving left on a black background";
+  g.frames = 4;
+  g.steps = 2;
+  g.seed = 5;
+  g.t2v_mode = "joint";
+  return g;
 }
 
 // A LoRA recipe on a trained folder: only the adapters train, the base folder is left byte for
@@ -180,19 +176,14 @@ TEST(LoraTraining, RecipeTrainsAdaptersForItsBaseModel) {
   ASSERT_TRUE(fs::exists(lora_file));
   EXPECT_TRUE(fs::exists(lora_dir(o.out_dir) + "/training.json"));
 
-  auto render = [&](const std::vector<models::LoraSpec>& loras) {
+  auto load = [&](const std::vector<models::LoraSpec>& loras) {
     pipelines::PipelineConfig pc;
     pc.model_dir = base.string();
     pc.loras = loras;
-    auto pipe = pipelines::VideoPipeline::load(pc);
-    pipelines::GenerateOptions g;
-    g.prompt = "a red circle moving left on a black background";
-    g.frames = 4;
-    g.steps = 2;
-    g.seed = 5;
-    g.t2v_mode = "joint";
-    return pipe->generate_float(g);
+    return pipelines::VideoPipeline::load(pc);
   };
+  const pipelines::GenerateOptions g = tiny_clip_options();
+  auto render = [&](const std::vector<models::LoraSpec>& loras) { return load(loras)->generate_float(g); };
   const at::Tensor plain = render({});
   const at::Tensor merged = render({{lora_dir(o.out_dir), 1.0}});
   EXPECT_GT(test::max_abs_diff(merged, plain), 1e-4);
@@ -201,15 +192,7 @@ TEST(LoraTraining, RecipeTrainsAdaptersForItsBaseModel) {
   // A batch's per-shot LoRAs on one loaded pipeline: merged in place they give what merging at load
   // gives, and switching back restores the model bit for bit.
   {
-    pipelines::PipelineConfig pc;
-    pc.model_dir = base.string();
-    auto pipe = pipelines::VideoPipeline::load(pc);
-    pipelines::GenerateOptions g;
-    g.prompt = "a red circle moving left on a black background";
-    g.frames = 4;
-    g.steps = 2;
-    g.seed = 5;
-    g.t2v_mode = "joint";
+    auto pipe = load({});
     pipe->set_extra_loras({{lora_file, 0.5}});
     EXPECT_GT(test::max_abs_diff(pipe->generate_float(g), plain), 1e-5);
     pipe->set_extra_loras({{lora_file, 1.0}});

@@ -270,21 +270,7 @@ TEST(Unicode, NormalisationAndLowercase) {
 
 // ---- CLIP text model ------------------------------------------------------------------------
 
-vdm::text::CLIPTextConfig tiny_config() {
-  vdm::text::CLIPTextConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.projection_dim = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.max_position_embeddings = 12;
-  c.hidden_act = "quick_gelu";
-  c.pad_token_id = 0;
-  c.bos_token_id = 38;
-  c.eos_token_id = 39;
-  return c;
-}
+vdm::text::CLIPTextConfig tiny_config() { return vdm::test::tiny_clip_text_config(); }
 
 TEST(CLIPTextModel, SaveLoadRoundTripWithTransformersKeys) {
   at::manual_seed(3);

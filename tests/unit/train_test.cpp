@@ -31,32 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-nlohmann::json tiny_recipe_json() {
-  return nlohmann::json::parse(R"({
-    "name": "tiny", "seed": 7,
-    "data": {"dataset": "shapes", "size": 16, "frames": 4, "fps": 8},
-    "tokenizer": {"num_merges": 200},
-    "vae": {"config": {"block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                       "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": 1,
-                       "latent_channels": 4, "norm_num_groups": 4, "sample_size": 16},
-            "train": {"steps": 40, "batch": 4, "lr": 3e-3, "warmup": 0, "weight_decay": 0, "ema_decay": 0.9,
-                      "checkpoint_every": 100, "log_every": 1, "precision": "float32"},
-            "object_weight": 10, "kl_weight": 1e-6},
-    "unet": {"config": {"in_channels": 9, "out_channels": 4, "block_out_channels": [8, 16],
-                        "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
-                        "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "layers_per_block": 1,
-                        "norm_num_groups": 4, "cross_attention_dim": 16, "attention_head_dim": 2},
-             "text_encoder": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                              "num_attention_heads": 2, "hidden_act": "gelu"},
-             "train": {"steps": 30, "batch": 2, "lr": 3e-3, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 2,
-                       "log_every": 1, "precision": "float32"},
-             "caption_dropout": 0.1, "image_condition_prob": 0.5, "object_weight": 4},
-    "scheduler": {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                  "beta_end": 0.012, "prediction_type": "v_prediction", "rescale_betas_zero_snr": true,
-                  "timestep_spacing": "trailing", "clip_sample": false},
-    "export": {"dtype": "float16"}
-  })");
-}
+using test::tiny_recipe_json;
 
 // Always the same batch: training on it must overfit.
 class FixedDataset : public ShapesClipDataset {
