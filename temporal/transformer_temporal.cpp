@@ -33,6 +33,35 @@ TransformerTemporalModelImpl::TransformerTemporalModelImpl(const TransformerTemp
   proj_out_ = register_module("proj_out", models::Linear(inner_dim_, o.in_channels));
 }
 
+void TransformerTemporalModelImpl::set_frame_windows(const FrameWindows& windows) {
+  validate_frame_windows(windows);
+  windows_ = windows;
+  plan_frames_ = 0;
+}
+
+const FrameWindowPlan& TransformerTemporalModelImpl::plan_for(int64_t frames, c10::Device device) {
+  if (plan_frames_ != frames || plan_device_ != device) {
+    plan_ = plan_frame_windows(frames, windows_);
+    plan_.index = plan_.index.to(device);
+    plan_.weight = plan_.weight.to(device);
+    plan_.inverse_total = plan_.inverse_total.to(device);
+    plan_frames_ = frames;
+    plan_device_ = device;
+  }
+  return plan_;
+}
+
+at::Tensor transformer_block_in_windows(models::BasicTransformerBlockImpl& block, const at::Tensor& x,
+                                        const FrameWindowPlan& plan) {
+  const int64_t N = x.size(0), F = x.size(1), C = x.size(2);
+  // [N, windows * length, C] -> one sequence per window: [N * windows, length, C]
+  at::Tensor windows = x.index_select(1, plan.index).view({N * plan.windows, plan.length, C});
+  at::Tensor out = block.attentions(windows).view({N, plan.windows * plan.length, C});
+  at::Tensor mixed = at::zeros_like(x).index_add_(1, plan.index, out * plan.weight.to(x.scalar_type()).view({1, -1, 1}));
+  mixed.mul_(plan.inverse_total.to(x.scalar_type()).view({1, F, 1}));
+  return block.feed_forward(mixed);
+}
+
 bool TransformerTemporalModelImpl::tokens_stay_in_place(const at::Tensor& x,
                                                         const at::Tensor& encoder_hidden_states) const {
   if (encoder_hidden_states.defined() || !models::device_kernels_take(x) || x.is_contiguous() ||
@@ -50,9 +79,12 @@ at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t nu
     throw Error(fmt::format("TransformerTemporalModel: {} frames in the batch is not a multiple of num_frames {}", BF,
                             num_frames));
   const int64_t B = BF / num_frames;
+  const bool windowed = windows_.splits(num_frames);
+  if (windowed && encoder_hidden_states.defined())
+    throw Error("TransformerTemporalModel: frame windows need self-attention blocks; this call passes encoder_hidden_states");
   // Normalise over all frames of a video: [B, C, F, H, W].
   at::Tensor h = norm_->forward(x.reshape({B, num_frames, C, H, W}).permute({0, 2, 1, 3, 4}));
-  if (tokens_stay_in_place(x, encoder_hidden_states)) {
+  if (!windowed && tokens_stay_in_place(x, encoder_hidden_states)) {
     // Channels-last with vdm's kernels: the normalised memory is already the tokens [B, F, H*W, C];
     // each attention runs over the frames of a position in place (forward_frames), and the output
     // lands in x's layout, so the residual is a plain add.
@@ -68,8 +100,11 @@ at::Tensor TransformerTemporalModelImpl::forward(const at::Tensor& x, int64_t nu
   h = cpu_layout ? models::tokens_from_channels_cpu(h).view({B * H * W, num_frames, C})
                  : h.permute({0, 3, 4, 2, 1}).reshape({B * H * W, num_frames, C});
   h = proj_in_->forward(h);
-  for (const auto& m : *transformer_blocks_)
-    h = m->as<models::BasicTransformerBlockImpl>()->forward(h, encoder_hidden_states);
+  for (const auto& m : *transformer_blocks_) {
+    auto* block = m->as<models::BasicTransformerBlockImpl>();
+    h = windowed ? transformer_block_in_windows(*block, h, plan_for(num_frames, h.device()))
+                 : block->forward(h, encoder_hidden_states);
+  }
   h = proj_out_->forward(h);
   if (cpu_layout && h.is_contiguous())
     return models::channels_from_tokens_add_cpu(h.view({B, H * W, num_frames, C}), x);

@@ -10,8 +10,10 @@
 #include <cstdint>
 #include <string>
 
+#include "models/attention.h"
 #include "models/linear.h"
 #include "models/normalization.h"
+#include "temporal/frame_windows.h"
 
 namespace vdm::temporal {
 
@@ -36,6 +38,12 @@ class TransformerTemporalModelImpl : public torch::nn::Module {
   // (the UNet3D passes none: every attention is across frames).
   at::Tensor forward(const at::Tensor& x, int64_t num_frames, const at::Tensor& encoder_hidden_states = {});
 
+  // Attention within frame windows (frame_windows.h) for clips longer than windows.length; off
+  // (length 0) by default. Self-attention transformers only (the UNet3D's): a transformer with
+  // cross-attention refuses windows when it runs.
+  void set_frame_windows(const FrameWindows& windows);
+  const FrameWindows& frame_windows() const { return windows_; }
+
  private:
   // True where the tokens stay in x's memory order [B, F, H*W, C] instead of being permuted to one
   // sequence per position and back: channels-last x on a device vdm's kernels take, self-attention
@@ -47,7 +55,20 @@ class TransformerTemporalModelImpl : public torch::nn::Module {
   models::GroupNorm norm_{nullptr};
   models::Linear proj_in_{nullptr}, proj_out_{nullptr};
   torch::nn::ModuleList transformer_blocks_{nullptr};
+  FrameWindows windows_;
+  // The windows' gather plan for the last frame count and device (built once, so that no step
+  // copies from the host).
+  FrameWindowPlan plan_;
+  int64_t plan_frames_ = 0;
+  c10::Device plan_device_ = c10::kCPU;
+  const FrameWindowPlan& plan_for(int64_t frames, c10::Device device);
 };
 TORCH_MODULE(TransformerTemporalModel);
+
+// One transformer block over frame windows: each window's frames [N, length, dim] go through the
+// block's attentions; each frame's result is the weighted mean over the windows that hold it (plan's
+// weights, on x's device); then the feed-forward runs over every frame. x: [N, F, dim] -> [N, F, dim].
+at::Tensor transformer_block_in_windows(models::BasicTransformerBlockImpl& block, const at::Tensor& x,
+                                        const FrameWindowPlan& plan);
 
 }  // namespace vdm::temporal

@@ -56,6 +56,8 @@ pipelines::GenerateOptions PipelineRenderer::options_for(const Shot& shot) {
   o.seed = shot.seed;
   o.sampler = shot.sampler;
   o.t2v_mode = shot.t2v_mode;
+  o.context.length = shot.context_frames;
+  o.context.stride = shot.context_stride;
   o.strength = shot.strength;
   return o;
 }
@@ -166,6 +168,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
                  {"software", "vdm 0.1.0"}};
   if (shot.mode() == Shot::Mode::kGenerate) wo.metadata["t2v_mode"] = pipeline_->t2v_mode(o.t2v_mode);
   if (const std::string loras = pipeline_->lora_description(); !loras.empty()) wo.metadata["lora"] = loras;
+  if (o.context.splits(o.frames)) wo.metadata["context"] = o.context.describe();
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

@@ -103,7 +103,7 @@ std::optional<double> parse_double(const std::string& s) {
 struct Fields {
   std::optional<std::string> id, prompt, negative_prompt, sampler, t2v_mode, image, video, output;
   std::optional<uint64_t> seed;
-  std::optional<int64_t> frames, fps, width, height, steps;
+  std::optional<int64_t> frames, fps, width, height, steps, context_frames, context_stride;
   std::optional<double> guidance, strength;
   std::optional<std::vector<models::LoraSpec>> loras;
   std::map<std::string, int> lines;  // key -> line
@@ -127,7 +127,8 @@ const std::vector<KeySpec>& key_specs() {
       {"sampler", Kind::kString, true},     {"image", Kind::kString, true},
       {"video", Kind::kString, true},       {"strength", Kind::kNumber, true},
       {"output", Kind::kString, false},     {"t2v_mode", Kind::kString, true},
-      {"lora", Kind::kString, true},
+      {"lora", Kind::kString, true},        {"context_frames", Kind::kInt, true},
+      {"context_stride", Kind::kInt, true},
   };
   return specs;
 }
@@ -483,6 +484,14 @@ class Parser {
           if (*v < 1 || *v > ShotLimits::kMaxSteps)
             return out_of_range(std::to_string(*v), fmt::format("1 to {}", ShotLimits::kMaxSteps));
           f->steps = *v;
+        } else if (name == "context_frames") {
+          if (*v < 0 || *v == 1 || *v > ShotLimits::kMaxFrames)
+            return out_of_range(std::to_string(*v), fmt::format("0 (off) or 2 to {}", ShotLimits::kMaxFrames));
+          f->context_frames = *v;
+        } else if (name == "context_stride") {
+          if (*v < 1 || *v > ShotLimits::kMaxFrames)
+            return out_of_range(std::to_string(*v), fmt::format("1 to {}", ShotLimits::kMaxFrames));
+          f->context_stride = *v;
         }
         return;
       }
@@ -585,6 +594,16 @@ class Parser {
                     "key 't2v_mode' applies only to text-to-video shots (without 'image' or 'video')");
       ok = false;
     }
+    const int64_t context_frames = f.context_frames.value_or(d.context_frames.value_or(0));
+    const int64_t context_stride = f.context_stride.value_or(d.context_stride.value_or(ShotDefaults::kContextStride));
+    if (context_frames > 0 && context_stride > context_frames) {
+      const bool own = f.context_stride || f.context_frames;
+      problems_.add(own ? f.lines[f.context_stride ? "context_stride" : "context_frames"] : line, label,
+                    fmt::format("key 'context_stride': {} is more than context_frames {}; windows would leave "
+                                "frames out (use at most {}; 4 is usual)",
+                                context_stride, context_frames, context_frames));
+      ok = false;
+    }
     if (!ok) return false;
     shot->id = *f.id;
     shot->prompt = *prompt;
@@ -608,6 +627,8 @@ class Parser {
     shot->strength = f.strength.value_or(d.strength.value_or(ShotDefaults::kStrength));
     shot->output = f.output.value_or(shot->id + ".mp4");
     shot->loras = f.loras.value_or(d.loras.value_or(std::vector<models::LoraSpec>{}));
+    shot->context_frames = context_frames;
+    shot->context_stride = context_stride;
     return true;
   }
 

@@ -38,6 +38,7 @@ struct ShotDefaults {
   static constexpr int64_t kSteps = 25;
   static constexpr double kGuidance = 9.0;
   static constexpr double kStrength = 0.8;
+  static constexpr int64_t kContextStride = 4;
 };
 
 // Accepted ranges (inclusive); the model may narrow sizes further (checked before rendering).
@@ -72,6 +73,10 @@ struct Shot {
   // LoRAs merged for this shot on top of the batch's --lora ("lora: a.safetensors:0.8, b.safetensors";
   // paths resolved to the safetensors file, relative ones against the list's folder).
   std::vector<models::LoraSpec> loras;
+  // Frame windows for long clips (GenerateOptions::context, temporal/frame_windows.h): windows of
+  // context_frames frames (0 = off) starting every context_stride frames.
+  int64_t context_frames = 0;
+  int64_t context_stride = ShotDefaults::kContextStride;
   // Where the shot came from, for messages.
   size_t index = 0;     // 0-based position in the list
   int line = 0;         // 1-based line of the shot's entry

@@ -33,6 +33,11 @@ void register_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--cudnn-benchmark,!--no-cudnn-benchmark", o->cudnn_benchmark,
                 "CUDA: let cuDNN time its convolution algorithms in the warm-up step (default on)");
+  cmd->add_option("--context-frames", o->context_frames,
+                  "Frame windows of the temporal transformers, as vdm generate (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--context-stride", o->context_stride, "Frames between the starts of neighbouring windows")
+      ->capture_default_str();
   cmd->add_flag("--cuda-graph", o->cuda_graph, "Replay the UNet step as one CUDA graph");
   cmd->add_flag("--skip-vae", o->skip_vae, "Do not time the VAE decode");
   cmd->add_flag("--profile", o->profile, "Per-operator times of the timed UNet steps (LibTorch's profiler)");

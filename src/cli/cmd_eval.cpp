@@ -34,6 +34,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--frames", o->frames, "Frames per clip")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  add_context_options(cmd, o->context);
   cmd->add_option("--lora", *loras, "LoRA file merged into the model, as FILE or FILE:STRENGTH; repeat for several");
   cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow) | words (first frames animated with a direction at right angles to the rendered one: motion read from the prompt or from the image)")->capture_default_str();
   cmd->add_option("--out", o->out_dir, "Folder for contact_t2v.png, contact_i2v.png, results.json")

@@ -39,6 +39,26 @@ struct GenerateArgs {
   std::vector<std::string> loras;  // --lora FILE[:STRENGTH]
 };
 
+}  // namespace
+
+void add_context_options(CLI::App* cmd, temporal::FrameWindows& w) {
+  cmd->add_option("--context-frames", w.length,
+                  "Long clips: temporal attention within windows of this many frames, usually the frame count "
+                  "the model was trained on (0 = off: every frame attends to every frame)")
+      ->capture_default_str();
+  cmd->add_option("--context-stride", w.stride, "Frames between the starts of neighbouring windows")
+      ->capture_default_str();
+  cmd->add_option("--context-weights", w.weighting,
+                  "How overlapping windows are averaged: pyramid, flat or delayed_reverse_sawtooth")
+      ->capture_default_str();
+  cmd->add_option("--context-noise", w.noise,
+                  "Initial noise with windows: shuffle_context (repeats every window, shuffled), repeat_context "
+                  "or random")
+      ->capture_default_str();
+}
+
+namespace {
+
 void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   auto& o = a.options;
   cmd->add_option("--model", a.pipeline.model_dir, "Model folder (diffusers layout)")
@@ -64,6 +84,7 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   cmd->add_option("--lora", a.loras,
                   "LoRA file (diffusers/PEFT or kohya safetensors) merged into the model, as FILE or "
                   "FILE:STRENGTH (default 1); repeat for several");
+  add_context_options(cmd, o.context);
   cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
   cmd->add_flag("--cuda-graph", a.pipeline.cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
@@ -105,6 +126,7 @@ void run(Mode mode, GenerateArgs& a) {
     throw InputError(fmt::format("--fps {}: must be between 1 and 240", a.fps));
   if (!a.max_memory.empty()) a.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
   for (const std::string& l : a.loras) a.pipeline.loras.push_back(models::parse_lora_spec(l));
+  temporal::validate_frame_windows(o.context);
 
   at::Tensor input;
 #ifdef VDM_WITH_FFMPEG
@@ -128,6 +150,14 @@ void run(Mode mode, GenerateArgs& a) {
   log::info("model {}", pipe->describe());
   log::info("seed {}  {} frames {}x{}  {} steps  guidance {}  sampler {}", o.seed, o.frames,
             o.width, o.height, o.steps, o.guidance, pipe->scheduler_name(o.sampler));
+  if (o.context.splits(o.frames)) {
+    log::info("frame windows: {}", o.context.describe());
+    if (pipe->has_frame_position())
+      log::warn("{} takes a frame-position channel and renders long clips without frame windows; on the embedded "
+                "model windows lowered prompt adherence (docs/cli.md, Long clips): drop --context-frames unless "
+                "you have compared both",
+                pipe->model_dir());
+  }
 
   at::Tensor frames;
   switch (mode) {
@@ -150,6 +180,7 @@ void run(Mode mode, GenerateArgs& a) {
       {"software", "vdm 0.1.0"}};
   if (mode == Mode::kGenerate) meta["t2v_mode"] = pipe->t2v_mode(o.t2v_mode);
   if (const std::string loras = pipe->lora_description(); !loras.empty()) meta["lora"] = loras;
+  if (o.context.splits(o.frames)) meta["context"] = o.context.describe();
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

@@ -6,6 +6,9 @@
 namespace CLI {
 class App;
 }
+namespace vdm::temporal {
+struct FrameWindows;
+}
 
 namespace vdm::cli {
 
@@ -18,5 +21,9 @@ void register_bench(CLI::App& app);     // vdm bench
 
 // The model folder used when --model is not given: the embedded default model.
 const char* default_model_dir();
+
+// --context-frames, --context-stride, --context-weights and --context-noise: frame windows for long
+// clips (temporal/frame_windows.h), on generate, animate, restyle, batch and eval shapes.
+void add_context_options(CLI::App* cmd, temporal::FrameWindows& windows);
 
 }  // namespace vdm::cli

@@ -449,6 +449,16 @@ at::Tensor BasicTransformerBlockImpl::forward_frames(const at::Tensor& x) {
   });
 }
 
+at::Tensor BasicTransformerBlockImpl::attentions(const at::Tensor& x) {
+  if (!attends_over_frames())
+    throw Error("BasicTransformerBlock::attentions: only for blocks of self-attention (temporal transformers)");
+  at::Tensor h = attn1_->forward(norm1_->forward(x)) + x;
+  if (attn2_) h = attn2_->forward(norm2_->forward(h)) + h;
+  return h;
+}
+
+at::Tensor BasicTransformerBlockImpl::feed_forward(const at::Tensor& h) { return ff_->forward(norm3_->forward(h)) + h; }
+
 at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& encoder_hidden_states,
                                               c10::optional<at::Tensor> encoder_attention_mask) {
   return run(x, [&](Attention& attn, const at::Tensor& input, bool first, at::Tensor* acc) {

@@ -205,6 +205,13 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
   // (Attention::forward_frames). The same result as forward() over [B * S, F, dim]. -> [B, F, S, dim].
   at::Tensor forward_frames(const at::Tensor& x);
 
+  // The block in two halves, for attention within parts of a sequence (temporal/frame_windows.h):
+  // attentions(x) is x after attn1 and attn2 with their residuals, feed_forward(h) is h + ff(norm3(h));
+  // feed_forward(attentions(x)) equals forward(x) up to rounding. x, h: [B, L, dim]. Self-attention
+  // blocks only (attends_over_frames).
+  at::Tensor attentions(const at::Tensor& x);
+  at::Tensor feed_forward(const at::Tensor& h);
+
  private:
   // The block with `attend(attention module, normalised input, first, acc)` running each attention
   // (acc: null, or a tensor the attention's output is added to in place, then returned).

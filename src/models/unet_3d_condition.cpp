@@ -197,6 +197,18 @@ int64_t UNet3DConditionModelImpl::fuse_qkv_projections(bool on) {
   return fused;
 }
 
+int64_t UNet3DConditionModelImpl::set_frame_windows(const temporal::FrameWindows& windows) {
+  temporal::validate_frame_windows(windows);
+  int64_t n = 0;
+  for (const auto& m : modules())
+    if (auto* t = m->as<temporal::TransformerTemporalModelImpl>()) {
+      t->set_frame_windows(windows);
+      ++n;
+    }
+  frame_windows_ = windows;
+  return n;
+}
+
 c10::ScalarType UNet3DConditionModelImpl::dtype() const { return conv_in_->weight.scalar_type(); }
 c10::Device UNet3DConditionModelImpl::device() const { return conv_in_->weight.device(); }
 

@@ -88,6 +88,12 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   // memory traffic (docs/performance.md).
   int64_t fuse_qkv_projections(bool on);
 
+  // Long clips (temporal/frame_windows.h): every temporal transformer (transformer_in and the
+  // blocks' temp_attentions) attends within frame windows of windows.length frames; length 0 turns
+  // it off. Returns how many transformers were set.
+  int64_t set_frame_windows(const temporal::FrameWindows& windows);
+  const temporal::FrameWindows& frame_windows() const { return frame_windows_; }
+
   const UNet3DConditionConfig& config() const { return config_; }
   c10::ScalarType dtype() const;
   c10::Device device() const;
@@ -96,6 +102,7 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   UNet3DConditionConfig config_;
   TapFn tap_;
   bool channels_last_ = false;
+  temporal::FrameWindows frame_windows_;
   torch::nn::Conv2d conv_in_{nullptr}, conv_out_{nullptr};
   TimestepEmbedding time_embedding_{nullptr};
   temporal::TransformerTemporalModel transformer_in_{nullptr};

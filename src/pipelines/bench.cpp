@@ -52,7 +52,7 @@ nlohmann::json BenchReport::to_json() const {
                       {"batch", batch},                {"layout", layout},
                       {"fused_qkv_modules", fused_qkv_modules},
                       {"cuda_kernels", cuda_kernels},  {"upsample", upsample},
-                      {"temporal_conv", temporal_conv},
+                      {"temporal_conv", temporal_conv}, {"frame_windows", frame_windows},
                       {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
                       {"cpu_kernels", cpu_kernels},
@@ -67,9 +67,9 @@ nlohmann::json BenchReport::to_json() const {
 std::string BenchReport::to_table() const {
   std::string out =
       fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  upsample {}  temporal conv {}  threads {} "
-                  "(vdm's kernels on {}, {})  unet {:.1f} M parameters\n{}\n",
+                  "(vdm's kernels on {}, {})  frame windows {}  unet {:.1f} M parameters\n{}\n",
                   device_name, dtype, batch, layout, fused_qkv_modules, upsample, temporal_conv, threads, kernel_threads,
-                  cpu_kernels, unet_parameters / 1e6, source);
+                  cpu_kernels, frame_windows, unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
     out += fmt::format("{:<16} {:>10.2f} {:>10.2f} {:>10.2f} {:>6}\n", s.stage, s.median(), s.min(),
@@ -166,6 +166,11 @@ BenchReport run_bench(const BenchOptions& o) {
   if (device.is_cuda()) report.cuda_kernels = models::cuda_kernels_in_use();
   report.upsample = models::upsample_as_transposed_conv() ? "transposed" : "separate";
   report.temporal_conv = temporal::temporal_conv_as_2d() ? "conv2d" : "conv3d";
+  temporal::FrameWindows windows;
+  windows.length = o.context_frames;
+  windows.stride = o.context_stride;
+  unet->set_frame_windows(windows);
+  report.frame_windows = windows.splits(o.frames) ? windows.describe() : "off";
   report.device_name = device.str();
   report.threads = at::get_num_threads();
   report.kernel_threads = parallel_for_threads();

@@ -31,6 +31,8 @@ struct BenchOptions {
   bool cudnn_benchmark = true;  // CUDA: cuDNN times its algorithms on the first step (as vdm generate)
   std::string channels_last = "auto";  // UNet activation layout: auto (as vdm generate), on, off
   std::string fuse_qkv = "auto";       // self-attention's q/k/v as one product: auto (as vdm generate), on, off
+  int64_t context_frames = 0;  // frame windows of the temporal transformers (vdm generate --context-frames)
+  int64_t context_stride = 4;
 };
 
 struct StageTiming {
@@ -52,6 +54,7 @@ struct BenchReport {
   std::vector<std::string> cuda_kernels;  // vdm's CUDA kernels in use (CUDA runs)
   std::string upsample = "transposed";    // the upsamplers: transposed or separate (VDM_UPSAMPLE)
   std::string temporal_conv = "conv3d";   // the temporal convolutions: conv2d or conv3d (VDM_TEMPORAL_CONV)
+  std::string frame_windows = "off";  // temporal::FrameWindows::describe()
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
   std::string cpu_kernels;  // the build of vdm's CPU kernels in use: avx512 (+bf16), avx2 or baseline

@@ -23,6 +23,10 @@ constexpr double kDecodeChunkBytes = 1.5e9;
 // block's GEGLU feed-forward holds its 8x-wide projection, the 4x gated product and the input
 // with its norm; a resnet on the up path holds the concatenated skip, its norm and conv outputs.
 constexpr double kLevelWorkingSet = 20.0;
+// With frame windows, the tensors of a temporal transformer block that hold every window's tokens
+// (the gathered windows, q, k, v, the attention's output and its weighted copy), in copies of the
+// level's activations per window copy of the frames.
+constexpr double kWindowedWorkingSet = 6.0;
 // Attention holds the scores, their softmax and one temporary of the same size.
 constexpr double kScoreCopies = 3.0;
 
@@ -135,6 +139,16 @@ MemoryEstimate estimate_memory(const MemoryModel& m, const MemoryJob& job) {
   est.latents = to_bytes(latent * (6.0 + 3.0 * batch) + cond_channels * F * h * w * 4.0 * batch * 2.0 +
                          batch * L * static_cast<double>(m.text_dim) * e * 2.0);
 
+  // Frame windows: the temporal attention's query-key pairs per sequence, and how many copies of
+  // each frame's tokens the windows hold.
+  const bool windowed = job.window_stride > 0 && job.window_length > 0 && job.window_length < frames;
+  // As temporal::frame_window_ranges: the windows that fit, plus one ending at the last frame.
+  const int64_t regular = windowed ? (frames - job.window_length) / job.window_stride + 1 : 0;
+  const int64_t windows = regular + ((regular - 1) * job.window_stride + job.window_length < frames ? 1 : 0);
+  const double window_tokens = static_cast<double>(windows) * static_cast<double>(job.window_length);
+  const double temporal_pairs = windowed ? window_tokens * static_cast<double>(job.window_length) : F * F;
+  const double window_copies = windowed ? window_tokens / F : 0.0;
+
   // UNet: skip connections kept from the down path, plus the widest working set of one level.
   const size_t levels = m.unet_block_out_channels.size();
   double skips = 0, working = 0, scores = 0;
@@ -148,12 +162,12 @@ MemoryEstimate estimate_memory(const MemoryModel& m, const MemoryJob& job) {
       const double next = static_cast<double>(ceil_div(hi, 2) * ceil_div(wi, 2));
       skips += c * next;  // the downsampler's output
     }
-    working = std::max(working, kLevelWorkingSet * c * hw);
+    working = std::max(working, std::max(kLevelWorkingSet, kWindowedWorkingSet * window_copies + 2.0) * c * hw);
     const double heads = static_cast<double>(i < m.unet_heads.size() ? std::max<int64_t>(1, m.unet_heads[i]) : 8);
     scores = std::max({scores,
                        N * heads * hw * hw,      // spatial self-attention over h*w tokens
                        N * heads * hw * L,       // cross-attention to the text
-                       batch * hw * heads * F * F});  // temporal attention over the frames
+                       batch * hw * heads * temporal_pairs});  // temporal attention over the frames
   }
   est.unet = to_bytes(N * e * (skips + working));
   est.attention = to_bytes(score_bytes(m, scores));

@@ -47,6 +47,11 @@ struct MemoryJob {
   int64_t height = 256;
   bool guidance = true;  // classifier-free guidance: the UNet runs on a batch of 2
   int64_t decode_chunk = 0;  // frames per VAE decode call; 0 = auto_decode_chunk()
+  // Frame windows (temporal/frame_windows.h): windows of window_length frames starting every
+  // window_stride frames (0 = no windows: one sequence of all frames). The temporal transformers
+  // then hold each frame about window_length / window_stride times.
+  int64_t window_length = 0;
+  int64_t window_stride = 0;
 };
 
 struct MemoryEstimate {

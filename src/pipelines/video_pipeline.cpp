@@ -171,6 +171,9 @@ int64_t VideoPipeline::spatial_factor() const {
 bool VideoPipeline::has_first_frame_conditioning() const {
   return takes_first_frame_condition(c_->unet->config().in_channels, latent_channels());
 }
+bool VideoPipeline::has_frame_position() const {
+  return takes_frame_position(c_->unet->config().in_channels, latent_channels());
+}
 const std::string& VideoPipeline::model_dir() const { return c_->folder.dir(); }
 
 std::string VideoPipeline::scheduler_name(const std::string& sampler) const {
@@ -265,6 +268,7 @@ void VideoPipeline::validate(GenerateOptions& o) const {
     throw InputError(fmt::format("--fit {}: expected crop, pad or stretch", o.fit));
   if (o.decode_chunk < 0)
     throw InputError(fmt::format("--decode-chunk {}: must be >= 0 (0 = automatic)", o.decode_chunk));
+  temporal::validate_frame_windows(o.context);
   make_pipeline_scheduler(c_->scheduler_config, o.sampler);
 }
 
@@ -294,6 +298,10 @@ MemoryJob memory_job(const GenerateOptions& o) {
   job.height = o.height;
   job.guidance = o.guidance > 1.0;
   job.decode_chunk = o.decode_chunk;
+  if (o.context.length > 0) {
+    job.window_length = o.context.length;
+    job.window_stride = o.context.stride;
+  }
   return job;
 }
 }  // namespace
@@ -340,6 +348,11 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
                                   at::Tensor latents, const at::Tensor& condition,
                                   int64_t start_step, const StepObserver& observer) {
   c10::InferenceMode guard;
+  if (c_->unet->frame_windows() != o.context) {
+    c_->unet->set_frame_windows(o.context);
+    // A captured graph holds the previous windows' kernels: capture again.
+    if (c_->unet_graph) c_->unet_graph = std::make_unique<UNetGraph>(c_->unet);
+  }
   auto scheduler = make_pipeline_scheduler(c_->scheduler_config, o.sampler);
   scheduler->set_timesteps(o.steps);
   if (start_step > 0) scheduler->set_begin_index(start_step);
@@ -456,7 +469,8 @@ at::Tensor VideoPipeline::sample(const GenerateOptions& o_in, const at::Tensor& 
                                    c10::str(latents.sizes()), c10::str(at::IntArrayRef(want))));
     latents = latents.to(at::kFloat) * scheduler->init_noise_sigma();
   } else {
-    at::Tensor noise = at::randn({1, C, o.frames, h, w}, gen, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor noise = temporal::frame_window_noise(
+        at::randn({1, C, o.frames, h, w}, gen, at::TensorOptions().dtype(at::kFloat)), o.context, gen);
     if (init_latents.defined()) {
       // SDEdit: start part-way, from the given latents noised to the first remaining timestep.
       const auto tail = schedulers::timesteps_for_strength(*scheduler, o.strength);

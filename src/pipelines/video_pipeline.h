@@ -17,6 +17,7 @@
 #include "pipelines/memory_guard.h"
 #include "pipelines/progress.h"
 #include "pipelines/t2v_mode.h"
+#include "temporal/frame_windows.h"
 
 namespace vdm::pipelines {
 
@@ -40,6 +41,9 @@ struct GenerateOptions {
   // conditioning only) samples a clip, keeps its frame 0 and animates that frame in a second pass
   // (twice the UNet steps); "" = factorized where the UNet takes a first frame, else joint.
   std::string t2v_mode;
+  // Long clips: the temporal transformers attend within windows of context.length frames and the
+  // initial noise repeats with that period (temporal/frame_windows.h); length 0 = off.
+  temporal::FrameWindows context;
   // Image-to-video / video-to-video
   double strength = 0.8;              // SDEdit strength (plain text-to-video models, restyle)
   std::string fit = "crop";           // crop | pad | stretch: how an image/video is fitted to the size
@@ -121,6 +125,9 @@ class VideoPipeline {
   int64_t latent_channels() const;
   int64_t spatial_factor() const;  // pixel size multiple: VAE factor * UNet factor
   bool has_first_frame_conditioning() const;
+  // True when the UNet also takes the frame-position channel (pipelines/conditioning.h): it knows where
+  // each frame lies in the clip, at any length.
+  bool has_frame_position() const;
   // The text-to-video mode `requested` ("" = the model's default) resolves to: "joint" or
   // "factorized"; InputError for an unknown mode or factorized on a UNet without a first frame.
   std::string t2v_mode(const std::string& requested) const;

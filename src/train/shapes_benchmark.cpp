@@ -115,6 +115,7 @@ pipelines::GenerateOptions clip_options(const ShapesBenchmarkOptions& o, const s
   if (o.guidance > 0) g.guidance = o.guidance;
   g.sampler = o.sampler;
   g.t2v_mode = o.t2v_mode;
+  g.context = o.context;
   g.seed = o.seed * 1000003ULL + static_cast<uint64_t>(mode * 100000 + index);
   return g;
 }

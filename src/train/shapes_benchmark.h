@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "models/lora.h"
+#include "temporal/frame_windows.h"
 #include "train/shapes_eval.h"
 
 namespace vdm::train {
@@ -31,6 +32,7 @@ struct ShapesBenchmarkOptions {
   std::string device = "cpu";
   std::string dtype = "float32";
   std::vector<models::LoraSpec> loras;  // merged into the model (PipelineConfig::loras)
+  temporal::FrameWindows context;       // frame windows for long clips (GenerateOptions::context)
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)
   bool text_to_video = true;
   bool image_to_video = true;

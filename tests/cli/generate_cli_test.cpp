@@ -3,6 +3,7 @@
 // exits with code 2, one clear line, and no output file.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
@@ -286,4 +287,49 @@ TEST(BenchCli, StagesAndOperatorProfile) {
   ASSERT_NE(run_command(fmt::format("{} bench --model {} --cuda-graph --profile 2>&1", vdm::test::vdm_binary(), model),
                         &out),
             0);
+}
+
+// --context-frames: a clip longer than the window is rendered differently and tagged; a clip no longer
+// than the window is byte-identical to one rendered without windows; bad settings exit 2 before any
+// work with the option named.
+TEST(GenerateCli, ContextWindowsSplitOnlyLongerClipsAndAreRecorded) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("context"), log;
+  auto cmd = [&](int frames, const std::string& out, const std::string& extra) {
+    return fmt::format("{} --threads 2 generate --model {} --prompt 'a red circle moving right on a black "
+                       "background' --frames {} --steps 2 --guidance 4 --seed 3 --t2v-mode joint --progress none "
+                       "{} --output {} 2>&1",
+                       vdm::test::vdm_binary(), shapes, frames, extra, out);
+  };
+  ASSERT_EQ(run_command(cmd(8, dir + "/plain", ""), &log), 0) << log;
+  ASSERT_EQ(run_command(cmd(8, dir + "/whole", "--context-frames 8"), &log), 0) << log;
+  ASSERT_EQ(run_command(cmd(8, dir + "/split", "--context-frames 4 --context-stride 2"), &log), 0) << log;
+  EXPECT_NE(log.find("frame windows: 4 frames every 2, pyramid weights, shuffle_context noise"), std::string::npos)
+      << log;
+  // The embedded model knows each frame's position: it is told that windows are not for it.
+  EXPECT_NE(log.find("takes a frame-position channel and renders long clips without frame windows"), std::string::npos)
+      << log;
+  int split_differs = 0;
+  for (int f = 0; f < 8; ++f) {
+    const std::string name = fmt::format("/frame_{:05d}.png", f);
+    ASSERT_TRUE(fs::exists(dir + "/plain" + name)) << name;
+    EXPECT_EQ(read_bytes(dir + "/plain" + name), read_bytes(dir + "/whole" + name)) << name;
+    split_differs += read_bytes(dir + "/plain" + name) != read_bytes(dir + "/split" + name);
+  }
+  EXPECT_GE(split_differs, 4);
+  ASSERT_EQ(run_command(cmd(8, dir + "/w.mp4", "--context-frames 4"), &log), 0) << log;
+  EXPECT_EQ(ffprobe(dir + "/w.mp4").at("format").at("tags").at("context").get<std::string>(),
+            "4 frames every 4, pyramid weights, shuffle_context noise");
+  ASSERT_EQ(run_command(cmd(8, dir + "/p.mp4", ""), &log), 0) << log;
+  EXPECT_FALSE(ffprobe(dir + "/p.mp4").at("format").at("tags").contains("context"));
+  for (const auto& [extra, message] :
+       std::vector<std::pair<std::string, std::string>>{{"--context-frames 1", "--context-frames 1: expected 0 (off)"},
+                                                        {"--context-frames 8 --context-stride 9", "--context-stride 9"},
+                                                        {"--context-frames 8 --context-weights ramp", "--context-weights ramp"},
+                                                        {"--context-frames 8 --context-noise zero", "--context-noise zero"}}) {
+    EXPECT_EQ(run_command(cmd(16, dir + "/bad.mp4", extra), &log), 2) << extra << "\n" << log;
+    EXPECT_NE(log.find(message), std::string::npos) << log;
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
 }

@@ -149,6 +149,31 @@ TEST(CudaPathOnTheCpu, UNetMatchesThePlainCpuNetwork) {
     EXPECT_GT(calls()[kernel], 0) << kernel << " did not run in bfloat16";
 }
 
+// Frame windows (--context-frames) on the path the GPU runs: channels-last activations leave the
+// in-place frame attention for the windowed blocks, whose attentions still take the short-sequence
+// kernel, and the result is the plain CPU network's with the same windows.
+TEST(CudaPathOnTheCpu, FrameWindowsMatchThePlainCpuNetwork) {
+  at::manual_seed(22);
+  UNet3DConditionModel unet(vdm::test::tiny_unet3d_config(32, 8, 32, 4));
+  unet->eval();
+  vdm::test::perturb(*unet);
+  c10::InferenceMode inference;
+  vdm::temporal::FrameWindows windows;
+  windows.length = 4;
+  windows.stride = 2;
+  ASSERT_GT(unet->set_frame_windows(windows), 0);
+  const at::Tensor x = at::randn({1, 4, 7, 8, 8}), t = at::full({1}, 400L), ehs = at::randn({1, 7, 32});
+  const at::Tensor ref = unet->forward(x, t, ehs);
+  EmulatedKernelScope scope;
+  unet->set_channels_last(true);
+  ASSERT_GT(unet->fuse_qkv_projections(true), 0);
+  const at::Tensor cuda_path = unet->forward(x, t, ehs);
+  EXPECT_LT(relative_error(cuda_path, ref), 1e-5);
+  EXPECT_GT(calls()["short_attention"], 0);
+  unet->set_frame_windows({});
+  EXPECT_GT(relative_error(unet->forward(x, t, ehs), ref), 1e-4);  // the windows made a difference
+}
+
 // The ModelScope 1.7B UNet's topology with fewer channels: four levels of two layers (three up),
 // heads of 64 channels as there (diffusers reads attention_head_dim as the head width of the blocks:
 // here 1, 2 and 4 heads), transformer_in's 8 heads, 77 text tokens. The tiny UNet above has heads of

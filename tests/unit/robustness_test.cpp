@@ -98,6 +98,36 @@ TEST(MemoryGuard, EstimateGrowsWithFramesSizeAndGuidance) {
   EXPECT_LT(base.total(), uint64_t(8) << 30);
 }
 
+// Frame windows (--context-frames): the temporal transformers hold each frame once per window that
+// covers it, and attend over pairs of frames within a window only.
+TEST(MemoryGuard, FrameWindowsCountTheirCopiesAndTheirPairs) {
+  MemoryModel m = modelscope_like();
+  auto windowed = [](int64_t frames, int64_t length, int64_t stride) {
+    MemoryJob j = job(frames, 256, 256);
+    j.window_length = length;
+    j.window_stride = stride;
+    return j;
+  };
+  const auto plain = vdm::pipelines::estimate_memory(m, job(64, 256, 256));
+  // Windows of 16 every 4 hold each frame about 4 times: 6 tensors per copy outgrow the level's 20.
+  const auto overlapping = vdm::pipelines::estimate_memory(m, windowed(64, 16, 4));
+  EXPECT_GT(overlapping.unet, plain.unet);
+  // Windows side by side hold each frame once: the block's usual working set is the larger.
+  EXPECT_EQ(vdm::pipelines::estimate_memory(m, windowed(64, 16, 16)).unet, plain.unet);
+  // A clip no longer than a window is not split.
+  const auto whole = vdm::pipelines::estimate_memory(m, windowed(16, 16, 4));
+  EXPECT_EQ(whole.total(), vdm::pipelines::estimate_memory(m, job(16, 256, 256)).total());
+  // Without a score budget the temporal attention of a long clip of small frames dominates the scores;
+  // windows cut it: 1,024 frames, 253 windows of 16 (every 4), 64,768 pairs per sequence instead of
+  // 1,048,576 (the spatial attention of 8x8 latents takes 2,048 x 4,096 per head).
+  m.attention_score_budget = 0;
+  MemoryJob small = windowed(1024, 16, 4);
+  small.width = small.height = 64;
+  const auto long_windowed = vdm::pipelines::estimate_memory(m, small);
+  const auto long_plain = vdm::pipelines::estimate_memory(m, job(1024, 64, 64));
+  EXPECT_LT(long_windowed.attention * 10, long_plain.attention);
+}
+
 TEST(MemoryGuard, DecodeChunkOnlyChangesTheDecodePhase) {
   const MemoryModel m = modelscope_like();
   const auto one = vdm::pipelines::estimate_memory(m, job(24, 576, 320, true, 1));

@@ -425,6 +425,33 @@ TEST(ShotList, LoraKeyResolvesFilesAndStrengths) {
     EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
 }
 
+TEST(ShotList, ContextKeysSetFrameWindowsPerShot) {
+  ShotList list = parse_shot_list(
+      "defaults:\n  context_frames: 16\n"
+      "shots:\n  - {id: one, prompt: p, frames: 64}\n  - {id: two, prompt: p, context_stride: 8}\n"
+      "  - {id: three, prompt: p, context_frames: 0}\n",
+      "shots.yaml", "/tmp");
+  ASSERT_EQ(list.shots.size(), 3u);
+  EXPECT_EQ(list.shots[0].context_frames, 16);
+  EXPECT_EQ(list.shots[0].context_stride, 4);
+  EXPECT_EQ(list.shots[1].context_frames, 16);
+  EXPECT_EQ(list.shots[1].context_stride, 8);
+  EXPECT_EQ(list.shots[2].context_frames, 0);
+  EXPECT_EQ(parse_shot_list("shots:\n  - {id: a, prompt: p}\n", "shots.yaml", "/tmp").shots[0].context_frames, 0);
+
+  const std::string msg = error_of(
+      "shots:\n  - {id: a, prompt: p, context_frames: 1}\n"
+      "  - {id: b, prompt: p, context_frames: 8, context_stride: 9}\n"
+      "  - {id: c, prompt: p, context_stride: 0}\n"
+      "  - {id: d, prompt: p, context_frames: many}\n",
+      "/tmp");
+  for (const char* expected : {"shots.yaml:2: shot 'a': key 'context_frames': 1 is out of range; expected 0 (off) or 2 to 1024",
+                               "shots.yaml:3: shot 'b': key 'context_stride': 9 is more than context_frames 8",
+                               "shots.yaml:4: shot 'c': key 'context_stride': 0 is out of range; expected 1 to 1024",
+                               "shots.yaml:5: shot 'd': key 'context_frames': expected an integer"})
+    EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
+}
+
 TEST(ShotList, ClosestMatch) {
   const auto& keys = vdm::batch::shot_keys();
   EXPECT_EQ(vdm::batch::closest_match("promt", keys), "prompt");
