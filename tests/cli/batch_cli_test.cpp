@@ -184,6 +184,43 @@ TEST_F(BatchCli, LoraForEveryShotCheckedBeforeRendering) {
   EXPECT_NE(out.find("1 shot rendered, 1 up to date"), std::string::npos) << out;
 }
 
+// A shot's context_frames: rendered in frame windows and tagged; the shot without keeps its frames as
+// rendered alone; a changed stride re-renders that shot only.
+TEST_F(BatchCli, ContextFramesOfAShotAreUsedRecordedAndRerenderOnChange) {
+  if (!kHaveCodecs) GTEST_SKIP() << "built without FFmpeg: vdm batch cannot write video";
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  auto list = [&](int stride) {
+    write_text(list_, fmt::format("defaults:\n  frames: 8\n  steps: 2\n  guidance: 1\n  t2v_mode: joint\n  seed: 4\n"
+                                  "shots:\n  - {{id: long, prompt: a red circle, context_frames: 4, context_stride: {}}}\n"
+                                  "  - {{id: plain, prompt: a red circle}}\n",
+                                  stride));
+  };
+  auto context_tag = [](const std::string& file) {
+    std::string tags;
+    EXPECT_EQ(run_command("ffprobe -v error -show_entries format_tags=context -of csv=p=0 '" + file + "'", &tags), 0);
+    return tags;
+  };
+  list(2);
+  std::string out;
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "2>&1"), &out), 0) << out;
+  EXPECT_NE(context_tag(out_ + "/long.mp4").find("4 frames every 2, pyramid weights"), std::string::npos);
+  EXPECT_EQ(context_tag(out_ + "/plain.mp4").find("frames every"), std::string::npos);
+  // The decoded pictures (the tags differ anyway): same prompt and seed, only the windows tell the two
+  // shots apart.
+  auto pictures = [](const std::string& file) {
+    std::string md5;
+    EXPECT_EQ(run_command("ffmpeg -v error -i '" + file + "' -map 0:v -f framemd5 - | grep -v '^#'", &md5), 0) << md5;
+    return md5;
+  };
+  const std::string long_before = pictures(out_ + "/long.mp4"), plain_before = read_text(out_ + "/plain.mp4");
+  EXPECT_NE(long_before, pictures(out_ + "/plain.mp4"));
+  list(4);
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "2>&1"), &out), 0) << out;
+  EXPECT_NE(out.find("1 shot rendered, 1 up to date"), std::string::npos) << out;
+  EXPECT_NE(pictures(out_ + "/long.mp4"), long_before);
+  EXPECT_EQ(read_text(out_ + "/plain.mp4"), plain_before);
+}
+
 TEST_F(BatchCli, RendersAShotListResumesAndRerendersOnlyWhatIsMissing) {
   REQUIRE_MODEL(model);
   write_text(list_, shot_list(2, 2, 1) +
