@@ -15,6 +15,11 @@ const std::vector<std::string> kNoises{"shuffle_context", "repeat_context", "ran
 bool one_of(const std::string& s, const std::vector<std::string>& names) {
   return std::find(names.begin(), names.end(), s) != names.end();
 }
+
+InputError unknown_weighting(const std::string& weighting) {
+  return InputError(
+      fmt::format("--context-weights {}: expected flat, pyramid or delayed_reverse_sawtooth", weighting));
+}
 }  // namespace
 
 std::string FrameWindows::describe() const {
@@ -31,9 +36,7 @@ void validate_frame_windows(const FrameWindows& w) {
   if (w.length > 0 && (w.stride < 1 || w.stride > w.length))
     throw InputError(fmt::format("--context-stride {}: expected 1..{} (at most --context-frames); 4 is usual",
                                  w.stride, w.length));
-  if (!one_of(w.weighting, kWeightings))
-    throw InputError(fmt::format("--context-weights {}: expected flat, pyramid or delayed_reverse_sawtooth",
-                                 w.weighting));
+  if (!one_of(w.weighting, kWeightings)) throw unknown_weighting(w.weighting);
   if (!one_of(w.noise, kNoises))
     throw InputError(fmt::format("--context-noise {}: expected shuffle_context, repeat_context or random", w.noise));
 }
@@ -63,7 +66,7 @@ std::vector<double> frame_window_weights(int64_t length, const std::string& weig
     for (int64_t v = m; v >= 1; --v) w.push_back(static_cast<double>(v));
     return w;
   }
-  throw InputError(fmt::format("--context-weights {}: expected flat, pyramid or delayed_reverse_sawtooth", weighting));
+  throw unknown_weighting(weighting);
 }
 
 FrameWindowPlan plan_frame_windows(int64_t frames, const FrameWindows& w) {
