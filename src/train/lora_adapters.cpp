@@ -115,15 +115,19 @@ LoraAdapters::Applied::~Applied() {
   for (auto& t : adapters_.targets_) *t->weight_member = t->base;
 }
 
-void save_lora_weights(const LoraAdapters& adapters, const std::string& dir) {
+void save_lora_weights(const std::vector<const LoraAdapters*>& adapters, const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw Error(fmt::format("cannot create the LoRA folder '{}': {}", dir, ec.message()));
   // diffusers' pipeline-level save prefixes each LoraConfig field with its component.
   nlohmann::json meta = nlohmann::json::object();
-  const nlohmann::json config = adapters.adapter_metadata();
-  for (const auto& [k, v] : config.items()) meta[adapters.component() + "." + k] = v;
-  io::save_safetensors((std::filesystem::path(dir) / "pytorch_lora_weights.safetensors").string(), adapters.state_dict(),
+  io::TensorMap tensors;
+  for (const LoraAdapters* a : adapters) {
+    const nlohmann::json config = a->adapter_metadata();  // items() refers to it: keep it alive
+    for (const auto& [k, v] : config.items()) meta[a->component() + "." + k] = v;
+    tensors.merge(a->state_dict());
+  }
+  io::save_safetensors((std::filesystem::path(dir) / "pytorch_lora_weights.safetensors").string(), tensors,
                        {{"format", "pt"}, {"lora_adapter_metadata", meta.dump(2)}});
 }
 

@@ -67,8 +67,9 @@ class LoraAdapters {
   NamedParams params_;
 };
 
-// Writes <dir>/pytorch_lora_weights.safetensors (keys "unet.<module>.lora_A.weight", metadata
-// "lora_adapter_metadata" with the component prefix, as diffusers does) atomically.
-void save_lora_weights(const LoraAdapters& adapters, const std::string& dir);
+// Writes <dir>/pytorch_lora_weights.safetensors (keys "unet.<module>.lora_A.weight",
+// "text_encoder.<module>...", metadata "lora_adapter_metadata" with each component's LoraConfig under
+// its prefix, as diffusers does) atomically. `adapters`: one per component.
+void save_lora_weights(const std::vector<const LoraAdapters*>& adapters, const std::string& dir);
 
 }  // namespace vdm::train

@@ -147,7 +147,7 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
   nlohmann::json from_base = nlohmann::json::object();
   if (json.contains("lora")) {
     Section lora(json, "lora", source, "");
-    lora.allow({"base", "rank", "alpha", "target_modules"});
+    lora.allow({"base", "rank", "alpha", "target_modules", "text_encoder_target_modules"});
     r.lora.base = lora.cfg().get_string("base", "");
     if (r.lora.base.empty()) lora.cfg().fail("base", "the model folder the LoRA is trained for");
     namespace fs = std::filesystem;
@@ -156,12 +156,15 @@ TrainRecipe TrainRecipe::from_json(const nlohmann::json& json, const std::string
     r.lora.rank = lora.cfg().get_int("rank", r.lora.rank);
     r.lora.alpha = lora.cfg().get_double("alpha", r.lora.alpha);
     if (r.lora.rank < 1 || !(r.lora.alpha > 0)) lora.cfg().fail("rank", "rank >= 1 and alpha > 0");
-    if (lora.json().contains("target_modules")) {
-      const auto& t = lora.json().at("target_modules");
+    auto module_list = [&](const char* key, const char* example) {
+      const auto& t = lora.json().at(key);
       if (!t.is_array() || t.empty() || !std::all_of(t.begin(), t.end(), [](const auto& e) { return e.is_string(); }))
-        lora.cfg().fail("target_modules", "a non-empty list of module names such as \"to_q\"");
-      r.lora.target_modules = t.get<std::vector<std::string>>();
-    }
+        lora.cfg().fail(key, fmt::format("a non-empty list of module names such as \"{}\"", example));
+      return t.get<std::vector<std::string>>();
+    };
+    if (lora.json().contains("target_modules")) r.lora.target_modules = module_list("target_modules", "to_q");
+    if (lora.json().contains("text_encoder_target_modules"))
+      r.lora.text_encoder_target_modules = module_list("text_encoder_target_modules", "q_proj");
     pipelines::ModelFolder base = pipelines::ModelFolder::open(r.lora.base);
     from_base["vae"] = io::JsonConfig::load(base.component("vae").config_path).json();
     from_base["unet"] = io::JsonConfig::load(base.component("unet").config_path).json();
@@ -379,6 +382,7 @@ nlohmann::json TrainRecipe::to_json() const {
     j["unet"].erase("text_encoder");
     j.erase("scheduler");
     j["lora"] = {{"base", lora.base}, {"rank", lora.rank}, {"alpha", lora.alpha}, {"target_modules", lora.target_modules}};
+    if (!lora.text_encoder_target_modules.empty()) j["lora"]["text_encoder_target_modules"] = lora.text_encoder_target_modules;
   }
   return j;
 }

@@ -124,6 +124,9 @@ struct LoraRecipe {
   int64_t rank = 4;
   double alpha = 4.0;
   std::vector<std::string> target_modules = {"to_q", "to_k", "to_v", "to_out.0"};
+  // Modules of the text encoder adapted as well (diffusers' --train_text_encoder adapts q_proj, k_proj,
+  // v_proj and out_proj); empty = the text encoder stays as it is.
+  std::vector<std::string> text_encoder_target_modules;
 };
 
 struct TrainRecipe {

@@ -446,7 +446,7 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   seed_default_generator(recipe.seed + 2);
   models::UNet3DConditionModel unet{nullptr};
   text::CLIPTextModel text_encoder{nullptr};
-  std::unique_ptr<LoraAdapters> lora;
+  std::unique_ptr<LoraAdapters> lora, text_lora;  // the UNet's adapters; the text encoder's (optional)
   NamedParams params;
   if (lora_run) {
     unet = models::load_unet3d((fs::path(src_dir) / "unet").string());
@@ -467,10 +467,16 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     lora = std::make_unique<LoraAdapters>(
         *unet, "unet", LoraAdapterOptions{recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules}, lora_gen);
     params = lora->parameters();
+    if (!recipe.lora.text_encoder_target_modules.empty()) {
+      text_lora = std::make_unique<LoraAdapters>(
+          *text_encoder, "text_encoder",
+          LoraAdapterOptions{recipe.lora.rank, recipe.lora.alpha, recipe.lora.text_encoder_target_modules}, lora_gen);
+      for (const auto& p : text_lora->parameters()) params.push_back(p);
+    }
     int64_t lora_numel = 0;
     for (const auto& p : params) lora_numel += p.second.numel();
-    log::info("lora: rank {} alpha {} on {} modules of {} ({} trained parameters)", recipe.lora.rank,
-              recipe.lora.alpha, lora->size(), src_dir, lora_numel);
+    log::info("lora: rank {} alpha {} on {} modules of the unet and {} of the text encoder of {} ({} trained parameters)",
+              recipe.lora.rank, recipe.lora.alpha, lora->size(), text_lora ? text_lora->size() : 0, src_dir, lora_numel);
   } else {
     params = named_trainable(*unet, "unet.");
     for (auto& p : named_trainable(*text_encoder, "text_encoder.")) params.push_back(p);
@@ -710,8 +716,10 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
     at::Tensor pred, pooled;
     {
       AutocastScope autocast(device, precision);
-      std::optional<LoraAdapters::Applied> adapted;  // the UNet's weights with the adapters, this forward
+      // The weights with the adapters, for this forward.
+      std::optional<LoraAdapters::Applied> adapted, text_adapted;
       if (lora) adapted.emplace(*lora);
+      if (text_lora) text_adapted.emplace(*text_lora);
       text::CLIPTextModelOutput text_out = text_encoder->forward(ids);
       pred = unet->forward(model_in, t_dev, text_out.last_hidden_state);
       pooled = text_out.pooler_output;
@@ -748,7 +756,9 @@ StageReport train_unet(const TrainRecipe& recipe, ClipDataset& data, const Train
   };
   auto export_fn = [&]() {
     if (lora) {
-      save_lora_weights(*lora, lora_dir(options.out_dir));
+      std::vector<const LoraAdapters*> adapters{lora.get()};
+      if (text_lora) adapters.push_back(text_lora.get());
+      save_lora_weights(adapters, lora_dir(options.out_dir));
       return;
     }
     const c10::ScalarType dt = export_dtype(recipe);

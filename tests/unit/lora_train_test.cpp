@@ -14,6 +14,7 @@
 #include "models/unet_3d_condition.h"
 #include "pipelines/video_pipeline.h"
 #include "tests/support/test_support.h"
+#include "text/clip_text_model.h"
 #include "train/lora_adapters.h"
 #include "train/recipe.h"
 #include "train/shapes_benchmark.h"
@@ -111,7 +112,7 @@ TEST(LoraTraining, AdaptedForwardEqualsTheMergedFile) {
   }
 
   const std::string dir = test::make_temp_dir("lora_train_file");
-  save_lora_weights(adapters, dir);
+  save_lora_weights({&adapters}, dir);
   const models::LoraComponents components = {{"unet", unet.get()}};
   const models::LoraFile file = models::read_lora(dir, components);
   EXPECT_EQ(file.format, "peft");
@@ -120,6 +121,50 @@ TEST(LoraTraining, AdaptedForwardEqualsTheMergedFile) {
   models::merge_lora(file, 1.0, components);
   at::NoGradGuard g;
   EXPECT_LT(test::max_abs_diff(unet->forward(in.x, in.t, in.text), adapted_out), 1e-5);
+}
+
+// The text encoder's adapters (diffusers' --train_text_encoder targets) are saved beside the UNet's in
+// one file, with each component's LoraConfig under its prefix, and merging that file gives the adapted
+// text encoder.
+TEST(LoraTraining, TextEncoderAdaptersShareTheFileAndMergeAsTrained) {
+  at::manual_seed(4);
+  text::CLIPTextModel clip(test::tiny_clip_text_config());
+  clip->eval();
+  models::UNet3DConditionModel unet{test::tiny_unet3d_config(8, 4, 16, 4)};
+  unet->eval();
+  for (auto& p : clip->parameters()) p.set_requires_grad(false);
+  for (auto& p : unet->parameters()) p.set_requires_grad(false);
+  at::Generator gen = make_generator(3);
+  LoraAdapters unet_adapters(*unet, "unet", {2, 4.0, {"to_q"}}, gen);
+  LoraAdapters text_adapters(*clip, "text_encoder", {2, 4.0, {"q_proj", "k_proj", "v_proj", "out_proj"}}, gen);
+  EXPECT_EQ(text_adapters.size(), 2 * 4);  // two layers of the tiny CLIP
+  {
+    at::NoGradGuard g;
+    for (const auto& [key, value] : text_adapters.parameters()) value.add_(at::randn(value.sizes()) * 0.3);
+  }
+  const at::Tensor ids = at::tensor({38, 5, 9, 17, 39, 0, 0, 0, 0, 0, 0, 0}, at::kLong).view({1, 12});
+  at::NoGradGuard g;
+  const at::Tensor base_out = clip->forward(ids).last_hidden_state;
+  at::Tensor adapted_out;
+  {
+    LoraAdapters::Applied applied(text_adapters);
+    adapted_out = clip->forward(ids).last_hidden_state;
+  }
+  EXPECT_GT(test::max_abs_diff(adapted_out, base_out), 1e-3);
+
+  const std::string dir = test::make_temp_dir("lora_text_file");
+  save_lora_weights({&unet_adapters, &text_adapters}, dir);
+  const models::LoraComponents components = {{"unet", unet.get()}, {"text_encoder", clip.get()}};
+  const models::LoraFile file = models::read_lora(dir, components);
+  std::map<std::string, int> per_component;
+  for (const auto& l : file.layers) {
+    ++per_component[l.component];
+    EXPECT_DOUBLE_EQ(l.scale, 2.0) << l.module;  // alpha 4 / rank 2, from each component's metadata
+  }
+  EXPECT_EQ(per_component["text_encoder"], 8);
+  EXPECT_EQ(per_component["unet"], unet_adapters.size());
+  models::merge_lora(file, 1.0, components);
+  EXPECT_LT(test::max_abs_diff(clip->forward(ids).last_hidden_state, adapted_out), 1e-5);
 }
 
 // The tiny recipe with two steps per stage: a base model to train LoRAs for.
@@ -205,6 +250,33 @@ TEST(LoraTraining, RecipeTrainsAdaptersForItsBaseModel) {
     io::save_safetensors(bad, {{"unet.conv_in.lora_A.weight", at::zeros({2, 3, 3, 3})}});
     EXPECT_THROW(pipe->set_extra_loras({{lora_file, 1.0}, {bad, 1.0}}), WeightsError);
     EXPECT_TRUE(pipe->generate_float(g).equal(plain)) << "a failed switch changed the model";
+  }
+
+  // With text_encoder_target_modules the text encoder trains too: the file adapts both components
+  // and changes what the text encoder makes of a prompt; the base folder is still untouched.
+  {
+    nlohmann::json both = lora;
+    both["lora"]["text_encoder_target_modules"] = {"q_proj", "v_proj"};
+    const TrainRecipe with_text = TrainRecipe::from_json(both, "tiny-lora-text");
+    EXPECT_EQ(with_text.to_json()["lora"]["text_encoder_target_modules"], both["lora"]["text_encoder_target_modules"]);
+    TrainOptions to;
+    to.out_dir = dir + "/lora-text";
+    run_training(with_text, "lora", to);
+    EXPECT_EQ(read_bytes(unet_file), unet_before);
+    auto pipe = load({});
+    text::CLIPTextModel clip = text::load_clip_text_model((base / "text_encoder").string());
+    models::UNet3DConditionModel base_unet = models::load_unet3d((base / "unet").string());
+    const models::LoraFile file =
+        models::read_lora(lora_dir(to.out_dir), {{"unet", base_unet.get()}, {"text_encoder", clip.get()}});
+    std::set<std::string> components;
+    for (const auto& l : file.layers) components.insert(l.component);
+    EXPECT_EQ(components, (std::set<std::string>{"unet", "text_encoder"}));
+    const at::Tensor text_plain = pipe->encode_prompt(g.prompt, "", false);
+    pipe->set_extra_loras({{lora_dir(to.out_dir), 1.0}});
+    EXPECT_GT(test::max_abs_diff(pipe->encode_prompt(g.prompt, "", false), text_plain), 1e-5)
+        << "the trained text-encoder adapters did not change the prompt's embedding";
+    both["lora"]["text_encoder_target_modules"] = nlohmann::json::array();
+    EXPECT_THROW(TrainRecipe::from_json(both, "tiny-lora-text"), ConfigError);
   }
 
   // The configs come from the base: a LoRA recipe that also gives one is refused.
