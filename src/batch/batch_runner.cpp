@@ -108,6 +108,7 @@ json shot_settings(const Shot& shot) {
             {"output", shot.output}};
   // Only when set, so that manifests written before the key existed still match their shots.
   if (!shot.t2v_mode.empty()) j["t2v_mode"] = shot.t2v_mode;
+  if (shot.guidance_rescale > 0) j["guidance_rescale"] = shot.guidance_rescale;
   if (shot.context_frames > 0) {
     j["context_frames"] = shot.context_frames;
     j["context_stride"] = shot.context_stride;

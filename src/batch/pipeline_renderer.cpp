@@ -53,6 +53,7 @@ pipelines::GenerateOptions PipelineRenderer::options_for(const Shot& shot) {
   o.height = shot.height;
   o.steps = shot.steps;
   o.guidance = shot.guidance;
+  o.guidance_rescale = shot.guidance_rescale;
   o.seed = shot.seed;
   o.sampler = shot.sampler;
   o.t2v_mode = shot.t2v_mode;
@@ -169,6 +170,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
   if (shot.mode() == Shot::Mode::kGenerate) wo.metadata["t2v_mode"] = pipeline_->t2v_mode(o.t2v_mode);
   if (const std::string loras = pipeline_->lora_description(); !loras.empty()) wo.metadata["lora"] = loras;
   if (o.context.splits(o.frames)) wo.metadata["context"] = o.context.describe();
+  if (o.guidance_rescale > 0) wo.metadata["guidance_rescale"] = fmt::format("{}", o.guidance_rescale);
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

@@ -104,7 +104,7 @@ struct Fields {
   std::optional<std::string> id, prompt, negative_prompt, sampler, t2v_mode, image, video, output;
   std::optional<uint64_t> seed;
   std::optional<int64_t> frames, fps, width, height, steps, context_frames, context_stride;
-  std::optional<double> guidance, strength;
+  std::optional<double> guidance, guidance_rescale, strength;
   std::optional<std::vector<models::LoraSpec>> loras;
   std::map<std::string, int> lines;  // key -> line
 };
@@ -128,7 +128,7 @@ const std::vector<KeySpec>& key_specs() {
       {"video", Kind::kString, true},       {"strength", Kind::kNumber, true},
       {"output", Kind::kString, false},     {"t2v_mode", Kind::kString, true},
       {"lora", Kind::kString, true},        {"context_frames", Kind::kInt, true},
-      {"context_stride", Kind::kInt, true},
+      {"context_stride", Kind::kInt, true},        {"guidance_rescale", Kind::kNumber, true},
   };
   return specs;
 }
@@ -518,6 +518,9 @@ class Parser {
           if (*v < 0 || *v > ShotLimits::kMaxGuidance)
             return out_of_range(got, fmt::format("0 to {}", ShotLimits::kMaxGuidance));
           f->guidance = *v;
+        } else if (name == "guidance_rescale") {
+          if (*v < 0 || *v > 1) return out_of_range(got, "0 to 1");
+          f->guidance_rescale = *v;
         } else if (name == "strength") {
           if (*v <= 0 || *v > 1) return out_of_range(got, "more than 0 and at most 1");
           f->strength = *v;
@@ -620,6 +623,7 @@ class Parser {
     shot->height = f.height.value_or(d.height.value_or(0));
     shot->steps = f.steps.value_or(d.steps.value_or(ShotDefaults::kSteps));
     shot->guidance = f.guidance.value_or(d.guidance.value_or(ShotDefaults::kGuidance));
+    shot->guidance_rescale = f.guidance_rescale.value_or(d.guidance_rescale.value_or(0.0));
     shot->sampler = f.sampler.value_or(d.sampler.value_or(""));
     shot->t2v_mode = f.t2v_mode.value_or(d.t2v_mode.value_or(""));
     if (has_image) shot->image = f.image ? *f.image : *d.image;

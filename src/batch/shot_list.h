@@ -64,6 +64,7 @@ struct Shot {
   int64_t height = 0;
   int64_t steps = ShotDefaults::kSteps;
   double guidance = ShotDefaults::kGuidance;
+  double guidance_rescale = 0.0;  // GenerateOptions::guidance_rescale, 0..1
   std::string sampler;  // "" = the model folder's scheduler
   std::string t2v_mode; // "" | joint | factorized (text-to-video shots; GenerateOptions::t2v_mode)
   std::string image;    // absolute path of the still to animate, or ""

@@ -25,6 +25,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the captions and the generations")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Denoising steps")->capture_default_str();
   cmd->add_option("--guidance", o->guidance, "Classifier-free guidance (0: the pipeline default)");
+  cmd->add_option("--guidance-rescale", o->guidance_rescale, "Guidance rescale, 0..1 (as vdm generate)");
   cmd->add_option("--sampler", o->sampler, "Sampler (default: the model's scheduler)");
   cmd->add_option("--t2v-mode", o->t2v_mode, "Text-to-video: joint or factorized (default: the pipeline's; see vdm generate --help)");
   cmd->add_option("--start", o->start,

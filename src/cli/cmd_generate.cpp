@@ -72,6 +72,10 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   cmd->add_option("--steps", o.steps, "Denoising steps")->capture_default_str();
   cmd->add_option("--guidance", o.guidance, "Classifier-free guidance scale (<= 1: off)")
       ->capture_default_str();
+  cmd->add_option("--guidance-rescale", o.guidance_rescale,
+                  "Pull the guided prediction toward the prompt's standard deviation by this fraction, 0..1 "
+                  "(0 = off; 0.7 is usual with v-prediction models)")
+      ->capture_default_str();
   cmd->add_option("--seed", a.seed, "Random seed (default: random, printed)");
   cmd->add_option("--sampler", o.sampler,
                   "Sampler: ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_3m, dpmpp_2m_sde "
@@ -181,6 +185,7 @@ void run(Mode mode, GenerateArgs& a) {
   if (mode == Mode::kGenerate) meta["t2v_mode"] = pipe->t2v_mode(o.t2v_mode);
   if (const std::string loras = pipe->lora_description(); !loras.empty()) meta["lora"] = loras;
   if (o.context.splits(o.frames)) meta["context"] = o.context.describe();
+  if (o.guidance_rescale > 0) meta["guidance_rescale"] = fmt::format("{}", o.guidance_rescale);
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

@@ -266,6 +266,9 @@ void VideoPipeline::validate(GenerateOptions& o) const {
     throw InputError(fmt::format("--strength {}: must be in (0, 1]", o.strength));
   if (o.fit != "crop" && o.fit != "pad" && o.fit != "stretch")
     throw InputError(fmt::format("--fit {}: expected crop, pad or stretch", o.fit));
+  if (!(o.guidance_rescale >= 0 && o.guidance_rescale <= 1))
+    throw InputError(fmt::format("--guidance-rescale {}: must be in [0, 1] (0 = off; 0.7 is usual with v-prediction)",
+                                 o.guidance_rescale));
   if (o.decode_chunk < 0)
     throw InputError(fmt::format("--decode-chunk {}: must be >= 0 (0 = automatic)", o.decode_chunk));
   temporal::validate_frame_windows(o.context);
@@ -385,6 +388,7 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
     if (guidance) {
       auto parts = noise_pred.chunk(2, 0);
       noise_pred = parts[0] + o.guidance * (parts[1] - parts[0]);
+      if (o.guidance_rescale > 0) noise_pred = rescale_guidance(noise_pred, parts[1], o.guidance_rescale);
     }
     latents = scheduler->step(noise_pred, i, latents, gen).prev_sample;
     if (observer) observer(i, latents);
@@ -551,6 +555,14 @@ at::Tensor VideoPipeline::restyle(const at::Tensor& video, const GenerateOptions
   at::Tensor first;
   if (has_first_frame_conditioning()) first = latents.index({Slice(0, 1)});
   return frames_to_uint8(run(o, init, first));
+}
+
+at::Tensor rescale_guidance(const at::Tensor& guided, const at::Tensor& text, double phi) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 1; d < guided.dim(); ++d) dims.push_back(d);
+  const at::Tensor ratio = text.std(dims, /*unbiased=*/true, /*keepdim=*/true) /
+                           guided.std(dims, /*unbiased=*/true, /*keepdim=*/true);
+  return guided * (phi * ratio + (1.0 - phi));
 }
 
 at::Tensor frames_to_uint8(const at::Tensor& frames) {

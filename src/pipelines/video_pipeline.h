@@ -32,6 +32,9 @@ struct GenerateOptions {
   int64_t height = 0;
   int64_t steps = 25;
   double guidance = 9.0;              // <= 1 turns classifier-free guidance off
+  // Guidance rescale (Lin et al. 2023, diffusers' guidance_rescale): the guided prediction is pulled
+  // toward the standard deviation of the prompt's prediction by this fraction, in [0, 1]; 0 = off.
+  double guidance_rescale = 0.0;
   uint64_t seed = 0;
   std::string sampler;                // "" = the model folder's scheduler; else ddim, euler, ...
   double eta = 0.0;                   // DDIM eta
@@ -149,6 +152,10 @@ class VideoPipeline {
                  const at::Tensor& image_condition_latent);
   std::unique_ptr<Components> c_;
 };
+
+// Guidance rescale: guided and text [B, ...] -> phi * guided * std(text) / std(guided) + (1 - phi) * guided,
+// the standard deviations over every dimension but the batch (unbiased, as torch.std), per sample.
+at::Tensor rescale_guidance(const at::Tensor& guided, const at::Tensor& text, double phi);
 
 // frames float [F, 3, H, W] in [0, 1] -> uint8 [F, H, W, 3]
 at::Tensor frames_to_uint8(const at::Tensor& frames);

@@ -113,6 +113,7 @@ pipelines::GenerateOptions clip_options(const ShapesBenchmarkOptions& o, const s
   g.frames = o.frames;
   g.steps = o.steps;
   if (o.guidance > 0) g.guidance = o.guidance;
+  g.guidance_rescale = o.guidance_rescale;
   g.sampler = o.sampler;
   g.t2v_mode = o.t2v_mode;
   g.context = o.context;

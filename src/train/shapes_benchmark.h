@@ -23,6 +23,7 @@ struct ShapesBenchmarkOptions {
   uint64_t seed = 0;           // draws the captions/specs and the generation seeds
   int64_t steps = 25;          // denoising steps
   double guidance = 0;         // 0 = the pipeline default
+  double guidance_rescale = 0; // GenerateOptions::guidance_rescale
   int64_t frames = 16;
   std::string sampler;         // "" = the model's scheduler
   std::string t2v_mode;        // "" | joint | factorized (GenerateOptions::t2v_mode)

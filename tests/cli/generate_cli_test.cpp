@@ -126,6 +126,7 @@ TEST(GenerateCli, BadInputExitsTwoWithOneLineAndNoOutput) {
       {"steps 0", model, "--steps 0", dir + "/s.mp4", "--steps 0"},
       {"negative guidance", model, "--guidance -1", dir + "/g.mp4", "--guidance -1"},
       {"nan guidance", model, "--guidance nan", dir + "/n.mp4", "--guidance"},
+      {"guidance rescale above 1", model, "--guidance-rescale 1.5", dir + "/gr.mp4", "--guidance-rescale 1.5: must be in [0, 1]"},
       {"size the model cannot take", model, "--width 30", dir + "/w.mp4", "--width 30"},
       {"missing model folder", dir + "/no-model", "", dir + "/m.mp4", "does not exist"},
       {"unknown sampler", model, "--sampler heun9", dir + "/u.mp4", "heun9"},

@@ -204,6 +204,17 @@ TEST_F(BatchRunnerTest, ModifiedOutputChangedSettingsAndForceRenderAgain) {
   EXPECT_EQ(second.calls["s03"], 1);
   EXPECT_EQ(read_manifests(out_).find("s03")->settings.at("prompt"), "a different prompt");
 
+  // Guidance rescale and frame windows are settings too: each change renders its shot again.
+  edited.shots[0].guidance_rescale = 0.7;
+  edited.shots[2].context_frames = 8;
+  FakeRenderer third;
+  run(edited, third);
+  EXPECT_EQ(third.total_calls(), 2);
+  EXPECT_EQ(third.calls["s00"], 1);
+  EXPECT_EQ(third.calls["s02"], 1);
+  EXPECT_EQ(read_manifests(out_).find("s00")->settings.at("guidance_rescale"), 0.7);
+  EXPECT_EQ(read_manifests(out_).find("s02")->settings.at("context_frames"), 8);
+
   FakeRenderer forced;
   BatchSummary s = run(edited, forced, {}, /*force=*/true);
   EXPECT_EQ(forced.total_calls(), 4);

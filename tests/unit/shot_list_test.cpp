@@ -452,6 +452,18 @@ TEST(ShotList, ContextKeysSetFrameWindowsPerShot) {
     EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
 }
 
+TEST(ShotList, GuidanceRescaleKey) {
+  ShotList list = parse_shot_list("defaults:\n  guidance_rescale: 0.7\nshots:\n  - {id: a, prompt: p}\n"
+                                  "  - {id: b, prompt: p, guidance_rescale: 0}\n",
+                                  "shots.yaml", "/tmp");
+  EXPECT_DOUBLE_EQ(list.shots[0].guidance_rescale, 0.7);
+  EXPECT_DOUBLE_EQ(list.shots[1].guidance_rescale, 0.0);
+  const std::string msg = error_of("shots:\n  - {id: a, prompt: p, guidance_rescale: 1.2}\n");
+  EXPECT_NE(msg.find("shots.yaml:2: shot 'a': key 'guidance_rescale': 1.2 is out of range; expected 0 to 1"),
+            std::string::npos)
+      << msg;
+}
+
 TEST(ShotList, ClosestMatch) {
   const auto& keys = vdm::batch::shot_keys();
   EXPECT_EQ(vdm::batch::closest_match("promt", keys), "prompt");
