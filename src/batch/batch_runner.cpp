@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <regex>
 #include <set>
 
@@ -94,7 +95,36 @@ json without_paths(json j) {
   j.erase("image");
   j.erase("video");
   j.erase("lora_files");
+  j.erase("batch_lora_files");
   return j;
+}
+
+// SHA-256 of a file, read once per path, size and modification time in this process (a batch-wide
+// LoRA is in every shot's settings).
+std::string cached_sha256(const std::string& path) {
+  static std::map<std::string, std::pair<std::string, std::string>> cache;  // path -> (stamp, hash)
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  const auto time = fs::last_write_time(path, ec);
+  const std::string stamp = ec ? "" : fmt::format("{}:{}", size, time.time_since_epoch().count());
+  auto it = cache.find(path);
+  if (!stamp.empty() && it != cache.end() && it->second.first == stamp) return it->second.second;
+  std::string hash = sha256_file(path);
+  if (!stamp.empty()) cache[path] = {stamp, hash};
+  return hash;
+}
+
+// LoRAs by content (a moved folder does not re-render; a retrained LoRA does), with their
+// strengths, under `key`; their paths under `key`_files (not compared).
+void record_loras(json& j, const std::string& key, const std::vector<models::LoraSpec>& loras) {
+  if (loras.empty()) return;
+  json specs = json::array(), files = json::array();
+  for (const auto& l : loras) {
+    specs.push_back({{"sha256", cached_sha256(l.path)}, {"strength", l.strength}});
+    files.push_back(l.path);
+  }
+  j[key] = specs;
+  j[key + "_files"] = files;
 }
 
 }  // namespace
@@ -122,16 +152,8 @@ json shot_settings(const Shot& shot) {
     j["video_sha256"] = sha256_file(shot.video);
   }
   if (shot.mode() != Shot::Mode::kGenerate) j["strength"] = shot.strength;
-  if (!shot.loras.empty()) {
-    // The files by content (a moved folder does not re-render; a retrained LoRA does), with their strengths.
-    json loras = json::array(), files = json::array();
-    for (const auto& l : shot.loras) {
-      loras.push_back({{"sha256", sha256_file(l.path)}, {"strength", l.strength}});
-      files.push_back(l.path);
-    }
-    j["lora"] = loras;
-    j["lora_files"] = files;
-  }
+  record_loras(j, "lora", shot.loras);
+  record_loras(j, "batch_lora", shot.batch_loras);
   return j;
 }
 

@@ -74,6 +74,9 @@ struct Shot {
   // LoRAs merged for this shot on top of the batch's --lora ("lora: a.safetensors:0.8, b.safetensors";
   // paths resolved to the safetensors file, relative ones against the list's folder).
   std::vector<models::LoraSpec> loras;
+  // The batch's --lora, which the renderer merges at load for every shot (not from the list: vdm
+  // batch sets it). Recorded in the manifest with the shot's own, so changing it renders again.
+  std::vector<models::LoraSpec> batch_loras;
   // Frame windows for long clips (GenerateOptions::context, temporal/frame_windows.h): windows of
   // context_frames frames (0 = off) starting every context_stride frames.
   int64_t context_frames = 0;

@@ -73,6 +73,10 @@ void run_batch(const BatchArgs& a) {
   ro.pipeline.dtype = a.dtype;
   ro.pipeline.cuda_graph = a.cuda_graph;
   for (const std::string& l : a.loras) ro.pipeline.loras.push_back(models::parse_lora_spec(l));
+  // Every shot records the batch's LoRAs (by content) in the manifest: a changed --lora renders again.
+  std::vector<models::LoraSpec> batch_loras = ro.pipeline.loras;
+  for (auto& l : batch_loras) l.path = models::lora_weights_file(l.path);
+  for (auto& shot : list.shots) shot.batch_loras = batch_loras;
   if (!a.max_memory.empty()) ro.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
   ro.crf = a.crf;
   ro.preset = a.preset;

@@ -159,6 +159,16 @@ TEST_F(BatchCli, LoraForEveryShotCheckedBeforeRendering) {
     return tags;
   };
   EXPECT_NE(lora_tag(out_ + "/s0.mp4").find(dir_ + "/good.safetensors:0.5"), std::string::npos);
+  // The batch-wide LoRA is part of every shot's settings: the same one is up to date, another strength
+  // or none renders again.
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "--lora " + dir_ + "/good.safetensors:0.5 2>&1"), &out), 0) << out;
+  EXPECT_NE(out.find("0 shots rendered, 1 up to date"), std::string::npos) << out;
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "--lora " + dir_ + "/good.safetensors:0.25 2>&1"), &out), 0) << out;
+  EXPECT_NE(out.find("1 shot rendered, 0 up to date"), std::string::npos) << out;
+  EXPECT_NE(lora_tag(out_ + "/s0.mp4").find(dir_ + "/good.safetensors:0.25"), std::string::npos);
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "2>&1"), &out), 0) << out;
+  EXPECT_NE(out.find("1 shot rendered, 0 up to date"), std::string::npos) << out;
+  EXPECT_EQ(lora_tag(out_ + "/s0.mp4").find("good"), std::string::npos);
 
   // A shot's own `lora:`: only that shot has it; the shot after it renders as without any LoRA; a
   // changed strength re-renders that shot alone.
