@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "temporal/frame_window_ranges.h"
 
 namespace vdm::pipelines {
 
@@ -141,11 +142,14 @@ MemoryEstimate estimate_memory(const MemoryModel& m, const MemoryJob& job) {
 
   // Frame windows: the temporal attention's query-key pairs per sequence, and how many copies of
   // each frame's tokens the windows hold.
-  const bool windowed = job.window_stride > 0 && job.window_length > 0 && job.window_length < frames;
-  // As temporal::frame_window_ranges: the windows that fit, plus one ending at the last frame.
-  const int64_t regular = windowed ? (frames - job.window_length) / job.window_stride + 1 : 0;
-  const int64_t windows = regular + ((regular - 1) * job.window_stride + job.window_length < frames ? 1 : 0);
-  const double window_tokens = static_cast<double>(windows) * static_cast<double>(job.window_length);
+  temporal::FrameWindows window_settings;
+  window_settings.length = job.window_length;
+  window_settings.stride = job.window_stride;
+  const bool windowed = job.window_stride > 0 && window_settings.splits(frames);
+  const double window_tokens =
+      windowed ? static_cast<double>(temporal::frame_window_ranges(frames, window_settings).size()) *
+                     static_cast<double>(job.window_length)
+               : 0.0;
   const double temporal_pairs = windowed ? window_tokens * static_cast<double>(job.window_length) : F * F;
   const double window_copies = windowed ? window_tokens / F : 0.0;
 
