@@ -183,6 +183,16 @@ text::CLIPTextConfig tiny_clip_text_config() {
   return c;
 }
 
+pipelines::GenerateOptions tiny_clip_options() {
+  pipelines::GenerateOptions g;
+  g.prompt = "a red circle moving left on a black background";
+  g.frames = 4;
+  g.steps = 2;
+  g.seed = 5;
+  g.t2v_mode = "joint";
+  return g;
+}
+
 nlohmann::json tiny_recipe_json() {
   return nlohmann::json::parse(R"({
     "name": "tiny", "seed": 7,

@@ -13,6 +13,7 @@
 
 #include "models/autoencoder_kl.h"
 #include "models/unet_3d_condition.h"
+#include "pipelines/video_pipeline.h"
 #include "text/clip_text_model.h"
 
 namespace vdm::test {
@@ -33,6 +34,10 @@ text::CLIPTextConfig tiny_clip_text_config();
 // A training recipe (vdm train) for a tiny model: 16x16 frames, 4 frames, a two-level VAE of 8
 // channels with 4 latent channels, a UNet (8, 16) with first-frame conditioning, v prediction.
 nlohmann::json tiny_recipe_json();
+
+// A quick joint text-to-video render: "a red circle moving left on a black background", 4 frames,
+// 2 denoising steps, seed 5.
+pipelines::GenerateOptions tiny_clip_options();
 
 // Root of the shared reference fixtures: $VDM_FIXTURES_ROOT, else ../shared/fixtures next to
 // the source tree. Empty string when absent.

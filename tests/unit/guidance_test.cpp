@@ -39,12 +39,7 @@ TEST(GuidanceRescale, ChangesTheGuidedClipAndIsChecked) {
   pipelines::PipelineConfig pc;
   pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
   auto pipe = pipelines::VideoPipeline::load(pc);
-  pipelines::GenerateOptions g;
-  g.prompt = "a red circle moving left on a black background";
-  g.frames = 4;
-  g.steps = 3;
-  g.seed = 7;
-  g.t2v_mode = "joint";
+  pipelines::GenerateOptions g = test::tiny_clip_options();
   const at::Tensor plain = pipe->generate_float(g);
   g.guidance_rescale = 0.7;
   const at::Tensor rescaled = pipe->generate_float(g);

@@ -175,17 +175,6 @@ nlohmann::json tiny_base_recipe() {
   return j;
 }
 
-// Two denoising steps of four frames, one seed.
-pipelines::GenerateOptions tiny_clip_options() {
-  pipelines::GenerateOptions g;
-  g.prompt = "a red circle moving left on a black background";
-  g.frames = 4;
-  g.steps = 2;
-  g.seed = 5;
-  g.t2v_mode = "joint";
-  return g;
-}
-
 // A LoRA recipe on a trained folder: only the adapters train, the base folder is left byte for
 // byte, and the file it writes changes what the pipeline renders with --lora.
 TEST(LoraTraining, RecipeTrainsAdaptersForItsBaseModel) {
@@ -227,7 +216,7 @@ TEST(LoraTraining, RecipeTrainsAdaptersForItsBaseModel) {
     pc.loras = loras;
     return pipelines::VideoPipeline::load(pc);
   };
-  const pipelines::GenerateOptions g = tiny_clip_options();
+  const pipelines::GenerateOptions g = test::tiny_clip_options();
   auto render = [&](const std::vector<models::LoraSpec>& loras) { return load(loras)->generate_float(g); };
   const at::Tensor plain = render({});
   const at::Tensor merged = render({{lora_dir(o.out_dir), 1.0}});
