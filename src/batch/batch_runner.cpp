@@ -143,6 +143,17 @@ json shot_settings(const Shot& shot) {
     j["context_frames"] = shot.context_frames;
     j["context_stride"] = shot.context_stride;
   }
+  for (const auto& [key, keys] : {std::pair{"prompt_at", &shot.prompt_at},
+                                  std::pair{"negative_prompt_at", &shot.negative_prompt_at}})
+    if (!keys->empty()) {
+      json k = json::object();
+      for (const auto& [frame, text] : *keys) k[std::to_string(frame)] = text;
+      j[key] = k;
+    }
+  if (shot.deep_cache > 1) {
+    j["deep_cache"] = shot.deep_cache;
+    j["deep_cache_branch"] = shot.deep_cache_branch;
+  }
   if (!shot.image.empty()) {
     j["image"] = shot.image;
     j["image_sha256"] = sha256_file(shot.image);

@@ -59,6 +59,10 @@ pipelines::GenerateOptions PipelineRenderer::options_for(const Shot& shot) {
   o.t2v_mode = shot.t2v_mode;
   o.context.length = shot.context_frames;
   o.context.stride = shot.context_stride;
+  o.prompt_at = shot.prompt_at;
+  o.negative_prompt_at = shot.negative_prompt_at;
+  o.deep_cache_interval = shot.deep_cache;
+  o.deep_cache_branch = shot.deep_cache_branch;
   o.strength = shot.strength;
   return o;
 }
@@ -171,6 +175,11 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
   if (const std::string loras = pipeline_->lora_description(); !loras.empty()) wo.metadata["lora"] = loras;
   if (o.context.splits(o.frames)) wo.metadata["context"] = o.context.describe();
   if (o.guidance_rescale > 0) wo.metadata["guidance_rescale"] = fmt::format("{}", o.guidance_rescale);
+  if (!o.prompt_at.empty()) wo.metadata["prompt_at"] = pipelines::describe_prompt_keyframes(o.prompt_at);
+  if (!o.negative_prompt_at.empty())
+    wo.metadata["negative_prompt_at"] = pipelines::describe_prompt_keyframes(o.negative_prompt_at);
+  if (o.deep_cache_interval > 1)
+    wo.metadata["deep_cache"] = pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch);
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

@@ -103,13 +103,15 @@ std::optional<double> parse_double(const std::string& s) {
 struct Fields {
   std::optional<std::string> id, prompt, negative_prompt, sampler, t2v_mode, image, video, output;
   std::optional<uint64_t> seed;
-  std::optional<int64_t> frames, fps, width, height, steps, context_frames, context_stride;
+  std::optional<int64_t> frames, fps, width, height, steps, context_frames, context_stride, deep_cache,
+      deep_cache_branch;
   std::optional<double> guidance, guidance_rescale, strength;
   std::optional<std::vector<models::LoraSpec>> loras;
+  std::optional<std::map<int64_t, std::string>> prompt_at, negative_prompt_at;
   std::map<std::string, int> lines;  // key -> line
 };
 
-enum class Kind { kString, kInt, kSeed, kNumber };
+enum class Kind { kString, kInt, kSeed, kNumber, kKeyframes };
 
 struct KeySpec {
   std::string name;
@@ -129,6 +131,8 @@ const std::vector<KeySpec>& key_specs() {
       {"output", Kind::kString, false},     {"t2v_mode", Kind::kString, true},
       {"lora", Kind::kString, true},        {"context_frames", Kind::kInt, true},
       {"context_stride", Kind::kInt, true},        {"guidance_rescale", Kind::kNumber, true},
+      {"deep_cache", Kind::kInt, true},            {"deep_cache_branch", Kind::kInt, true},
+      {"prompt_at", Kind::kKeyframes, true},       {"negative_prompt_at", Kind::kKeyframes, true},
   };
   return specs;
 }
@@ -397,6 +401,23 @@ class Parser {
     };
 
     switch (spec.kind) {
+      case Kind::kKeyframes: {
+        // Prompt travel: {FRAME: PROMPT, ...} with frames from 1 (frame 0 takes prompt or negative_prompt).
+        if (!value.IsMap()) return wrong_type("a mapping of frame numbers to prompts, e.g. {8: a blue circle}");
+        std::map<int64_t, std::string> keys;
+        for (const auto& kv : value) {
+          const auto frame = kv.first.IsScalar() ? parse_int(kv.first.Scalar()) : std::nullopt;
+          if (!frame || !kv.second.IsScalar())
+            return wrong_type("a mapping of frame numbers to prompts, e.g. {8: a blue circle}");
+          if (*frame < 1 || *frame >= ShotLimits::kMaxFrames)
+            return out_of_range(kv.first.Scalar(), fmt::format("frames 1 to {} (frame 0 takes '{}')",
+                                                               ShotLimits::kMaxFrames - 1,
+                                                               name == "prompt_at" ? "prompt" : "negative_prompt"));
+          keys[*frame] = kv.second.Scalar();
+        }
+        (name == "prompt_at" ? f->prompt_at : f->negative_prompt_at) = keys;
+        return;
+      }
       case Kind::kString: {
         if (!value.IsScalar()) return wrong_type("a string");
         const std::string s = value.Scalar();
@@ -492,6 +513,14 @@ class Parser {
           if (*v < 1 || *v > ShotLimits::kMaxFrames)
             return out_of_range(std::to_string(*v), fmt::format("1 to {}", ShotLimits::kMaxFrames));
           f->context_stride = *v;
+        } else if (name == "deep_cache") {
+          if (*v < 0 || *v > ShotLimits::kMaxSteps)
+            return out_of_range(std::to_string(*v), fmt::format("0 (off) to {}", ShotLimits::kMaxSteps));
+          f->deep_cache = *v;
+        } else if (name == "deep_cache_branch") {
+          // The upper bound depends on the model: the pipeline checks it before the first render.
+          if (*v < 0) return out_of_range(std::to_string(*v), "0 or more");
+          f->deep_cache_branch = *v;
         }
         return;
       }
@@ -607,6 +636,18 @@ class Parser {
                                 context_stride, context_frames, context_frames));
       ok = false;
     }
+    const int64_t frames = f.frames.value_or(d.frames.value_or(ShotDefaults::kFrames));
+    for (const char* key : {"prompt_at", "negative_prompt_at"}) {
+      const bool positive = std::string(key) == "prompt_at";
+      const auto& own = positive ? f.prompt_at : f.negative_prompt_at;
+      const auto& keys = own ? own : positive ? d.prompt_at : d.negative_prompt_at;
+      if (keys && !keys->empty() && keys->rbegin()->first >= frames) {
+        problems_.add(own ? f.lines[key] : line, label,
+                      fmt::format("key '{}': frame {} is past the shot's last frame {}", key, keys->rbegin()->first,
+                                  frames - 1));
+        ok = false;
+      }
+    }
     if (!ok) return false;
     shot->id = *f.id;
     shot->prompt = *prompt;
@@ -633,6 +674,10 @@ class Parser {
     shot->loras = f.loras.value_or(d.loras.value_or(std::vector<models::LoraSpec>{}));
     shot->context_frames = context_frames;
     shot->context_stride = context_stride;
+    shot->prompt_at = f.prompt_at.value_or(d.prompt_at.value_or(std::map<int64_t, std::string>{}));
+    shot->negative_prompt_at = f.negative_prompt_at.value_or(d.negative_prompt_at.value_or(std::map<int64_t, std::string>{}));
+    shot->deep_cache = f.deep_cache.value_or(d.deep_cache.value_or(0));
+    shot->deep_cache_branch = f.deep_cache_branch.value_or(d.deep_cache_branch.value_or(0));
     return true;
   }
 

@@ -24,6 +24,7 @@
 // before anything renders. Paths are relative to the shot list's folder.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,11 @@ struct Shot {
   // context_frames frames (0 = off) starting every context_stride frames.
   int64_t context_frames = 0;
   int64_t context_stride = ShotDefaults::kContextStride;
+  // Prompt travel (GenerateOptions::prompt_at and negative_prompt_at): frame -> prompt, frames >= 1.
+  std::map<int64_t, std::string> prompt_at, negative_prompt_at;
+  // DeepCache (GenerateOptions::deep_cache_interval and deep_cache_branch); 0 = off.
+  int64_t deep_cache = 0;
+  int64_t deep_cache_branch = 0;
   // Where the shot came from, for messages.
   size_t index = 0;     // 0-based position in the list
   int line = 0;         // 1-based line of the shot's entry

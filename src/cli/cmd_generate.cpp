@@ -37,6 +37,7 @@ struct GenerateArgs {
   int64_t seed = -1;
   std::string max_memory;  // "" = the memory the machine has free
   std::vector<std::string> loras;  // --lora FILE[:STRENGTH]
+  std::vector<std::string> prompt_at, negative_prompt_at;  // FRAME:PROMPT (prompt travel)
 };
 
 }  // namespace
@@ -57,6 +58,17 @@ void add_context_options(CLI::App* cmd, temporal::FrameWindows& w) {
       ->capture_default_str();
 }
 
+void add_deep_cache_options(CLI::App* cmd, int64_t& interval, int64_t& branch) {
+  cmd->add_option("--deep-cache", interval,
+                  "Faster sampling (DeepCache): the whole UNet runs every N steps, only its shallow part in between, "
+                  "reusing the deep features (0 = off; 2-5 is usual)")
+      ->capture_default_str();
+  cmd->add_option("--deep-cache-branch", branch,
+                  "With --deep-cache: the skip connection below which features are reused (0 = shallowest, fastest; "
+                  "`vdm info` lists them)")
+      ->capture_default_str();
+}
+
 namespace {
 
 void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
@@ -65,6 +77,11 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
       ->default_str(default_model_dir());
   cmd->add_option("--prompt", o.prompt, "What the clip shows")->required();
   cmd->add_option("--negative-prompt", o.negative_prompt, "What to steer away from");
+  cmd->add_option("--prompt-at", a.prompt_at,
+                  "Prompt travel: FRAME:PROMPT, the prompt at that frame (frame 0 has --prompt); the frames "
+                  "between keyframes blend their texts. Repeat for several");
+  cmd->add_option("--negative-prompt-at", a.negative_prompt_at,
+                  "Prompt travel of the negative prompt: FRAME:PROMPT (frame 0 has --negative-prompt)");
   if (mode != Mode::kRestyle)
     cmd->add_option("--frames", o.frames, "Number of frames")->capture_default_str();
   cmd->add_option("--width", o.width, "Width in pixels (default: the model's native size)");
@@ -89,6 +106,7 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
                   "LoRA file (diffusers/PEFT or kohya safetensors) merged into the model, as FILE or "
                   "FILE:STRENGTH (default 1); repeat for several");
   add_context_options(cmd, o.context);
+  add_deep_cache_options(cmd, o.deep_cache_interval, o.deep_cache_branch);
   cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
   cmd->add_flag("--cuda-graph", a.pipeline.cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
@@ -130,6 +148,9 @@ void run(Mode mode, GenerateArgs& a) {
     throw InputError(fmt::format("--fps {}: must be between 1 and 240", a.fps));
   if (!a.max_memory.empty()) a.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
   for (const std::string& l : a.loras) a.pipeline.loras.push_back(models::parse_lora_spec(l));
+  for (const std::string& k : a.prompt_at) pipelines::add_prompt_keyframe(o.prompt_at, k, "--prompt-at");
+  for (const std::string& k : a.negative_prompt_at)
+    pipelines::add_prompt_keyframe(o.negative_prompt_at, k, "--negative-prompt-at");
   temporal::validate_frame_windows(o.context);
 
   at::Tensor input;
@@ -154,6 +175,9 @@ void run(Mode mode, GenerateArgs& a) {
   log::info("model {}", pipe->describe());
   log::info("seed {}  {} frames {}x{}  {} steps  guidance {}  sampler {}", o.seed, o.frames,
             o.width, o.height, o.steps, o.guidance, pipe->scheduler_name(o.sampler));
+  if (!o.prompt_at.empty()) log::info("prompt travel: {}", pipelines::describe_prompt_keyframes(o.prompt_at));
+  if (o.deep_cache_interval > 1)
+    log::info("deep cache: {}", pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch));
   if (o.context.splits(o.frames)) {
     log::info("frame windows: {}", o.context.describe());
     if (pipe->has_frame_position())
@@ -186,6 +210,11 @@ void run(Mode mode, GenerateArgs& a) {
   if (const std::string loras = pipe->lora_description(); !loras.empty()) meta["lora"] = loras;
   if (o.context.splits(o.frames)) meta["context"] = o.context.describe();
   if (o.guidance_rescale > 0) meta["guidance_rescale"] = fmt::format("{}", o.guidance_rescale);
+  if (!o.prompt_at.empty()) meta["prompt_at"] = pipelines::describe_prompt_keyframes(o.prompt_at);
+  if (!o.negative_prompt_at.empty())
+    meta["negative_prompt_at"] = pipelines::describe_prompt_keyframes(o.negative_prompt_at);
+  if (o.deep_cache_interval > 1)
+    meta["deep_cache"] = pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch);
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

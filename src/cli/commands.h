@@ -2,6 +2,7 @@
 // subcommand(s) to the app; main.cpp calls them all. Subcommand callbacks throw vdm::Error
 // subclasses; main prints one line and exits with the error's code.
 #pragma once
+#include <cstdint>
 
 namespace CLI {
 class App;
@@ -25,5 +26,9 @@ const char* default_model_dir();
 // --context-frames, --context-stride, --context-weights and --context-noise: frame windows for long
 // clips (temporal/frame_windows.h), on generate, animate, restyle, batch and eval shapes.
 void add_context_options(CLI::App* cmd, temporal::FrameWindows& windows);
+
+// --deep-cache and --deep-cache-branch (GenerateOptions::deep_cache_interval/_branch), on generate,
+// animate, restyle and eval shapes.
+void add_deep_cache_options(CLI::App* cmd, int64_t& interval, int64_t& branch);
 
 }  // namespace vdm::cli

@@ -135,6 +135,20 @@ at::Tensor upsample(const torch::nn::ModuleList& upsamplers, at::Tensor h, const
   return h;
 }
 
+// How many skip connections a down block appends: max_skips < 0 means all of them.
+int64_t skip_limit(int64_t max_skips, int64_t num_skips) {
+  return max_skips < 0 ? num_skips : std::min(max_skips, num_skips);
+}
+
+// The end of an up block's layer range [begin, end): end < 0 means the last layer; a range outside
+// the block is a programming error.
+int64_t layer_end(int64_t begin, int64_t end, int64_t num_layers) {
+  if (end < 0) end = num_layers;
+  if (begin < 0 || begin > end || end > num_layers)
+    throw Error(fmt::format("UNet3D up block: layer range [{}, {}) outside its {} layers", begin, end, num_layers));
+  return end;
+}
+
 // An up block's resnet input channels for layer i: the previous layer's output (or the block
 // below's) plus the skip connection it concatenates.
 int64_t up_resnet_in_channels(const Block3DOptions& o, int64_t i) {
@@ -163,14 +177,21 @@ CrossAttnDownBlock3DImpl::CrossAttnDownBlock3DImpl(const Block3DOptions& o) {
 
 at::Tensor CrossAttnDownBlock3DImpl::forward(const at::Tensor& x, const at::Tensor& temb,
                                              const at::Tensor& encoder_hidden_states, int64_t num_frames,
-                                             std::vector<at::Tensor>& res_samples, const Tap& tap) {
+                                             std::vector<at::Tensor>& res_samples, const Tap& tap,
+                                             int64_t max_skips) {
   at::Tensor h = x;
-  for (size_t i = 0; i < resnets_->size(); ++i) {
+  const int64_t limit = skip_limit(max_skips, num_skips());
+  for (int64_t i = 0; i < std::min<int64_t>(limit, resnets_->size()); ++i) {
     h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
     h = attention_and_temp_attention(attentions_, temp_attentions_, i, h, encoder_hidden_states, num_frames, tap);
     res_samples.push_back(h);
   }
+  if (limit <= static_cast<int64_t>(resnets_->size())) return h;
   return downsample(downsamplers_, h, res_samples, tap);
+}
+
+int64_t CrossAttnDownBlock3DImpl::num_skips() const {
+  return static_cast<int64_t>(resnets_->size()) + (downsamplers_ ? 1 : 0);
 }
 
 DownBlock3DImpl::DownBlock3DImpl(const Block3DOptions& o) {
@@ -184,13 +205,20 @@ DownBlock3DImpl::DownBlock3DImpl(const Block3DOptions& o) {
 }
 
 at::Tensor DownBlock3DImpl::forward(const at::Tensor& x, const at::Tensor& temb, const at::Tensor&,
-                                    int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap) {
+                                    int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap,
+                                    int64_t max_skips) {
   at::Tensor h = x;
-  for (size_t i = 0; i < resnets_->size(); ++i) {
+  const int64_t limit = skip_limit(max_skips, num_skips());
+  for (int64_t i = 0; i < std::min<int64_t>(limit, resnets_->size()); ++i) {
     h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
     res_samples.push_back(h);
   }
+  if (limit <= static_cast<int64_t>(resnets_->size())) return h;
   return downsample(downsamplers_, h, res_samples, tap);
+}
+
+int64_t DownBlock3DImpl::num_skips() const {
+  return static_cast<int64_t>(resnets_->size()) + (downsamplers_ ? 1 : 0);
 }
 
 // ---- mid block ------------------------------------------------------------------------------
@@ -241,14 +269,15 @@ CrossAttnUpBlock3DImpl::CrossAttnUpBlock3DImpl(const Block3DOptions& o) {
 at::Tensor CrossAttnUpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::Tensor>& res_samples,
                                            const at::Tensor& temb, const at::Tensor& encoder_hidden_states,
                                            int64_t num_frames, const std::vector<int64_t>& upsample_size,
-                                           const Tap& tap) {
+                                           const Tap& tap, int64_t begin, int64_t end) {
   at::Tensor h = x;
-  for (size_t i = 0; i < resnets_->size(); ++i) {
+  end = layer_end(begin, end, num_resnets());
+  for (int64_t i = begin; i < end; ++i) {
     h = at::cat({h, pop_back(res_samples)}, 1);
     h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
     h = attention_and_temp_attention(attentions_, temp_attentions_, i, h, encoder_hidden_states, num_frames, tap);
   }
-  return upsample(upsamplers_, h, upsample_size, tap);
+  return end == num_resnets() ? upsample(upsamplers_, h, upsample_size, tap) : h;
 }
 
 UpBlock3DImpl::UpBlock3DImpl(const Block3DOptions& o) {
@@ -263,13 +292,14 @@ UpBlock3DImpl::UpBlock3DImpl(const Block3DOptions& o) {
 
 at::Tensor UpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::Tensor>& res_samples, const at::Tensor& temb,
                                   const at::Tensor&, int64_t num_frames, const std::vector<int64_t>& upsample_size,
-                                  const Tap& tap) {
+                                  const Tap& tap, int64_t begin, int64_t end) {
   at::Tensor h = x;
-  for (size_t i = 0; i < resnets_->size(); ++i) {
+  end = layer_end(begin, end, num_resnets());
+  for (int64_t i = begin; i < end; ++i) {
     h = at::cat({h, pop_back(res_samples)}, 1);
     h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
   }
-  return upsample(upsamplers_, h, upsample_size, tap);
+  return end == num_resnets() ? upsample(upsamplers_, h, upsample_size, tap) : h;
 }
 
 // ---- factories ------------------------------------------------------------------------------

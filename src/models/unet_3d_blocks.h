@@ -46,19 +46,26 @@ class DownBlock3DBase : public torch::nn::Module {
  public:
   // h: [B*F, Cin, H, W]; temb: [B*F, T]; encoder_hidden_states: [B*F, S, D] (ignored without
   // cross-attention). Appends each skip connection to `res_samples`; returns [B*F, Cout, H', W'].
+  // max_skips >= 0 stops once that many skip connections are appended (the shallow pass of the
+  // UNet's feature cache); the result is then the last one.
   virtual at::Tensor forward(const at::Tensor& h, const at::Tensor& temb, const at::Tensor& encoder_hidden_states,
-                             int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap = {}) = 0;
+                             int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap = {},
+                             int64_t max_skips = -1) = 0;
   virtual bool has_cross_attention() const = 0;
+  // Skip connections forward() appends: one per layer, one more with a downsampler.
+  virtual int64_t num_skips() const = 0;
 };
 
 // Common interface of the up blocks.
 class UpBlock3DBase : public torch::nn::Module {
  public:
   // Pops one skip connection per resnet from the back of `res_samples`. upsample_size: forced
-  // output size {H, W} of the upsampler (empty = x2).
+  // output size {H, W} of the upsampler (empty = x2). Only layers [begin, end) run (end -1 = all),
+  // h being the input of layer `begin`; the upsampler runs when the last layer does.
   virtual at::Tensor forward(const at::Tensor& h, std::vector<at::Tensor>& res_samples, const at::Tensor& temb,
                              const at::Tensor& encoder_hidden_states, int64_t num_frames,
-                             const std::vector<int64_t>& upsample_size = {}, const Tap& tap = {}) = 0;
+                             const std::vector<int64_t>& upsample_size = {}, const Tap& tap = {},
+                             int64_t begin = 0, int64_t end = -1) = 0;
   virtual bool has_cross_attention() const = 0;
   virtual int64_t num_resnets() const = 0;
 };
@@ -67,8 +74,10 @@ class CrossAttnDownBlock3DImpl : public DownBlock3DBase {
  public:
   explicit CrossAttnDownBlock3DImpl(const Block3DOptions& options);
   at::Tensor forward(const at::Tensor& h, const at::Tensor& temb, const at::Tensor& encoder_hidden_states,
-                     int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap = {}) override;
+                     int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap = {},
+                     int64_t max_skips = -1) override;
   bool has_cross_attention() const override { return true; }
+  int64_t num_skips() const override;
 
  private:
   torch::nn::ModuleList resnets_{nullptr}, temp_convs_{nullptr}, attentions_{nullptr},
@@ -80,8 +89,10 @@ class DownBlock3DImpl : public DownBlock3DBase {
  public:
   explicit DownBlock3DImpl(const Block3DOptions& options);
   at::Tensor forward(const at::Tensor& h, const at::Tensor& temb, const at::Tensor& encoder_hidden_states,
-                     int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap = {}) override;
+                     int64_t num_frames, std::vector<at::Tensor>& res_samples, const Tap& tap = {},
+                     int64_t max_skips = -1) override;
   bool has_cross_attention() const override { return false; }
+  int64_t num_skips() const override;
 
  private:
   torch::nn::ModuleList resnets_{nullptr}, temp_convs_{nullptr}, downsamplers_{nullptr};
@@ -106,7 +117,8 @@ class CrossAttnUpBlock3DImpl : public UpBlock3DBase {
   explicit CrossAttnUpBlock3DImpl(const Block3DOptions& options);
   at::Tensor forward(const at::Tensor& h, std::vector<at::Tensor>& res_samples, const at::Tensor& temb,
                      const at::Tensor& encoder_hidden_states, int64_t num_frames,
-                     const std::vector<int64_t>& upsample_size = {}, const Tap& tap = {}) override;
+                     const std::vector<int64_t>& upsample_size = {}, const Tap& tap = {}, int64_t begin = 0,
+                     int64_t end = -1) override;
   bool has_cross_attention() const override { return true; }
   int64_t num_resnets() const override { return static_cast<int64_t>(resnets_->size()); }
 
@@ -121,7 +133,8 @@ class UpBlock3DImpl : public UpBlock3DBase {
   explicit UpBlock3DImpl(const Block3DOptions& options);
   at::Tensor forward(const at::Tensor& h, std::vector<at::Tensor>& res_samples, const at::Tensor& temb,
                      const at::Tensor& encoder_hidden_states, int64_t num_frames,
-                     const std::vector<int64_t>& upsample_size = {}, const Tap& tap = {}) override;
+                     const std::vector<int64_t>& upsample_size = {}, const Tap& tap = {}, int64_t begin = 0,
+                     int64_t end = -1) override;
   bool has_cross_attention() const override { return false; }
   int64_t num_resnets() const override { return static_cast<int64_t>(resnets_->size()); }
 

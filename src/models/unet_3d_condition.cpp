@@ -212,17 +212,43 @@ int64_t UNet3DConditionModelImpl::set_frame_windows(const temporal::FrameWindows
 c10::ScalarType UNet3DConditionModelImpl::dtype() const { return conv_in_->weight.scalar_type(); }
 c10::Device UNet3DConditionModelImpl::device() const { return conv_in_->weight.device(); }
 
-at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const at::Tensor& timestep,
-                                             const at::Tensor& encoder_hidden_states_in) {
+int64_t UNet3DConditionModelImpl::num_skip_connections() const {
+  int64_t n = 1;  // transformer_in's output
+  for (const auto& d : down_) n += d->num_skips();
+  return n;
+}
+
+at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
+                                             const at::Tensor& encoder_hidden_states) {
+  return forward_impl(sample, timestep, encoder_hidden_states, nullptr, true);
+}
+
+at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
+                                             const at::Tensor& encoder_hidden_states, FeatureCache& cache,
+                                             bool refresh) {
+  const int64_t skips = num_skip_connections();
+  if (cache.branch < 0 || cache.branch >= skips)
+    throw InputError(fmt::format("UNet3DConditionModel: feature cache branch {} is not a skip connection of this "
+                                 "UNet; it has {} (use 0..{})",
+                                 cache.branch, skips, skips - 1));
+  return forward_impl(sample, timestep, encoder_hidden_states, &cache, refresh);
+}
+
+at::Tensor UNet3DConditionModelImpl::forward_impl(const at::Tensor& sample_in, const at::Tensor& timestep,
+                                                  const at::Tensor& encoder_hidden_states_in, FeatureCache* cache,
+                                                  bool refresh) {
   const auto& c = config_;
   if (sample_in.dim() != 5 || sample_in.size(1) != c.in_channels)
     throw InputError(fmt::format("UNet3DConditionModel: sample must be [B, {}, F, H, W], got {}", c.in_channels,
                                  shape_str(sample_in.sizes())));
   const int64_t B = sample_in.size(0), F = sample_in.size(2), H = sample_in.size(3), W = sample_in.size(4);
-  if (encoder_hidden_states_in.dim() != 3 || encoder_hidden_states_in.size(0) != B ||
+  if (encoder_hidden_states_in.dim() != 3 ||
+      (encoder_hidden_states_in.size(0) != B && encoder_hidden_states_in.size(0) != B * F) ||
       encoder_hidden_states_in.size(2) != c.cross_attention_dim)
-    throw InputError(fmt::format("UNet3DConditionModel: encoder_hidden_states must be [{}, L, {}], got {}", B,
-                                 c.cross_attention_dim, shape_str(encoder_hidden_states_in.sizes())));
+    throw InputError(fmt::format("UNet3DConditionModel: encoder_hidden_states must be [{}, L, {}] (one text per "
+                                 "video) or [{}, L, {}] (one per frame), got {}",
+                                 B, c.cross_attention_dim, B * F, c.cross_attention_dim,
+                                 shape_str(encoder_hidden_states_in.sizes())));
   const int64_t nt = timestep.numel();
   if (timestep.dim() > 1 || (nt != 1 && nt != B))
     throw InputError(fmt::format("UNet3DConditionModel: timestep must be a scalar, [1] or [{}], got {}", B,
@@ -249,6 +275,7 @@ at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   emb = emb.repeat_interleave(F, 0);
   // ehs stays [B, S, D]: the cross-attentions take one context per video for its F frames
   // (Attention::forward), so the keys and values are projected once per video, not per frame.
+  // With prompt travel it is [B*F, S, D], one context per frame.
 
   // 2. pre-process: [B, C, F, H, W] -> [B*F, C, H, W]
   at::Tensor h = sample.permute({0, 2, 1, 3, 4}).reshape({B * F, c.in_channels, H, W});
@@ -258,29 +285,72 @@ at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   h = transformer_in_->forward(h, F);
   tap.record("transformer_in", h);
 
-  // 3. down
+  // With the feature cache, the up layer that takes skip connection `branch` is layer
+  // cache_layer of up block cache_block (the up path takes the skips in reverse order).
+  const bool shallow = cache != nullptr && !refresh;
+  int64_t cache_block = -1, cache_layer = -1;
+  if (cache != nullptr) {
+    int64_t taken = num_skip_connections() - 1 - cache->branch;  // skips the up path takes before it
+    for (size_t i = 0; i < up_.size() && cache_block < 0; ++i) {
+      if (taken < up_[i]->num_resnets()) {
+        cache_block = static_cast<int64_t>(i);
+        cache_layer = taken;
+      }
+      taken -= up_[i]->num_resnets();
+    }
+    if (shallow && (!cache->feature.defined() || cache->feature.size(0) != B * F))
+      throw Error(fmt::format("UNet3DConditionModel: the feature cache holds {} for a batch of {} frames; run a "
+                              "refresh pass first",
+                              cache->feature.defined() ? shape_str(cache->feature.sizes()) : "nothing", B * F));
+  }
+
+  // 3. down (a shallow pass stops at skip connection `branch`)
   std::vector<at::Tensor> res{h};
   for (size_t i = 0; i < down_.size(); ++i) {
-    h = down_[i]->forward(h, emb, ehs, F, res, tap.child("down_blocks", i));
-    tap.child("down_blocks", i)(h);
+    int64_t max_skips = -1;
+    if (shallow) {
+      max_skips = cache->branch + 1 - static_cast<int64_t>(res.size());
+      if (max_skips <= 0) break;
+    }
+    h = down_[i]->forward(h, emb, ehs, F, res, tap.child("down_blocks", i), max_skips);
+    if (!shallow) tap.child("down_blocks", i)(h);
   }
 
   // 4. mid
-  h = mid_block_->forward(h, emb, ehs, F, tap.child("mid_block"));
-  tap.record("mid_block", h);
+  if (!shallow) {
+    h = mid_block_->forward(h, emb, ehs, F, tap.child("mid_block"));
+    tap.record("mid_block", h);
+  }
 
   // 5. up
-  for (size_t i = 0; i < up_.size(); ++i) {
-    const bool is_final = i + 1 == up_.size();
-    const int64_t used = up_[i]->num_resnets();
+  // Runs layers [begin, end) of up block i; its upsampler, with the last layer, is forced to the
+  // size of the skip connection the next block takes first when H or W is not a multiple of the
+  // factor.
+  auto run_up = [&](size_t i, const at::Tensor& x, int64_t begin, int64_t end) {
+    const int64_t layers = up_[i]->num_resnets();
+    const int64_t used = (end < 0 ? layers : end) - begin;
     if (static_cast<int64_t>(res.size()) < used)
       throw Error("UNet3DConditionModel: fewer skip connections than the up blocks need (inconsistent blocks)");
     std::vector<int64_t> upsample_size;
-    if (!is_final && forward_upsample_size) {
+    if (i + 1 != up_.size() && forward_upsample_size && end < 0) {
       const at::Tensor& next = res[res.size() - used - 1];
       upsample_size = {next.size(2), next.size(3)};
     }
-    h = up_[i]->forward(h, res, emb, ehs, F, upsample_size, tap.child("up_blocks", i));
+    return up_[i]->forward(x, res, emb, ehs, F, upsample_size, tap.child("up_blocks", i), begin, end);
+  };
+  for (size_t i = shallow ? cache_block : 0; i < up_.size(); ++i) {
+    int64_t begin = 0;
+    if (static_cast<int64_t>(i) == cache_block) {
+      if (shallow) {
+        h = cache->feature;
+        begin = cache_layer;
+      } else {
+        if (cache_layer > 0) h = run_up(i, h, 0, cache_layer);
+        cache->feature = h;
+        begin = cache_layer;
+      }
+    }
+    h = run_up(i, h, begin, -1);
     tap.child("up_blocks", i)(h);
   }
 
@@ -290,6 +360,21 @@ at::Tensor UNet3DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   // [B*F, C, H, W] -> [B, C, F, H, W]
   if (channels_last_) h = h.contiguous();
   return h.reshape({B, F, c.out_channels, H, W}).permute({0, 2, 1, 3, 4});
+}
+
+std::vector<std::string> skip_connection_names(const UNet3DConditionConfig& c) {
+  const auto& boc = c.block_out_channels;
+  std::vector<std::string> names{fmt::format("transformer_in ({} ch, 1/1)", boc.at(0))};
+  for (size_t i = 0; i < boc.size(); ++i) {
+    const bool cross = c.down_block_types.at(i) == "CrossAttnDownBlock3D";
+    const int64_t scale = int64_t(1) << i;
+    for (int64_t l = 0; l < c.layers_per_block; ++l)
+      names.push_back(fmt::format("down_blocks.{}.{}.{} ({} ch, 1/{})", i, cross ? "temp_attentions" : "temp_convs",
+                                  l, boc[i], scale));
+    if (i + 1 < boc.size())
+      names.push_back(fmt::format("down_blocks.{}.downsamplers.0 ({} ch, 1/{})", i, boc[i], scale * 2));
+  }
+  return names;
 }
 
 // ---- loading and saving ---------------------------------------------------------------------

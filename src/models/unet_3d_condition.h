@@ -58,14 +58,35 @@ struct UNet3DConditionConfig {
   int64_t downsample_factor() const { return int64_t(1) << (block_out_channels.size() - 1); }
 };
 
+// DeepCache (Ma et al. 2023): between neighbouring denoising steps the UNet's deep features change
+// little. A refresh pass runs the whole network and keeps the input of the up layer that takes skip
+// connection `branch`; a shallow pass runs only what lies above that skip connection (conv_in,
+// transformer_in, the down layers up to skip `branch`, the up layers from it, conv_out) and takes
+// everything deeper from the cache.
+struct FeatureCache {
+  // The skip connections in the order the down path makes them: 0 = transformer_in's output, then
+  // one per down layer and one per downsampler (UNet3DConditionModelImpl::num_skip_connections()).
+  int64_t branch = 0;
+  at::Tensor feature;  // [B*F, C, h, w] after a refresh pass; undefined before
+};
+
 class UNet3DConditionModelImpl : public torch::nn::Module {
  public:
   explicit UNet3DConditionModelImpl(const UNet3DConditionConfig& config);
 
   // sample: [B, in_channels, F, H, W]; timestep: 0-d, [1] or [B] tensor, integer or floating;
-  // encoder_hidden_states: [B, L, cross_attention_dim]. Returns [B, out_channels, F, H, W] in the
+  // encoder_hidden_states: [B, L, cross_attention_dim] (one text per video), or [B*F, L,
+  // cross_attention_dim] (one per frame, video-major: prompt travel). Returns [B, out_channels, F, H, W] in the
   // model's dtype (inputs are cast to it). H and W need not be multiples of downsample_factor().
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep, const at::Tensor& encoder_hidden_states);
+  // The same with the feature cache (above): refresh = true runs the whole network and fills
+  // `cache`; false runs the shallow part and needs a cache filled for the same batch and size.
+  // A refresh pass returns exactly what forward() does.
+  at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep, const at::Tensor& encoder_hidden_states,
+                     FeatureCache& cache, bool refresh);
+  // Skip connections between the down and the up path: valid FeatureCache::branch values are
+  // 0 .. num_skip_connections() - 1.
+  int64_t num_skip_connections() const;
 
   // Observes intermediate outputs during forward(): called with "conv_in", "time_proj",
   // "time_embedding", "transformer_in", "down_blocks.0", "down_blocks.0.resnets.0", ...,
@@ -99,6 +120,9 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   c10::Device device() const;
 
  private:
+  at::Tensor forward_impl(const at::Tensor& sample, const at::Tensor& timestep, const at::Tensor& encoder_hidden_states,
+                          FeatureCache* cache, bool refresh);
+
   UNet3DConditionConfig config_;
   TapFn tap_;
   bool channels_last_ = false;
@@ -113,6 +137,12 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   GroupNorm conv_norm_out_{nullptr};
 };
 TORCH_MODULE(UNet3DConditionModel);
+
+// The skip connections of a UNet with this config, in the order the down path makes them (the
+// FeatureCache::branch values): the module whose output each one is, with its channels and scale,
+// e.g. "transformer_in (320 ch, 1/1)", "down_blocks.0.attentions.0 (320 ch, 1/1)",
+// "down_blocks.0.downsamplers.0 (320 ch, 1/2)".
+std::vector<std::string> skip_connection_names(const UNet3DConditionConfig& config);
 
 // Weight file names inside a diffusers component folder.
 constexpr const char* kDiffusersWeightsName = "diffusion_pytorch_model.safetensors";

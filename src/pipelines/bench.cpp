@@ -170,6 +170,9 @@ BenchReport run_bench(const BenchOptions& o) {
   windows.length = o.context_frames;
   windows.stride = o.context_stride;
   unet->set_frame_windows(windows);
+  if (const int64_t skips = unet->num_skip_connections(); o.deep_cache_branch >= skips)
+    throw InputError(fmt::format("--deep-cache-branch {}: this UNet has {} skip connections; use 0..{} (or -1: off)",
+                                 o.deep_cache_branch, skips, skips - 1));
   report.frame_windows = windows.splits(o.frames) ? windows.describe() : "off";
   report.device_name = device.str();
   report.threads = at::get_num_threads();
@@ -227,6 +230,17 @@ BenchReport run_bench(const BenchOptions& o) {
     }
   }
   report.stages.push_back(unet_stage);
+  if (o.deep_cache_branch >= 0) {
+    // DeepCache: one refresh pass fills the cache, then the shallow passes the steps between run.
+    models::FeatureCache cache{o.deep_cache_branch, {}};
+    unet->forward(sample, t, text, cache, /*refresh=*/true);
+    StageTiming shallow_stage{"unet_step_shallow", {}};
+    for (int64_t i = 0; i < o.steps; ++i)
+      shallow_stage.ms.push_back(time_ms(device, [&] { out = unet->forward(sample, t, text, cache, false); }));
+    log::info("UNet shallow pass (deep cache branch {}): {:.1f} ms median", o.deep_cache_branch,
+              shallow_stage.median());
+    report.stages.push_back(shallow_stage);
+  }
 
   // VAE decode in chunks.
   at::Tensor frames;

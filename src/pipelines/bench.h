@@ -33,6 +33,9 @@ struct BenchOptions {
   std::string fuse_qkv = "auto";       // self-attention's q/k/v as one product: auto (as vdm generate), on, off
   int64_t context_frames = 0;  // frame windows of the temporal transformers (vdm generate --context-frames)
   int64_t context_stride = 4;
+  // >= 0: also time the shallow pass of DeepCache at this branch (vdm generate --deep-cache-branch),
+  // as the stage unet_step_shallow.
+  int64_t deep_cache_branch = -1;
 };
 
 struct StageTiming {

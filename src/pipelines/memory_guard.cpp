@@ -138,7 +138,7 @@ MemoryEstimate estimate_memory(const MemoryModel& m, const MemoryJob& job) {
   const double latent = static_cast<double>(m.latent_channels) * F * static_cast<double>(h * w) * 4.0;
   const double cond_channels = static_cast<double>(std::max<int64_t>(0, m.unet_in_channels - m.latent_channels));
   est.latents = to_bytes(latent * (6.0 + 3.0 * batch) + cond_channels * F * h * w * 4.0 * batch * 2.0 +
-                         batch * L * static_cast<double>(m.text_dim) * e * 2.0);
+                         batch * L * static_cast<double>(m.text_dim) * e * 2.0 * (job.text_per_frame ? F : 1.0));
 
   // Frame windows: the temporal attention's query-key pairs per sequence, and how many copies of
   // each frame's tokens the windows hold.
@@ -173,6 +173,9 @@ MemoryEstimate estimate_memory(const MemoryModel& m, const MemoryJob& job) {
                        N * heads * hw * L,       // cross-attention to the text
                        batch * hw * heads * temporal_pairs});  // temporal attention over the frames
   }
+  if (job.feature_cache && levels > 0)
+    skips += static_cast<double>(*std::max_element(m.unet_block_out_channels.begin(), m.unet_block_out_channels.end())) *
+             static_cast<double>(h * w);
   est.unet = to_bytes(N * e * (skips + working));
   est.attention = to_bytes(score_bytes(m, scores));
 

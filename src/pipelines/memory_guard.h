@@ -52,6 +52,11 @@ struct MemoryJob {
   // then hold each frame about window_length / window_stride times.
   int64_t window_length = 0;
   int64_t window_stride = 0;
+  // DeepCache (models::FeatureCache): one cached feature map, held across steps, at most the
+  // widest level's channels at the first level's size.
+  bool feature_cache = false;
+  // Prompt travel: the text embeddings are held once per frame instead of once per video.
+  bool text_per_frame = false;
 };
 
 struct MemoryEstimate {

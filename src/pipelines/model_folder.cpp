@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "models/unet_3d_condition.h"
 
 namespace vdm::pipelines {
 
@@ -131,6 +132,12 @@ std::string describe_model_folder(const ModelFolder& folder) {
       auto keys = kKeys.count(c.name) ? kKeys.at(c.name) : std::vector<std::string>{};
       for (const auto& k : keys)
         if (cfg.has(k)) out << fmt::format("  {:<24} {}\n", k, cfg.json().at(k).dump());
+      if (c.name == "unet" && c.class_name == "UNet3DConditionModel") {
+        // --deep-cache-branch takes the index of one of these.
+        const auto names = models::skip_connection_names(models::UNet3DConditionConfig::from_json(cfg));
+        for (size_t i = 0; i < names.size(); ++i)
+          out << fmt::format("  {:<24} {} {}\n", i == 0 ? "deep cache branches" : "", i, names[i]);
+      }
     }
     if (!c.weights_path.empty()) {
       io::SafetensorsFile st(c.weights_path);

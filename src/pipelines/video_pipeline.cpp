@@ -7,9 +7,11 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/interrupt.h"
@@ -272,7 +274,30 @@ void VideoPipeline::validate(GenerateOptions& o) const {
   if (o.decode_chunk < 0)
     throw InputError(fmt::format("--decode-chunk {}: must be >= 0 (0 = automatic)", o.decode_chunk));
   temporal::validate_frame_windows(o.context);
+  validate_deep_cache(o);
+  for (const auto* keys : {&o.prompt_at, &o.negative_prompt_at})
+    for (const auto& [frame, text] : *keys)
+      if (frame < 1 || frame >= o.frames)
+        throw InputError(fmt::format("{} {}:{}: frame {} is not in the clip's frames 1..{} (frame 0 takes {})",
+                                     keys == &o.prompt_at ? "--prompt-at" : "--negative-prompt-at", frame, text,
+                                     frame, o.frames - 1,
+                                     keys == &o.prompt_at ? "--prompt" : "--negative-prompt"));
   make_pipeline_scheduler(c_->scheduler_config, o.sampler);
+}
+
+void VideoPipeline::validate_deep_cache(const GenerateOptions& o) const {
+  if (o.deep_cache_interval < 0 || o.deep_cache_interval > 1000)
+    throw InputError(fmt::format("--deep-cache {}: must be between 0 and 1000 (0 = off; 2-5 is usual)",
+                                 o.deep_cache_interval));
+  const int64_t skips = c_->unet->num_skip_connections();
+  if (o.deep_cache_branch < 0 || o.deep_cache_branch >= skips)
+    throw InputError(fmt::format("--deep-cache-branch {}: this UNet has {} skip connections; use 0..{} (0 = the "
+                                 "shallowest branch, the fastest)",
+                                 o.deep_cache_branch, skips, skips - 1));
+  if (o.deep_cache_interval > 1 && c_->unet_graph)
+    throw InputError(fmt::format("--deep-cache {} with --cuda-graph: the graph replays the whole UNet every step; "
+                                 "drop one of the two",
+                                 o.deep_cache_interval));
 }
 
 MemoryModel VideoPipeline::memory_model() const {
@@ -305,6 +330,8 @@ MemoryJob memory_job(const GenerateOptions& o) {
     job.window_length = o.context.length;
     job.window_stride = o.context.stride;
   }
+  job.feature_cache = o.deep_cache_interval > 1;
+  job.text_per_frame = !o.prompt_at.empty() || !o.negative_prompt_at.empty();
   return job;
 }
 }  // namespace
@@ -329,22 +356,60 @@ void VideoPipeline::check_memory(const GenerateOptions& o) const {
   pipelines::check_memory(memory_model(), memory_job(o), available, source);
 }
 
+at::Tensor VideoPipeline::encode_text(const std::string& text) {
+  c10::InferenceMode guard;
+  std::vector<int64_t> dropped;
+  at::Tensor ids = c_->tokenizer.batch({text}, &dropped).to(c_->device);
+  if (!dropped.empty() && dropped[0] > 0)
+    log::warn("prompt is longer than the text encoder's {} tokens: the last {} token(s) were "
+              "dropped; shorten the prompt to keep them",
+              c_->tokenizer.max_length(), dropped[0]);
+  return c_->text_encoder->forward(ids).last_hidden_state;  // [1, L, D]
+}
+
 at::Tensor VideoPipeline::encode_prompt(const std::string& prompt, const std::string& negative_prompt,
                                         bool do_guidance) {
-  c10::InferenceMode guard;
-  auto encode = [&](const std::string& text) {
-    std::vector<int64_t> dropped;
-    at::Tensor ids = c_->tokenizer.batch({text}, &dropped).to(c_->device);
-    if (!dropped.empty() && dropped[0] > 0)
-      log::warn("prompt is longer than the text encoder's {} tokens: the last {} token(s) were "
-                "dropped; shorten the prompt to keep them",
-                c_->tokenizer.max_length(), dropped[0]);
-    return c_->text_encoder->forward(ids).last_hidden_state;  // [1, L, D]
-  };
-  at::Tensor cond = encode(prompt);
+  at::Tensor cond = encode_text(prompt);
   if (!do_guidance) return cond;
-  at::Tensor uncond = encode(negative_prompt);
+  at::Tensor uncond = encode_text(negative_prompt);
   return at::cat({uncond, cond}, 0);  // [2, L, D]
+}
+
+at::Tensor VideoPipeline::encode_prompt_frames(const std::string& first, const std::map<int64_t, std::string>& later,
+                                               int64_t frames) {
+  std::map<int64_t, std::string> keys = later;
+  keys[0] = first;
+  // The last keyframe's prompt holds to the last frame.
+  if (keys.rbegin()->first < frames - 1) keys[frames - 1] = keys.rbegin()->second;
+  std::map<std::string, at::Tensor> encoded;  // each distinct prompt once
+  for (const auto& [frame, text] : keys)
+    if (!encoded.count(text)) encoded[text] = encode_text(text)[0];  // [L, D]
+  std::vector<at::Tensor> rows(static_cast<size_t>(frames));
+  for (auto it = keys.begin(); it != keys.end(); ++it) {
+    const auto next = std::next(it);
+    if (next == keys.end()) {
+      rows[static_cast<size_t>(it->first)] = encoded.at(it->second);
+      break;
+    }
+    const at::Tensor& a = encoded.at(it->second);
+    const at::Tensor& b = encoded.at(next->second);
+    const double span = static_cast<double>(next->first - it->first);
+    for (int64_t f = it->first; f < next->first; ++f) {
+      const double alpha = static_cast<double>(f - it->first) / span;
+      rows[static_cast<size_t>(f)] = a * (1.0 - alpha) + b * alpha;
+    }
+  }
+  return at::stack(rows, 0);  // [F, L, D]
+}
+
+at::Tensor VideoPipeline::encode_prompts(const GenerateOptions& o, bool do_guidance) {
+  if (o.prompt_at.empty() && o.negative_prompt_at.empty())
+    return encode_prompt(o.prompt, o.negative_prompt, do_guidance);
+  c10::InferenceMode guard;
+  at::Tensor cond = encode_prompt_frames(o.prompt, o.prompt_at, o.frames);
+  if (!do_guidance) return cond;
+  at::Tensor uncond = encode_prompt_frames(o.negative_prompt, o.negative_prompt_at, o.frames);
+  return at::cat({uncond, cond}, 0);  // [2F, L, D]
 }
 
 at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& text_embeddings,
@@ -360,7 +425,14 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
   scheduler->set_timesteps(o.steps);
   if (start_step > 0) scheduler->set_begin_index(start_step);
   scheduler->set_eta(o.eta);
-  const bool guidance = text_embeddings.size(0) == 2;
+  const bool guidance = o.guidance > 1.0;
+  const int64_t batch = guidance ? 2 : 1;
+  if (text_embeddings.dim() != 3 ||
+      (text_embeddings.size(0) != batch && text_embeddings.size(0) != batch * latents.size(2)))
+    throw Error(fmt::format("denoise: text embeddings {} for guidance {} and {} frames; expected [{}, L, D] or "
+                            "[{}, L, D] (encode_prompts)",
+                            c10::str(text_embeddings.sizes()), o.guidance, latents.size(2), batch,
+                            batch * latents.size(2)));
   at::Generator gen = make_generator(o.seed ^ 0x5eedULL);
   const at::Tensor timesteps = scheduler->timesteps().to(at::kCPU);
   // The UNet reads each step's timestep from the device: one upload here, none in the loop.
@@ -378,13 +450,22 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
   at::Tensor model_input = at::empty(
       {guidance ? 2 : 1, C + condition_channels, latents.size(2), latents.size(3), latents.size(4)}, opts);
   if (condition.defined()) model_input.narrow(1, C, condition_channels).copy_(condition);
+  // DeepCache: the deep features of the last full UNet pass, reused by the shallow passes between.
+  const bool deep_cache = o.deep_cache_interval > 1;
+  models::FeatureCache feature_cache{o.deep_cache_branch, {}};
   for (int64_t i = start_step; i < n; ++i) {
     throw_if_interrupted();
     model_input.narrow(1, 0, C).copy_(scheduler->scale_model_input(latents, i));
     const at::Tensor& x = model_input;
     const at::Tensor t_device = timesteps_on_device[i];
-    at::Tensor noise_pred =
-        (c_->unet_graph ? (*c_->unet_graph)(x, t_device, text) : c_->unet->forward(x, t_device, text)).to(at::kFloat);
+    at::Tensor noise_pred;
+    if (deep_cache) {
+      const bool full_pass = (i - start_step) % o.deep_cache_interval == 0;
+      noise_pred = c_->unet->forward(x, t_device, text, feature_cache, full_pass);
+    } else {
+      noise_pred = c_->unet_graph ? (*c_->unet_graph)(x, t_device, text) : c_->unet->forward(x, t_device, text);
+    }
+    noise_pred = noise_pred.to(at::kFloat);
     if (guidance) {
       auto parts = noise_pred.chunk(2, 0);
       noise_pred = parts[0] + o.guidance * (parts[1] - parts[0]);
@@ -399,6 +480,31 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
     meter.update(i - start_step + 1);
   }
   return latents;
+}
+
+std::string describe_prompt_keyframes(const std::map<int64_t, std::string>& keyframes) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [frame, text] : keyframes) j[std::to_string(frame)] = text;
+  return j.dump();
+}
+
+void add_prompt_keyframe(std::map<int64_t, std::string>& keyframes, const std::string& entry,
+                         const std::string& flag) {
+  const size_t colon = entry.find(':');
+  int64_t frame = -1;
+  const char* end = entry.data() + (colon == std::string::npos ? 0 : colon);
+  const auto parsed = std::from_chars(entry.data(), end, frame);
+  if (colon == std::string::npos || colon == 0 || parsed.ec != std::errc() || parsed.ptr != end || frame < 0)
+    throw InputError(fmt::format("{} '{}': expected FRAME:PROMPT with a frame number, e.g. '8:a blue circle moving "
+                                 "right'",
+                                 flag, entry));
+  if (!keyframes.emplace(frame, entry.substr(colon + 1)).second)
+    throw InputError(fmt::format("{} '{}': frame {} already has a prompt ('{}'); give each frame once", flag, entry,
+                                 frame, keyframes.at(frame)));
+}
+
+std::string describe_deep_cache(int64_t interval, int64_t branch) {
+  return fmt::format("every {} steps, branch {}", interval, branch);
 }
 
 at::Tensor VideoPipeline::decode_latents(const at::Tensor& latents, int64_t decode_chunk) {
@@ -455,7 +561,7 @@ at::Tensor VideoPipeline::sample(const GenerateOptions& o_in, const at::Tensor& 
   const int64_t f = c_->vae->downsample_factor();
   const int64_t C = latent_channels(), h = o.height / f, w = o.width / f;
   const bool guidance = o.guidance > 1.0;
-  at::Tensor text = encode_prompt(o.prompt, o.negative_prompt, guidance);
+  at::Tensor text = encode_prompts(o, guidance);
 
   at::Tensor condition = unet_condition(image_condition_latent, c_->unet->config().in_channels, 1, C, o.frames, h, w,
                                         at::TensorOptions().dtype(at::kFloat).device(c_->device));

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,6 +28,12 @@ using StepObserver = std::function<void(int64_t step, const at::Tensor& latents)
 struct GenerateOptions {
   std::string prompt;
   std::string negative_prompt;        // "" = unconditional (empty prompt)
+  // Prompt travel: the prompt at a frame, frame -> prompt with frames 1 .. frames - 1 (frame 0
+  // has `prompt`). Each frame between two keyframes gets the linear interpolation of their text
+  // embeddings, and the last keyframe's prompt holds to the end (diffusers' FreeNoise prompt
+  // dictionary). The same for the negative prompt. Empty = one text for the whole clip.
+  std::map<int64_t, std::string> prompt_at;
+  std::map<int64_t, std::string> negative_prompt_at;
   int64_t frames = 16;
   int64_t width = 0;                  // 0 = the model's native size (unet sample_size * vae factor)
   int64_t height = 0;
@@ -47,6 +54,11 @@ struct GenerateOptions {
   // Long clips: the temporal transformers attend within windows of context.length frames and the
   // initial noise repeats with that period (temporal/frame_windows.h); length 0 = off.
   temporal::FrameWindows context;
+  // DeepCache (models::FeatureCache): the whole UNet runs on the first step and every
+  // deep_cache_interval steps after it, only its part above skip connection deep_cache_branch on
+  // the steps between, with the deeper features of the last full step. interval 0 or 1 = off.
+  int64_t deep_cache_interval = 0;
+  int64_t deep_cache_branch = 0;
   // Image-to-video / video-to-video
   double strength = 0.8;              // SDEdit strength (plain text-to-video models, restyle)
   std::string fit = "crop";           // crop | pad | stretch: how an image/video is fitted to the size
@@ -93,9 +105,12 @@ class VideoPipeline {
   // with guidance, [1, L, D] without.
   at::Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
                            bool do_guidance);
-  // The denoising loop from step `start_step` on: latents [1, C, F, h, w] (already scaled by
-  // the scheduler's init sigma or noised to the start step), condition [1, C+1, F, h, w] or
-  // undefined. Returns the final latents [1, C, F, h, w] (float32).
+  // The text for the UNet: encode_prompt's [2 or 1, L, D] without prompt travel; with it, one text
+  // per frame, [2F, L, D] = (negative frames, prompt frames) with guidance, [F, L, D] without.
+  at::Tensor encode_prompts(const GenerateOptions& options, bool do_guidance);
+  // The denoising loop from step `start_step` on: text_embeddings from encode_prompts (guidance
+  // when options.guidance > 1), latents [1, C, F, h, w] (already scaled by the scheduler's init
+  // sigma or noised to the start step), condition [1, C+1, F, h, w] or undefined. Returns the final latents [1, C, F, h, w] (float32).
   at::Tensor denoise(const GenerateOptions& options, const at::Tensor& text_embeddings,
                      at::Tensor latents, const at::Tensor& condition, int64_t start_step,
                      const StepObserver& observer = {});
@@ -143,6 +158,13 @@ class VideoPipeline {
  private:
   explicit VideoPipeline(std::unique_ptr<Components> c);
   at::Tensor encode_image_latents(const at::Tensor& frames_uint8, const GenerateOptions& options);
+  // One prompt through the tokenizer and the text encoder: [1, L, D] (warns when it is truncated).
+  at::Tensor encode_text(const std::string& text);
+  // Prompt travel's per-frame text: [frames, L, D] from `first` at frame 0 and the keyframes after.
+  at::Tensor encode_prompt_frames(const std::string& first, const std::map<int64_t, std::string>& later,
+                                  int64_t frames);
+  // --deep-cache and --deep-cache-branch against the UNet; InputError naming the valid range.
+  void validate_deep_cache(const GenerateOptions& options) const;
   // validate, check_memory, encode the prompt, draw the noise (or noise init_latents to the
   // strength's step), denoise. Returns the final latents [1, C, F, h, w].
   at::Tensor sample(const GenerateOptions& options, const at::Tensor& init_latents,
@@ -156,6 +178,16 @@ class VideoPipeline {
 // Guidance rescale: guided and text [B, ...] -> phi * guided * std(text) / std(guided) + (1 - phi) * guided,
 // the standard deviations over every dimension but the batch (unbiased, as torch.std), per sample.
 at::Tensor rescale_guidance(const at::Tensor& guided, const at::Tensor& text, double phi);
+
+// Prompt travel keyframes for logs and metadata, as a JSON object: {"8":"a blue circle"}.
+std::string describe_prompt_keyframes(const std::map<int64_t, std::string>& keyframes);
+// "FRAME:PROMPT" (--prompt-at, --negative-prompt-at) into `keyframes`; InputError naming `flag` for
+// a malformed entry or a frame given twice.
+void add_prompt_keyframe(std::map<int64_t, std::string>& keyframes, const std::string& entry,
+                         const std::string& flag);
+
+// GenerateOptions' DeepCache settings for logs and metadata: "every 3 steps, branch 0".
+std::string describe_deep_cache(int64_t interval, int64_t branch);
 
 // frames float [F, 3, H, W] in [0, 1] -> uint8 [F, H, W, 3]
 at::Tensor frames_to_uint8(const at::Tensor& frames);

@@ -1,5 +1,7 @@
 #include "train/shapes_benchmark.h"
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -117,6 +119,8 @@ pipelines::GenerateOptions clip_options(const ShapesBenchmarkOptions& o, const s
   g.sampler = o.sampler;
   g.t2v_mode = o.t2v_mode;
   g.context = o.context;
+  g.deep_cache_interval = o.deep_cache_interval;
+  g.deep_cache_branch = o.deep_cache_branch;
   g.seed = o.seed * 1000003ULL + static_cast<uint64_t>(mode * 100000 + index);
   return g;
 }
@@ -249,6 +253,74 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
   return report;
 }
 
+std::optional<Colour> majority_colour(const at::Tensor& frames) {
+  std::array<int, kNumColours> votes{};
+  for (int64_t f = 0; f < frames.size(0); ++f) {
+    const FrameMeasure m = measure_frame(frames[f]);
+    if (m.found) ++votes[static_cast<size_t>(nearest_colour(m.colour))];
+  }
+  const auto best = std::max_element(votes.begin(), votes.end());
+  if (*best == 0) return std::nullopt;
+  return static_cast<Colour>(best - votes.begin());
+}
+
+ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
+  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
+  if (o.frames < 4)
+    throw InputError(fmt::format("--frames {}: the travel mode needs at least 4 frames (a quarter at each end)",
+                                 o.frames));
+  const auto t0 = std::chrono::steady_clock::now();
+  const ShapeWorldConfig world = benchmark_world(o);
+  auto pipe = load_pipeline(o);
+  ShapesBenchmarkReport report;
+  report.world = world;
+  at::Generator gen = make_generator(o.seed);
+  std::vector<at::Tensor> clips;
+  std::vector<bool> ok;
+  const int64_t quarter = o.frames / 4;
+  auto score = [&](const at::Tensor& frames, Colour first, Colour second, ShapesBenchmarkReport::TravelRates& r) {
+    const auto start = majority_colour(frames.slice(0, 0, quarter));
+    const auto end = majority_colour(frames.slice(0, o.frames - quarter, o.frames));
+    const bool s = start == first, e = end == second;
+    r.n += 1;
+    r.start += s;
+    r.end += e;
+    r.switched += s && e;
+    return std::pair{s && e, fmt::format("{} -> {}", start ? to_string(*start) : "none", end ? to_string(*end) : "none")};
+  };
+  for (int64_t i = 0; i < o.n; ++i) {
+    const ShapeClipSpec spec = sample_spec(gen, world);
+    ShapeAttributes second = spec.attributes;
+    // Another colour, cycling through the others.
+    second.colour = static_cast<Colour>((static_cast<int>(spec.attributes.colour) + 1 + i % (kNumColours - 1)) %
+                                        kNumColours);
+    pipelines::GenerateOptions g = clip_options(o, caption(spec), 3, i);
+    const at::Tensor control = pipe->generate(g);
+    g.prompt_at[quarter] = g.prompt;
+    g.prompt_at[o.frames - quarter] = caption(second);
+    const at::Tensor travelled = pipe->generate(g);
+    ShapesBenchmarkClip clip;
+    clip.mode = "travel";
+    clip.caption = g.prompt + " -> " + caption(second);
+    clip.seed = g.seed;
+    const auto [switched, seen] = score(travelled, spec.attributes.colour, second.colour, report.travel);
+    score(control, spec.attributes.colour, second.colour, report.travel_control);
+    log::info("travel {:>3}/{}  {} -> {}: {}{}", i + 1, o.n, to_string(spec.attributes.colour),
+              to_string(second.colour), seen, switched ? "" : "  (missed)");
+    report.clips.push_back(clip);
+    clips.push_back(at::cat({travelled, control}, 2));  // travel | control, side by side
+    ok.push_back(switched);
+  }
+  for (auto* r : {&report.travel, &report.travel_control}) {
+    r->start /= static_cast<double>(r->n);
+    r->end /= static_cast<double>(r->n);
+    r->switched /= static_cast<double>(r->n);
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_outputs(o, report, {{"contact_travel.png", clips, ok}});
+  return report;
+}
+
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
   const auto t0 = std::chrono::steady_clock::now();
@@ -325,7 +397,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
     }
     clips_json.push_back(j);
   }
-  return {{"model", o.model_dir},
+  nlohmann::json j = {{"model", o.model_dir},
           {"n", o.n},
           {"seed", o.seed},
           {"steps", o.steps},
@@ -344,6 +416,16 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"words", rates_json(words)},
           {"words_follow_rendered", words_follow_rendered},
           {"clips", clips_json}};
+  if (travel.n > 0) {
+    auto rates = [](const TravelRates& r) {
+      return nlohmann::json{{"n", r.n}, {"start", r.start}, {"end", r.end}, {"switched", r.switched}};
+    };
+    j["travel"] = rates(travel);
+    j["travel_control"] = rates(travel_control);
+  }
+  if (o.deep_cache_interval > 1)
+    j["deep_cache"] = {{"interval", o.deep_cache_interval}, {"branch", o.deep_cache_branch}};
+  return j;
 }
 
 std::string ShapesBenchmarkReport::to_table() const {
@@ -369,6 +451,11 @@ std::string ShapesBenchmarkReport::to_table() const {
   misses("i2v", i2v);
   if (i2v.n + data.n + words.n > 0 && world)
     out += fmt::format("dataset clips and first frames: {} start positions\n", to_string(world->start));
+  if (travel.n > 0)
+    for (const auto& [name, r] : {std::pair{"travel", travel}, std::pair{"without travel", travel_control}})
+      out += fmt::format("{}: {} clips, first quarter in the first colour {:.0f}%, last quarter in the second "
+                         "{:.0f}%, both {:.0f}%\n",
+                         name, r.n, 100 * r.start, 100 * r.end, 100 * r.switched);
   if (words.n > 0)
     out += fmt::format("words: motion follows the prompt's direction in {:.0f}%, the rendered one in {:.0f}%\n",
                        100 * words.direction, 100 * words_follow_rendered);

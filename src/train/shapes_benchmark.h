@@ -34,6 +34,8 @@ struct ShapesBenchmarkOptions {
   std::string dtype = "float32";
   std::vector<models::LoraSpec> loras;  // merged into the model (PipelineConfig::loras)
   temporal::FrameWindows context;       // frame windows for long clips (GenerateOptions::context)
+  int64_t deep_cache_interval = 0;      // GenerateOptions::deep_cache_interval (0 = off)
+  int64_t deep_cache_branch = 0;        // GenerateOptions::deep_cache_branch
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)
   bool text_to_video = true;
   bool image_to_video = true;
@@ -46,6 +48,10 @@ struct ShapesBenchmarkOptions {
   // rendered direction (an object starts on the side away from where it goes), the words another:
   // this separates motion read from the prompt from motion read from the image.
   bool conflicting_direction = false;
+  // Instead of the two modes: N text-to-video clips with prompt travel from a caption to the same
+  // caption in another colour (the first caption to frames / 4, the second from 3 * frames / 4 on),
+  // each also rendered with the first caption alone from the same seed as the control ("travel").
+  bool prompt_travel = false;
   int64_t sheet_columns = 8;   // frames shown per clip on the contact sheet
 };
 
@@ -65,6 +71,13 @@ struct ShapesBenchmarkReport {
   ShapeRates data, vae;  // the ceiling mode's rates
   ShapeRates words;      // the words mode's rates, against the prompt
   double words_follow_rendered = 0;  // words: share of clips moving the rendered direction
+  // travel: share of clips whose first quarter of frames shows the first caption's colour (start),
+  // whose last quarter shows the second's (end), both (switched); and the same for the controls.
+  struct TravelRates {
+    int64_t n = 0;
+    double start = 0, end = 0, switched = 0;
+  };
+  TravelRates travel, travel_control;
   std::optional<ShapeWorldConfig> world;  // the world the dataset clips were drawn from
   double seconds = 0;
   std::vector<std::string> files;  // written outputs
@@ -80,6 +93,12 @@ ShapeWorldConfig benchmark_world(const ShapesBenchmarkOptions& options);
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& options);
 // The words mode (options.conflicting_direction): contact_words.png.
 ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& options);
+
+// The travel mode (options.prompt_travel): contact_travel.png (each clip beside its control).
+ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& options);
+
+// The colour most of `frames`' (uint8 [F, H, W, 3]) found objects have; nullopt when none is found.
+std::optional<Colour> majority_colour(const at::Tensor& frames);
 
 // The direction at right angles to `d` used by the words mode: left and right become up (`first`)
 // or down, up and down become left (`first`) or right.

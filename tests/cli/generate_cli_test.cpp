@@ -272,13 +272,20 @@ TEST(BenchCli, StagesAndOperatorProfile) {
   // --fuse-qkv on: the self-attention modules run q, k and v as one product; a bad value is refused
   // before anything loads, naming the option.
   ASSERT_EQ(run_command(fmt::format("({} --threads 2 bench --model {} --frames 4 --width 32 --height 32 --steps 1 "
-                                    "--skip-vae --fuse-qkv on --json > {}/fused.json)",
+                                    "--skip-vae --fuse-qkv on --deep-cache-branch 0 --json > {}/fused.json)",
                                     vdm::test::vdm_binary(), model, dir),
                         &out),
             0)
       << out;
   std::ifstream fused_in(dir + "/fused.json");
-  EXPECT_GT(nlohmann::json::parse(fused_in).at("fused_qkv_modules").get<int>(), 0);
+  const nlohmann::json fused = nlohmann::json::parse(fused_in);
+  EXPECT_GT(fused.at("fused_qkv_modules").get<int>(), 0);
+  // --deep-cache-branch: DeepCache's shallow pass timed as a stage of its own.
+  EXPECT_EQ(fused.at("stages").at("unet_step_shallow").at("runs"), 1);
+  EXPECT_EQ(run_command(fmt::format("{} bench --model {} --deep-cache-branch 99 2>&1", vdm::test::vdm_binary(), model),
+                        &out),
+            2);
+  EXPECT_NE(out.find("--deep-cache-branch 99: this UNet has"), std::string::npos) << out;
   EXPECT_EQ(run_command(fmt::format("{} bench --model {} --fuse-qkv sometimes 2>&1", vdm::test::vdm_binary(), model),
                         &out),
             2);
@@ -329,6 +336,66 @@ TEST(GenerateCli, ContextWindowsSplitOnlyLongerClipsAndAreRecorded) {
                                                         {"--context-frames 8 --context-weights ramp", "--context-weights ramp"},
                                                         {"--context-frames 8 --context-noise zero", "--context-noise zero"}}) {
     EXPECT_EQ(run_command(cmd(16, dir + "/bad.mp4", extra), &log), 2) << extra << "\n" << log;
+    EXPECT_NE(log.find(message), std::string::npos) << log;
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
+}
+
+// --deep-cache on the embedded model: logged and recorded in the clip's metadata, its branches listed by
+// `vdm info`, and a branch the UNet does not have refused before any work.
+TEST(GenerateCli, DeepCacheIsRecordedListedAndChecked) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("deep_cache"), log;
+  auto cmd = [&](const std::string& out, const std::string& extra) {
+    return fmt::format("{} --threads 2 generate --model {} --prompt 'a red circle moving right on a black "
+                       "background' --frames 4 --steps 4 --guidance 4 --seed 3 --t2v-mode joint --progress none "
+                       "{} --output {} 2>&1",
+                       vdm::test::vdm_binary(), shapes, extra, out);
+  };
+  ASSERT_EQ(run_command(cmd(dir + "/c.mp4", "--deep-cache 2 --deep-cache-branch 1"), &log), 0) << log;
+  EXPECT_NE(log.find("deep cache: every 2 steps, branch 1"), std::string::npos) << log;
+  EXPECT_EQ(ffprobe(dir + "/c.mp4").at("format").at("tags").at("deep_cache").get<std::string>(),
+            "every 2 steps, branch 1");
+  ASSERT_EQ(run_command(cmd(dir + "/p.mp4", "--deep-cache 1"), &log), 0) << log;
+  EXPECT_FALSE(ffprobe(dir + "/p.mp4").at("format").at("tags").contains("deep_cache"));
+  // The embedded UNet: transformer_in, one layer and a downsampler, one layer.
+  ASSERT_EQ(run_command(fmt::format("{} info {}", vdm::test::vdm_binary(), shapes), &log), 0) << log;
+  EXPECT_NE(log.find("deep cache branches      0 transformer_in (32 ch, 1/1)"), std::string::npos) << log;
+  EXPECT_NE(log.find("3 down_blocks.1.temp_convs.0 (64 ch, 1/2)"), std::string::npos) << log;
+  EXPECT_EQ(run_command(cmd(dir + "/bad.mp4", "--deep-cache 3 --deep-cache-branch 4"), &log), 2) << log;
+  EXPECT_NE(log.find("--deep-cache-branch 4: this UNet has 4 skip connections; use 0..3"), std::string::npos) << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+  EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
+}
+
+// --prompt-at: the keyframes are logged and recorded in the clip's metadata as JSON; a malformed entry
+// or a frame past the clip's end exits 2 before any work.
+TEST(GenerateCli, PromptTravelIsRecordedAndChecked) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("travel"), log;
+  auto cmd = [&](const std::string& out, const std::string& extra) {
+    return fmt::format("{} --threads 2 generate --model {} --prompt 'a red circle moving right on a black "
+                       "background' --frames 4 --steps 2 --guidance 4 --seed 3 --t2v-mode joint --progress none "
+                       "{} --output {} 2>&1",
+                       vdm::test::vdm_binary(), shapes, extra, out);
+  };
+  ASSERT_EQ(run_command(cmd(dir + "/t.mp4", "--prompt-at '3:a blue circle moving right on a black background' "
+                                             "--negative-prompt-at 2:blurry"),
+                        &log),
+            0)
+      << log;
+  EXPECT_NE(log.find(R"(prompt travel: {"3":"a blue circle moving right on a black background"})"), std::string::npos)
+      << log;
+  const auto tags = ffprobe(dir + "/t.mp4").at("format").at("tags");
+  EXPECT_EQ(nlohmann::json::parse(tags.at("prompt_at").get<std::string>()).at("3"),
+            "a blue circle moving right on a black background");
+  EXPECT_EQ(nlohmann::json::parse(tags.at("negative_prompt_at").get<std::string>()).at("2"), "blurry");
+  for (const auto& [extra, message] :
+       std::vector<std::pair<std::string, std::string>>{{"--prompt-at 'a blue circle'", "expected FRAME:PROMPT"},
+                                                        {"--prompt-at 4:x", "frame 4 is not in the clip's frames 1..3"},
+                                                        {"--prompt-at 2:x --prompt-at 2:y", "frame 2 already has"}}) {
+    EXPECT_EQ(run_command(cmd(dir + "/bad.mp4", extra), &log), 2) << extra << "\n" << log;
     EXPECT_NE(log.find(message), std::string::npos) << log;
     EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
   }

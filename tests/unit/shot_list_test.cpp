@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 
+#include "batch/batch_runner.h"
 #include "batch/sha256.h"
 #include "batch/shard.h"
 #include "batch/shot_list.h"
@@ -462,6 +463,52 @@ TEST(ShotList, GuidanceRescaleKey) {
   EXPECT_NE(msg.find("shots.yaml:2: shot 'a': key 'guidance_rescale': 1.2 is out of range; expected 0 to 1"),
             std::string::npos)
       << msg;
+}
+
+TEST(ShotList, DeepCacheKeysAreReadAndRecorded) {
+  ShotList list = parse_shot_list("defaults:\n  deep_cache: 3\nshots:\n  - {id: a, prompt: p}\n"
+                                  "  - {id: b, prompt: p, deep_cache: 0, deep_cache_branch: 2}\n",
+                                  "shots.yaml", "/tmp");
+  EXPECT_EQ(list.shots[0].deep_cache, 3);
+  EXPECT_EQ(list.shots[0].deep_cache_branch, 0);
+  EXPECT_EQ(list.shots[1].deep_cache, 0);
+  EXPECT_EQ(list.shots[1].deep_cache_branch, 2);
+  // The manifest's settings carry them when they change the render, so a change renders again.
+  auto settings = vdm::batch::shot_settings(list.shots[0]);
+  EXPECT_EQ(settings.at("deep_cache"), 3);
+  EXPECT_EQ(settings.at("deep_cache_branch"), 0);
+  list.shots[0].deep_cache_branch = 1;
+  EXPECT_NE(vdm::batch::shot_settings(list.shots[0]), settings);
+  EXPECT_FALSE(vdm::batch::shot_settings(list.shots[1]).contains("deep_cache"));
+  const std::string msg = error_of("shots:\n  - {id: a, prompt: p, deep_cache: -1}\n"
+                                   "  - {id: b, prompt: p, deep_cache_branch: -2}\n");
+  for (const char* expected : {"shots.yaml:2: shot 'a': key 'deep_cache': -1 is out of range; expected 0 (off) to 1000",
+                               "shots.yaml:3: shot 'b': key 'deep_cache_branch': -2 is out of range; expected 0 or more"})
+    EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
+}
+
+TEST(ShotList, PromptAtKeysAreMappingsOfFramesToPrompts) {
+  ShotList list = parse_shot_list("defaults:\n  frames: 16\n  prompt_at: {8: a blue circle}\nshots:\n"
+                                  "  - {id: a, prompt: a red circle}\n"
+                                  "  - id: b\n    prompt: a red circle\n    prompt_at:\n      4: a red circle\n"
+                                  "      12: a green circle\n    negative_prompt_at: {15: blurry}\n",
+                                  "shots.yaml", "/tmp");
+  EXPECT_EQ(list.shots[0].prompt_at, (std::map<int64_t, std::string>{{8, "a blue circle"}}));
+  EXPECT_EQ(list.shots[1].prompt_at, (std::map<int64_t, std::string>{{4, "a red circle"}, {12, "a green circle"}}));
+  EXPECT_EQ(list.shots[1].negative_prompt_at, (std::map<int64_t, std::string>{{15, "blurry"}}));
+  // Recorded in the manifest's settings: changing a keyframe renders the shot again.
+  auto settings = vdm::batch::shot_settings(list.shots[1]);
+  EXPECT_EQ(settings.at("prompt_at").at("12"), "a green circle");
+  list.shots[1].prompt_at[12] = "a cyan circle";
+  EXPECT_NE(vdm::batch::shot_settings(list.shots[1]), settings);
+  const std::string msg = error_of("shots:\n  - {id: a, prompt: p, prompt_at: a blue circle}\n"
+                                   "  - {id: b, prompt: p, prompt_at: {0: x}}\n"
+                                   "  - {id: c, prompt: p, frames: 8, prompt_at: {8: x}}\n");
+  for (const char* expected :
+       {"shots.yaml:2: shot 'a': key 'prompt_at': expected a mapping of frame numbers to prompts",
+        "shots.yaml:3: shot 'b': key 'prompt_at': 0 is out of range; expected frames 1 to 1023 (frame 0 takes 'prompt')",
+        "shots.yaml:4: shot 'c': key 'prompt_at': frame 8 is past the shot's last frame 7"})
+    EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
 }
 
 TEST(ShotList, ClosestMatch) {
