@@ -69,6 +69,9 @@ st = next(v for k, v in r["stages"].items() if k.startswith("unet_step"))
 mem = r.get("peak_device_mb", 0) / 1024
 vae = r["stages"].get("vae_decode")
 extra = f" (VAE decode of the 16 frames {vae['median_ms']:.1f} ms)" if vae else ""
+shallow = r["stages"].get("unet_step_shallow")
+if shallow:
+    extra += f" (DeepCache shallow pass, branch 0: {shallow['median_ms']:.1f} ms)"
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {st['median_ms']:.1f} | {st['min_ms']:.1f} | {st['max_ms']:.1f} | {mem:.1f} GiB |{extra}", flush=True)
 PY
 }
@@ -78,22 +81,25 @@ echo "|---|---|---|---|---|---|---|"
 # projections apart), "no:KERNELS" (vdm's CUDA kernels left out, VDM_DISABLE_CUDA_KERNELS), "vae"
 # (the VAE decode timed too, 3 runs), "upsep" / "vae-upsep" (the upsamplers as upsampling then
 # convolution, VDM_UPSAMPLE=separate), "tconv3d" (the temporal convolutions as NDHWC Conv3d instead
-# of 2-D convolutions over [B, C, F, H*W], VDM_TEMPORAL_CONV=conv3d).
+# of 2-D convolutions over [B, C, F, H*W], VDM_TEMPORAL_CONV=conv3d), "deepcache" (DeepCache's shallow
+# UNet pass at branch 0 timed too).
 # QUICK=1: the channels-last rows, the VAE decode in both layouts and the A/B rows of the changes
 # not yet measured on a GPU.
 RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "float16 off graph" "bfloat16 on graph"
       "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu"
       "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
-      "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d")
+      "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d" "float16 on eager deepcache")
 [ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "bfloat16 on graph" "float16 on graph no:layer_norm"
                                 "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
-                                "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d")
+                                "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d"
+                                "float16 on eager deepcache")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
   [ "$mode" = graph ] && flags+=(--cuda-graph)
   [ "${extra:-}" = nobench ] && flags+=(--no-cudnn-benchmark)
   [ "${extra:-}" = noqkv ] && flags+=(--fuse-qkv off)
+  [ "${extra:-}" = deepcache ] && flags+=(--deep-cache-branch 0)
   case "${extra:-}" in vae*) flags+=(--repeat 3) ;; *) flags+=(--skip-vae) ;; esac
   upsample=""; [[ "${extra:-}" == *upsep ]] && upsample=separate
   tconv=""; [ "${extra:-}" = tconv3d ] && tconv=conv3d

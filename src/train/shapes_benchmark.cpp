@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <map>
 #include <cmath>
 #include <filesystem>
 
@@ -264,6 +265,24 @@ std::optional<Colour> majority_colour(const at::Tensor& frames) {
   return static_cast<Colour>(best - votes.begin());
 }
 
+bool continuous_object(const at::Tensor& frames) {
+  const int64_t n = frames.size(0), side = frames.size(1), quarter = std::max<int64_t>(1, n / 4);
+  std::vector<FrameMeasure> m;
+  for (int64_t f = 0; f < n; ++f) {
+    m.push_back(measure_frame(frames[f]));
+    if (!m.back().found) return false;
+    if (f > 0 && std::hypot(m[f].cx - m[f - 1].cx, m[f].cy - m[f - 1].cy) > kTravelMaxStep * static_cast<double>(side))
+      return false;
+  }
+  auto majority_shape = [&](int64_t begin, int64_t end) {
+    std::map<Shape, int> votes;
+    for (int64_t f = begin; f < end; ++f) ++votes[classify_shape(m[f].skew, m[f].corner)];
+    return std::max_element(votes.begin(), votes.end(), [](const auto& a, const auto& b) { return a.second < b.second; })
+        ->first;
+  };
+  return majority_shape(0, quarter) == majority_shape(n - quarter, n);
+}
+
 ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
   if (o.frames < 4)
@@ -286,6 +305,7 @@ ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
     r.start += s;
     r.end += e;
     r.switched += s && e;
+    r.continuous += continuous_object(frames);
     return std::pair{s && e, fmt::format("{} -> {}", start ? to_string(*start) : "none", end ? to_string(*end) : "none")};
   };
   for (int64_t i = 0; i < o.n; ++i) {
@@ -315,6 +335,7 @@ ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
     r->start /= static_cast<double>(r->n);
     r->end /= static_cast<double>(r->n);
     r->switched /= static_cast<double>(r->n);
+    r->continuous /= static_cast<double>(r->n);
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   write_outputs(o, report, {{"contact_travel.png", clips, ok}});
@@ -418,7 +439,8 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"clips", clips_json}};
   if (travel.n > 0) {
     auto rates = [](const TravelRates& r) {
-      return nlohmann::json{{"n", r.n}, {"start", r.start}, {"end", r.end}, {"switched", r.switched}};
+      return nlohmann::json{
+          {"n", r.n}, {"start", r.start}, {"end", r.end}, {"switched", r.switched}, {"continuous", r.continuous}};
     };
     j["travel"] = rates(travel);
     j["travel_control"] = rates(travel_control);
@@ -429,8 +451,10 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
 }
 
 std::string ShapesBenchmarkReport::to_table() const {
-  std::string out = fmt::format("{:<6}{:>5}{:>9}{:>11}{:>8}{:>13}{:>7}{:>7}\n", "mode", "n", "colour", "direction", "shape",
-                                "persistence", "all", "size");
+  std::string out;
+  if (t2v.n + i2v.n + data.n + vae.n + words.n > 0)
+    out = fmt::format("{:<6}{:>5}{:>9}{:>11}{:>8}{:>13}{:>7}{:>7}\n", "mode", "n", "colour", "direction", "shape",
+                      "persistence", "all", "size");
   auto row = [&](const char* name, const ShapeRates& r) {
     if (r.n == 0) return;
     out += fmt::format("{:<6}{:>5}{:>8.0f}%{:>10.0f}%{:>7.0f}%{:>12.0f}%{:>6.0f}%{:>7.3f}\n", name, r.n, 100 * r.colour,
@@ -454,8 +478,8 @@ std::string ShapesBenchmarkReport::to_table() const {
   if (travel.n > 0)
     for (const auto& [name, r] : {std::pair{"travel", travel}, std::pair{"without travel", travel_control}})
       out += fmt::format("{}: {} clips, first quarter in the first colour {:.0f}%, last quarter in the second "
-                         "{:.0f}%, both {:.0f}%\n",
-                         name, r.n, 100 * r.start, 100 * r.end, 100 * r.switched);
+                         "{:.0f}%, both {:.0f}%; one continuous object {:.0f}%\n",
+                         name, r.n, 100 * r.start, 100 * r.end, 100 * r.switched, 100 * r.continuous);
   if (words.n > 0)
     out += fmt::format("words: motion follows the prompt's direction in {:.0f}%, the rendered one in {:.0f}%\n",
                        100 * words.direction, 100 * words_follow_rendered);

@@ -72,10 +72,13 @@ struct ShapesBenchmarkReport {
   ShapeRates words;      // the words mode's rates, against the prompt
   double words_follow_rendered = 0;  // words: share of clips moving the rendered direction
   // travel: share of clips whose first quarter of frames shows the first caption's colour (start),
-  // whose last quarter shows the second's (end), both (switched); and the same for the controls.
+  // whose last quarter shows the second's (end), both (switched); and of those that keep one object
+  // throughout: found in every frame, its centroid moving at most kTravelMaxStep of the side between
+  // neighbouring frames, the same shape in the first and last quarters (continuous). The same for
+  // the controls.
   struct TravelRates {
     int64_t n = 0;
-    double start = 0, end = 0, switched = 0;
+    double start = 0, end = 0, switched = 0, continuous = 0;
   };
   TravelRates travel, travel_control;
   std::optional<ShapeWorldConfig> world;  // the world the dataset clips were drawn from
@@ -96,6 +99,14 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& options);
 
 // The travel mode (options.prompt_travel): contact_travel.png (each clip beside its control).
 ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& options);
+
+// The travel mode's largest centroid step between neighbouring frames, fraction of the frame side.
+inline constexpr double kTravelMaxStep = 0.15;
+
+// Whether frames (uint8 [F, H, W, 3]) hold one object throughout: found in every frame, moving at most
+// kTravelMaxStep of the side between neighbouring frames, of the same shape in the first and last
+// quarters.
+bool continuous_object(const at::Tensor& frames);
 
 // The colour most of `frames`' (uint8 [F, H, W, 3]) found objects have; nullopt when none is found.
 std::optional<Colour> majority_colour(const at::Tensor& frames);
