@@ -38,22 +38,24 @@ void register_eval(CLI::App& app) {
   add_context_options(cmd, o->context);
   add_deep_cache_options(cmd, o->deep_cache_interval, o->deep_cache_branch);
   cmd->add_option("--lora", *loras, "LoRA file merged into the model, as FILE or FILE:STRENGTH; repeat for several");
-  cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow) | words (first frames animated with a direction at right angles to the rendered one: motion read from the prompt or from the image) | travel (prompt travel from a caption to the same caption in another colour, each beside its control without travel)")->capture_default_str();
+  cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow) | words (first frames animated with a direction at right angles to the rendered one: motion read from the prompt or from the image) | travel (prompt travel from a caption to the same caption in another colour, each beside its control without travel) | extend (text-to-video clips extended by as many frames again: the new frames against the caption, and the seam)")->capture_default_str();
   cmd->add_option("--out", o->out_dir, "Folder for contact_t2v.png, contact_i2v.png, results.json")
       ->capture_default_str();
   cmd->callback([o, mode, loras] {
     for (const std::string& l : *loras) o->loras.push_back(models::parse_lora_spec(l));
     if (*mode != "both" && *mode != "t2v" && *mode != "i2v" && *mode != "ceiling" && *mode != "words" &&
-        *mode != "travel")
-      throw InputError("--mode '" + *mode + "' is not known; use both, t2v, i2v, ceiling, words or travel");
+        *mode != "travel" && *mode != "extend")
+      throw InputError("--mode '" + *mode + "' is not known; use both, t2v, i2v, ceiling, words, travel or extend");
     o->text_to_video = *mode != "i2v";
     o->image_to_video = *mode != "t2v";
     o->ceiling = *mode == "ceiling";
     o->conflicting_direction = *mode == "words";
     o->prompt_travel = *mode == "travel";
+    o->extend = *mode == "extend";
     auto report = o->ceiling                 ? train::run_shapes_ceiling(*o)
                   : o->conflicting_direction ? train::run_shapes_words(*o)
                   : o->prompt_travel         ? train::run_shapes_travel(*o)
+                  : o->extend                ? train::run_shapes_extend(*o)
                                              : train::run_shapes_benchmark(*o);
     std::fputs(report.to_table().c_str(), stdout);
     for (const auto& f : report.files) std::printf("wrote %s\n", f.c_str());

@@ -22,7 +22,7 @@ namespace vdm::cli {
 
 namespace {
 
-enum class Mode { kGenerate, kAnimate, kRestyle };
+enum class Mode { kGenerate, kAnimate, kRestyle, kExtend };
 
 struct GenerateArgs {
   pipelines::PipelineConfig pipeline;
@@ -82,7 +82,9 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
                   "between keyframes blend their texts. Repeat for several");
   cmd->add_option("--negative-prompt-at", a.negative_prompt_at,
                   "Prompt travel of the negative prompt: FRAME:PROMPT (frame 0 has --negative-prompt)");
-  if (mode != Mode::kRestyle)
+  if (mode == Mode::kExtend)
+    cmd->add_option("--frames", o.frames, "Frames to add after the source's last frame")->capture_default_str();
+  else if (mode != Mode::kRestyle)
     cmd->add_option("--frames", o.frames, "Number of frames")->capture_default_str();
   cmd->add_option("--width", o.width, "Width in pixels (default: the model's native size)");
   cmd->add_option("--height", o.height, "Height in pixels (default: the model's native size)");
@@ -156,7 +158,7 @@ void run(Mode mode, GenerateArgs& a) {
   at::Tensor input;
 #ifdef VDM_WITH_FFMPEG
   if (mode == Mode::kAnimate) input = codecs::read_image(a.input);
-  if (mode == Mode::kRestyle) {
+  if (mode == Mode::kRestyle || mode == Mode::kExtend) {
     codecs::VideoReader reader(a.input);
     input = reader.read_all();
     if (input.size(0) == 0)
@@ -169,15 +171,20 @@ void run(Mode mode, GenerateArgs& a) {
 
   auto pipe = pipelines::VideoPipeline::load(a.pipeline);
   if (mode == Mode::kRestyle) o.frames = input.size(0);
-  pipe->validate(o);
+  // extend renders its new frames after the source's last one, which is their frame 0.
+  pipelines::GenerateOptions checked = mode == Mode::kExtend ? pipelines::VideoPipeline::extension_options(o) : o;
+  pipe->validate(checked);
+  o.width = checked.width;
+  o.height = checked.height;
   pipelines::check_output_size(out, o.width, o.height);
-  pipe->check_memory(o);
+  pipe->check_memory(checked);
   log::info("model {}", pipe->describe());
   log::info("seed {}  {} frames {}x{}  {} steps  guidance {}  sampler {}", o.seed, o.frames,
             o.width, o.height, o.steps, o.guidance, pipe->scheduler_name(o.sampler));
   if (!o.prompt_at.empty()) log::info("prompt travel: {}", pipelines::describe_prompt_keyframes(o.prompt_at));
   if (o.deep_cache_interval > 1)
     log::info("deep cache: {}", pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch));
+  if (mode == Mode::kExtend) log::info("extending {} frames of {} by {}", input.size(0), a.input, o.frames);
   if (o.context.splits(o.frames)) {
     log::info("frame windows: {}", o.context.describe());
     if (pipe->has_frame_position())
@@ -192,6 +199,7 @@ void run(Mode mode, GenerateArgs& a) {
     case Mode::kGenerate: frames = pipe->generate(o); break;
     case Mode::kAnimate: frames = pipe->animate(input, o); break;
     case Mode::kRestyle: frames = pipe->restyle(input, o); break;
+    case Mode::kExtend: frames = pipe->extend(input, o); break;
   }
   throw_if_interrupted();
   std::map<std::string, std::string> meta = {
@@ -202,8 +210,9 @@ void run(Mode mode, GenerateArgs& a) {
       {"steps", std::to_string(o.steps)},
       {"guidance", fmt::format("{}", o.guidance)},
       {"sampler", pipe->scheduler_name(o.sampler)},
-      {"mode", mode == Mode::kGenerate ? "text-to-video"
+      {"mode", mode == Mode::kGenerate  ? "text-to-video"
                : mode == Mode::kAnimate ? "image-to-video"
+               : mode == Mode::kExtend  ? "video-extension"
                                         : "video-to-video"},
       {"software", "vdm 0.1.0"}};
   if (mode == Mode::kGenerate) meta["t2v_mode"] = pipe->t2v_mode(o.t2v_mode);
@@ -231,6 +240,8 @@ CLI::App* add_mode(CLI::App& app, const char* name, const char* help, Mode mode)
     cmd->add_option("--image", args->input, "Still image to animate (PNG, JPEG, WebP, ...)")->required();
   if (mode == Mode::kRestyle)
     cmd->add_option("--video", args->input, "Source video to restyle")->required();
+  if (mode == Mode::kExtend)
+    cmd->add_option("--video", args->input, "Source video to continue from its last frame")->required();
   if (mode == Mode::kRestyle) args->options.strength = 0.6;  // before the options, so --help shows it
   add_common_options(cmd, *args, mode);
   cmd->callback([args, mode] { run(mode, *args); });
@@ -243,6 +254,7 @@ void register_generate(CLI::App& app) {
   add_mode(app, "generate", "Render a clip from a text prompt", Mode::kGenerate);
   add_mode(app, "animate", "Animate a still image guided by a prompt", Mode::kAnimate);
   add_mode(app, "restyle", "Restyle a video toward a prompt (video-to-video)", Mode::kRestyle);
+  add_mode(app, "extend", "Continue a video from its last frame, guided by a prompt", Mode::kExtend);
 }
 
 }  // namespace vdm::cli

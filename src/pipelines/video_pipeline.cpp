@@ -663,6 +663,26 @@ at::Tensor VideoPipeline::restyle(const at::Tensor& video, const GenerateOptions
   return frames_to_uint8(run(o, init, first));
 }
 
+GenerateOptions VideoPipeline::extension_options(const GenerateOptions& o) {
+  if (o.frames < 1 || o.frames > 1023)
+    throw InputError(fmt::format("--frames {}: the frames to add must be between 1 and 1023", o.frames));
+  GenerateOptions next = o;
+  next.frames = o.frames + 1;
+  return next;
+}
+
+at::Tensor VideoPipeline::extend(const at::Tensor& video, const GenerateOptions& o_in) {
+  if (video.dim() != 4 || video.size(3) != 3 || video.scalar_type() != at::kByte || video.size(0) < 1)
+    throw InputError(fmt::format("extend: video must be uint8 [F, H, W, 3] with F >= 1, got {} {}",
+                                 c10::toString(video.scalar_type()), c10::str(video.sizes())));
+  GenerateOptions o = extension_options(o_in);
+  validate(o);
+  std::vector<at::Tensor> fitted;
+  for (int64_t i = 0; i < video.size(0); ++i) fitted.push_back(fit_image(video[i], o.width, o.height, o.fit));
+  const at::Tensor added = animate(fitted.back(), o);  // [frames + 1, H, W, 3]
+  return at::cat({at::stack(fitted), added.slice(0, 1)}, 0);
+}
+
 at::Tensor rescale_guidance(const at::Tensor& guided, const at::Tensor& text, double phi) {
   std::vector<int64_t> dims;
   for (int64_t d = 1; d < guided.dim(); ++d) dims.push_back(d);

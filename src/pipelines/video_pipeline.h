@@ -100,6 +100,14 @@ class VideoPipeline {
   // Video-to-video: video uint8 [F, H, W, 3], each frame encoded, noised to options.strength and
   // denoised toward the prompt. options.frames is taken from the video. Returns uint8 [F, H, W, 3].
   at::Tensor restyle(const at::Tensor& video, const GenerateOptions& options);
+  // Video extension: video uint8 [F, H, W, 3]; options.frames new frames (1..1023) continue it from
+  // its last frame, animated as animate() does (the last frame is their frame 0, not repeated).
+  // Returns uint8 [F + options.frames, H', W', 3]: the source frames fitted to the output size, then
+  // the new ones. Prompt travel keyframes count from the source's last frame.
+  at::Tensor extend(const at::Tensor& video, const GenerateOptions& options);
+  // The options extend() renders its new part with: options.frames (the frames to add, checked to be
+  // 1..1023, else InputError) + 1, the source's last frame being frame 0.
+  static GenerateOptions extension_options(const GenerateOptions& options);
 
   // Prompt embeddings as diffusers' encode_prompt computes them: [2, L, D] = (negative, prompt)
   // with guidance, [1, L, D] without.

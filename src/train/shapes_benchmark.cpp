@@ -342,6 +342,51 @@ ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
   return report;
 }
 
+ShapesBenchmarkReport run_shapes_extend(const ShapesBenchmarkOptions& o) {
+  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
+  const auto t0 = std::chrono::steady_clock::now();
+  const ShapeWorldConfig world = benchmark_world(o);
+  auto pipe = load_pipeline(o);
+  ShapesBenchmarkReport report;
+  report.world = world;
+  at::Generator gen = make_generator(o.seed);
+  std::vector<at::Tensor> clips;
+  std::vector<bool> ok;
+  std::vector<ShapeClipScore> scores;
+  int64_t seams = 0;
+  for (int64_t i = 0; i < o.n; ++i) {
+    const ShapeClipSpec spec = sample_spec(gen, world);
+    pipelines::GenerateOptions g = clip_options(o, caption(spec), 4, i);
+    const at::Tensor source = pipe->generate(g);
+    g.seed += 1;
+    const at::Tensor both = pipe->extend(source, g);  // [2 * frames, S, S, 3]
+    const at::Tensor added = both.slice(0, o.frames);
+    ShapesBenchmarkClip clip;
+    clip.mode = "extend";
+    clip.caption = g.prompt;
+    clip.seed = g.seed;
+    clip.score = score_clip(added, spec.attributes);
+    const FrameMeasure before = measure_frame(both[o.frames - 1]), after = measure_frame(both[o.frames]);
+    const bool seam = before.found && after.found &&
+                      std::hypot(after.cx - before.cx, after.cy - before.cy) <=
+                          kTravelMaxStep * static_cast<double>(both.size(1)) &&
+                      nearest_colour(before.colour) == nearest_colour(after.colour) &&
+                      classify_shape(before.skew, before.corner) == classify_shape(after.skew, after.corner);
+    seams += seam;
+    log::info("extend {:>3}/{}  {}  seam {}  new frames {}{}", i + 1, o.n, clip.caption, seam ? "ok" : "BROKEN",
+              clip.score.all_ok() ? "ok" : "FAIL: ", clip.score.failure);
+    scores.push_back(clip.score);
+    report.clips.push_back(clip);
+    clips.push_back(both);
+    ok.push_back(seam && clip.score.all_ok());
+  }
+  report.extension = summarize(scores);
+  report.seam_ok = static_cast<double>(seams) / static_cast<double>(o.n);
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_outputs(o, report, {{"contact_extend.png", clips, ok}});
+  return report;
+}
+
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
   if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
   const auto t0 = std::chrono::steady_clock::now();
@@ -437,6 +482,10 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
           {"words", rates_json(words)},
           {"words_follow_rendered", words_follow_rendered},
           {"clips", clips_json}};
+  if (extension.n > 0) {
+    j["extend"] = rates_json(extension);
+    j["seam_ok"] = seam_ok;
+  }
   if (travel.n > 0) {
     auto rates = [](const TravelRates& r) {
       return nlohmann::json{
@@ -452,7 +501,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
 
 std::string ShapesBenchmarkReport::to_table() const {
   std::string out;
-  if (t2v.n + i2v.n + data.n + vae.n + words.n > 0)
+  if (t2v.n + i2v.n + data.n + vae.n + words.n + extension.n > 0)
     out = fmt::format("{:<6}{:>5}{:>9}{:>11}{:>8}{:>13}{:>7}{:>7}\n", "mode", "n", "colour", "direction", "shape",
                       "persistence", "all", "size");
   auto row = [&](const char* name, const ShapeRates& r) {
@@ -465,6 +514,7 @@ std::string ShapesBenchmarkReport::to_table() const {
   row("data", data);
   row("vae", vae);
   row("words", words);
+  row("extend", extension);
   auto misses = [&](const char* name, const ShapeRates& r) {
     if (r.reversed + r.wrong_axis + r.unsteady + r.unmeasured == 0) return;
     out += fmt::format("{} direction misses: {} reversed, {} on the other axis, {} too short or unsteady, {} not "
@@ -475,6 +525,10 @@ std::string ShapesBenchmarkReport::to_table() const {
   misses("i2v", i2v);
   if (i2v.n + data.n + words.n > 0 && world)
     out += fmt::format("dataset clips and first frames: {} start positions\n", to_string(world->start));
+  if (extension.n > 0)
+    out += fmt::format("extend: the seam keeps the object (found on both sides, moving at most {:.0f}% of the side, "
+                       "same colour and shape) in {:.0f}%\n",
+                       100 * kTravelMaxStep, 100 * seam_ok);
   if (travel.n > 0)
     for (const auto& [name, r] : {std::pair{"travel", travel}, std::pair{"without travel", travel_control}})
       out += fmt::format("{}: {} clips, first quarter in the first colour {:.0f}%, last quarter in the second "

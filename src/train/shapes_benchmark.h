@@ -52,6 +52,11 @@ struct ShapesBenchmarkOptions {
   // caption in another colour (the first caption to frames / 4, the second from 3 * frames / 4 on),
   // each also rendered with the first caption alone from the same seed as the control ("travel").
   bool prompt_travel = false;
+  // Instead of the two modes: N text-to-video clips, each extended by `frames` more frames with the
+  // same caption (VideoPipeline::extend); the new frames scored against the caption ("extend"), and
+  // the seam: the object found in the last frame before it and the first after, moving at most
+  // kTravelMaxStep of the side and keeping its colour and shape.
+  bool extend = false;
   int64_t sheet_columns = 8;   // frames shown per clip on the contact sheet
 };
 
@@ -81,6 +86,8 @@ struct ShapesBenchmarkReport {
     double start = 0, end = 0, switched = 0, continuous = 0;
   };
   TravelRates travel, travel_control;
+  ShapeRates extension;    // extend: the new frames against the caption
+  double seam_ok = 0;      // extend: share of clips whose seam keeps the object
   std::optional<ShapeWorldConfig> world;  // the world the dataset clips were drawn from
   double seconds = 0;
   std::vector<std::string> files;  // written outputs
@@ -107,6 +114,9 @@ inline constexpr double kTravelMaxStep = 0.15;
 // kTravelMaxStep of the side between neighbouring frames, of the same shape in the first and last
 // quarters.
 bool continuous_object(const at::Tensor& frames);
+
+// The extend mode (options.extend): contact_extend.png (each clip with its extension).
+ShapesBenchmarkReport run_shapes_extend(const ShapesBenchmarkOptions& options);
 
 // The colour most of `frames`' (uint8 [F, H, W, 3]) found objects have; nullopt when none is found.
 std::optional<Colour> majority_colour(const at::Tensor& frames);

@@ -401,3 +401,44 @@ TEST(GenerateCli, PromptTravelIsRecordedAndChecked) {
   }
   EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
 }
+
+// vdm extend: the source's frames then the new ones in one clip, tagged as an extension of the source;
+// a frame count out of range exits 2 with nothing written.
+TEST(GenerateCli, ExtendAppendsFramesToTheSource) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("extend"), log;
+  const std::string common = "--prompt 'a red circle moving right on a black background' --steps 2 --guidance 4 "
+                             "--seed 3 --progress none";
+  ASSERT_EQ(run_command(fmt::format("{} --threads 2 generate --model {} {} --frames 4 --output {}/src 2>&1",
+                                    vdm::test::vdm_binary(), shapes, common, dir),
+                        &log),
+            0)
+      << log;
+  auto extend = [&](const std::string& extra, const std::string& out) {
+    return run_command(fmt::format("{} --threads 2 extend --model {} --video {}/src {} {} --output {} 2>&1",
+                                   vdm::test::vdm_binary(), shapes, dir, common, extra, out),
+                       &log);
+  };
+  ASSERT_EQ(extend("--frames 3", dir + "/long.mp4"), 0) << log;
+  EXPECT_NE(log.find("extending 4 frames of"), std::string::npos) << log;
+  const auto probe = ffprobe(dir + "/long.mp4");
+  EXPECT_EQ(std::stoi(probe.at("streams").at(0).at("nb_read_frames").get<std::string>()), 7);
+  EXPECT_EQ(probe.at("format").at("tags").at("mode"), "video-extension");
+  EXPECT_EQ(probe.at("format").at("tags").at("source"), dir + "/src");
+  // PNG frames: the source's pictures come through unchanged (the files' metadata differ).
+  ASSERT_EQ(extend("--frames 2", dir + "/long_png"), 0) << log;
+  auto pixels = [&](const std::string& file) {
+    std::string md5;
+    EXPECT_EQ(run_command("ffmpeg -v error -i '" + file + "' -f framemd5 - | grep -v '^#'", &md5), 0) << md5;
+    return md5;
+  };
+  for (int f = 0; f < 4; ++f) {
+    const std::string name = fmt::format("/frame_{:05d}.png", f);
+    EXPECT_EQ(pixels(dir + "/src" + name), pixels(dir + "/long_png" + name)) << name;
+  }
+  EXPECT_TRUE(fs::exists(dir + "/long_png/frame_00005.png"));
+  EXPECT_FALSE(fs::exists(dir + "/long_png/frame_00006.png"));
+  EXPECT_EQ(extend("--frames 0", dir + "/bad.mp4"), 2) << log;
+  EXPECT_NE(log.find("--frames 0: the frames to add must be between 1 and 1023"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
+}
