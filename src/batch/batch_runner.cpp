@@ -150,6 +150,7 @@ json shot_settings(const Shot& shot) {
       for (const auto& [frame, text] : *keys) k[std::to_string(frame)] = text;
       j[key] = k;
     }
+  if (shot.extend > 0) j["extend"] = shot.extend;
   if (shot.deep_cache > 1) {
     j["deep_cache"] = shot.deep_cache;
     j["deep_cache_branch"] = shot.deep_cache_branch;

@@ -32,6 +32,7 @@ const char* mode_name(Shot::Mode mode) {
   switch (mode) {
     case Shot::Mode::kAnimate: return "image-to-video";
     case Shot::Mode::kRestyle: return "video-to-video";
+    case Shot::Mode::kExtend: return "video-extension";
     case Shot::Mode::kGenerate:
     default: return "text-to-video";
   }
@@ -64,6 +65,7 @@ pipelines::GenerateOptions PipelineRenderer::options_for(const Shot& shot) {
   o.deep_cache_interval = shot.deep_cache;
   o.deep_cache_branch = shot.deep_cache_branch;
   o.strength = shot.strength;
+  if (shot.mode() == Shot::Mode::kExtend) o.frames = shot.extend;  // the frames to add
   return o;
 }
 
@@ -86,6 +88,8 @@ std::vector<std::string> PipelineRenderer::prepare(const ShotList& list,
     const std::string where = fmt::format("{}:{}: shot '{}'", list.source, shot->line, shot->id);
     try {
       pipelines::GenerateOptions o = options_for(*shot);
+      // An extension renders its new frames after the source's last one.
+      if (shot->mode() == Shot::Mode::kExtend) o = pipelines::VideoPipeline::extension_options(o);
       pipeline_->validate(o);
       pipeline_->scheduler_name(o.sampler);  // an unknown sampler throws here
       pipeline_->check_loras(shot->loras);    // each file read once; a LoRA that does not fit throws here
@@ -150,6 +154,12 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
       o.frames = video.size(0);
       pipeline_->validate(o);
       frames = pipeline_->restyle(video, o);
+      break;
+    }
+    case Shot::Mode::kExtend: {
+      // The whole source (at most kMaxFrames frames), then shot.extend new ones.
+      codecs::VideoReader reader(shot.video);
+      frames = pipeline_->extend(reader.read_all(ShotLimits::kMaxFrames), o);
       break;
     }
   }

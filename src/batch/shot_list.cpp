@@ -104,7 +104,7 @@ struct Fields {
   std::optional<std::string> id, prompt, negative_prompt, sampler, t2v_mode, image, video, output;
   std::optional<uint64_t> seed;
   std::optional<int64_t> frames, fps, width, height, steps, context_frames, context_stride, deep_cache,
-      deep_cache_branch;
+      deep_cache_branch, extend;
   std::optional<double> guidance, guidance_rescale, strength;
   std::optional<std::vector<models::LoraSpec>> loras;
   std::optional<std::map<int64_t, std::string>> prompt_at, negative_prompt_at;
@@ -133,6 +133,7 @@ const std::vector<KeySpec>& key_specs() {
       {"context_stride", Kind::kInt, true},        {"guidance_rescale", Kind::kNumber, true},
       {"deep_cache", Kind::kInt, true},            {"deep_cache_branch", Kind::kInt, true},
       {"prompt_at", Kind::kKeyframes, true},       {"negative_prompt_at", Kind::kKeyframes, true},
+      {"extend", Kind::kInt, true},
   };
   return specs;
 }
@@ -513,6 +514,10 @@ class Parser {
           if (*v < 1 || *v > ShotLimits::kMaxFrames)
             return out_of_range(std::to_string(*v), fmt::format("1 to {}", ShotLimits::kMaxFrames));
           f->context_stride = *v;
+        } else if (name == "extend") {
+          if (*v < 1 || *v >= ShotLimits::kMaxFrames)
+            return out_of_range(std::to_string(*v), fmt::format("1 to {} frames to add", ShotLimits::kMaxFrames - 1));
+          f->extend = *v;
         } else if (name == "deep_cache") {
           if (*v < 0 || *v > ShotLimits::kMaxSteps)
             return out_of_range(std::to_string(*v), fmt::format("0 (off) to {}", ShotLimits::kMaxSteps));
@@ -621,6 +626,10 @@ class Parser {
                     "key 'strength' applies only to shots with 'image' or 'video'");
       ok = false;
     }
+    if (f.extend && !has_video && !f.lines.count("video")) {
+      problems_.add(f.lines["extend"], label, "key 'extend' applies only to shots with 'video' (the clip to continue)");
+      ok = false;
+    }
     if (f.t2v_mode && (has_image || has_video || f.lines.count("image") || f.lines.count("video"))) {
       problems_.add(f.lines["t2v_mode"], label,
                     "key 't2v_mode' applies only to text-to-video shots (without 'image' or 'video')");
@@ -676,6 +685,7 @@ class Parser {
     shot->context_stride = context_stride;
     shot->prompt_at = f.prompt_at.value_or(d.prompt_at.value_or(std::map<int64_t, std::string>{}));
     shot->negative_prompt_at = f.negative_prompt_at.value_or(d.negative_prompt_at.value_or(std::map<int64_t, std::string>{}));
+    if (has_video) shot->extend = f.extend.value_or(d.extend.value_or(0));
     shot->deep_cache = f.deep_cache.value_or(d.deep_cache.value_or(0));
     shot->deep_cache_branch = f.deep_cache_branch.value_or(d.deep_cache_branch.value_or(0));
     return true;

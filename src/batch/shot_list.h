@@ -82,6 +82,8 @@ struct Shot {
   // context_frames frames (0 = off) starting every context_stride frames.
   int64_t context_frames = 0;
   int64_t context_stride = ShotDefaults::kContextStride;
+  // With `video`: continue it by this many frames (VideoPipeline::extend) instead of restyling it; 0 = restyle.
+  int64_t extend = 0;
   // Prompt travel (GenerateOptions::prompt_at and negative_prompt_at): frame -> prompt, frames >= 1.
   std::map<int64_t, std::string> prompt_at, negative_prompt_at;
   // DeepCache (GenerateOptions::deep_cache_interval and deep_cache_branch); 0 = off.
@@ -91,9 +93,12 @@ struct Shot {
   size_t index = 0;     // 0-based position in the list
   int line = 0;         // 1-based line of the shot's entry
 
-  enum class Mode { kGenerate, kAnimate, kRestyle };
+  enum class Mode { kGenerate, kAnimate, kRestyle, kExtend };
   Mode mode() const {
-    return !image.empty() ? Mode::kAnimate : !video.empty() ? Mode::kRestyle : Mode::kGenerate;
+    return !image.empty()                  ? Mode::kAnimate
+           : !video.empty() && extend > 0  ? Mode::kExtend
+           : !video.empty()                ? Mode::kRestyle
+                                           : Mode::kGenerate;
   }
 };
 

@@ -231,6 +231,41 @@ TEST_F(BatchCli, ContextFramesOfAShotAreUsedRecordedAndRerenderOnChange) {
   EXPECT_EQ(read_text(out_ + "/plain.mp4"), plain_before);
 }
 
+// A video shot with `extend`: the source's frames then the new ones, tagged as an extension; the same
+// video without it is restyled; a changed `extend` renders that shot again.
+TEST_F(BatchCli, ExtendContinuesAVideoShot) {
+  if (!kHaveCodecs) GTEST_SKIP() << "built without FFmpeg: vdm batch cannot write video";
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string out;
+  ASSERT_EQ(run_command(fmt::format("{} --threads 2 generate --model {} --prompt 'a red circle moving right on a "
+                                    "black background' --frames 4 --steps 2 --seed 1 --progress none --output {}/src.mp4 "
+                                    "2>&1",
+                                    vdm::test::vdm_binary(), shapes, dir_),
+                        &out),
+            0)
+      << out;
+  auto list = [&](int extend) {
+    write_text(list_, fmt::format("defaults:\n  steps: 2\n  guidance: 1\n  seed: 4\n  video: src.mp4\nshots:\n"
+                                  "  - {{id: longer, prompt: a red circle moving right on a black background, extend: {}}}\n"
+                                  "  - {{id: restyled, prompt: a blue circle}}\n",
+                                  extend));
+  };
+  list(3);
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "2>&1"), &out), 0) << out;
+  EXPECT_EQ(ffprobe_frames(out_ + "/longer.mp4"), 7);
+  EXPECT_EQ(ffprobe_frames(out_ + "/restyled.mp4"), 4);
+  std::string mode;
+  EXPECT_EQ(run_command("ffprobe -v error -show_entries format_tags=mode -of csv=p=0 '" + out_ + "/longer.mp4'", &mode),
+            0);
+  EXPECT_NE(mode.find("video-extension"), std::string::npos) << mode;
+  const std::string restyled_before = read_text(out_ + "/restyled.mp4");
+  list(5);
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "2>&1"), &out), 0) << out;
+  EXPECT_NE(out.find("1 shot rendered, 1 up to date"), std::string::npos) << out;
+  EXPECT_EQ(ffprobe_frames(out_ + "/longer.mp4"), 9);
+  EXPECT_EQ(read_text(out_ + "/restyled.mp4"), restyled_before);
+}
+
 TEST_F(BatchCli, RendersAShotListResumesAndRerendersOnlyWhatIsMissing) {
   REQUIRE_MODEL(model);
   write_text(list_, shot_list(2, 2, 1) +

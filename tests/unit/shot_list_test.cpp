@@ -511,6 +511,25 @@ TEST(ShotList, PromptAtKeysAreMappingsOfFramesToPrompts) {
     EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
 }
 
+TEST(ShotList, ExtendKeyContinuesVideoShotsOnly) {
+  const std::string dir = vdm::test::make_temp_dir("extend_key");
+  std::ofstream(dir + "/clip.mp4") << "x";
+  ShotList list = parse_shot_list("shots:\n  - {id: a, prompt: p, video: clip.mp4, extend: 8}\n"
+                                  "  - {id: b, prompt: p, video: clip.mp4}\n",
+                                  "shots.yaml", dir);
+  EXPECT_EQ(list.shots[0].mode(), Shot::Mode::kExtend);
+  EXPECT_EQ(list.shots[0].extend, 8);
+  EXPECT_EQ(vdm::batch::shot_settings(list.shots[0]).at("extend"), 8);
+  EXPECT_EQ(list.shots[1].mode(), Shot::Mode::kRestyle);
+  EXPECT_FALSE(vdm::batch::shot_settings(list.shots[1]).contains("extend"));
+  const std::string msg = error_of("shots:\n  - {id: a, prompt: p, extend: 8}\n"
+                                   "  - {id: b, prompt: p, video: clip.mp4, extend: 0}\n",
+                                   dir);
+  for (const char* expected : {"shots.yaml:2: shot 'a': key 'extend' applies only to shots with 'video'",
+                               "shots.yaml:3: shot 'b': key 'extend': 0 is out of range; expected 1 to 1023 frames to add"})
+    EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
+}
+
 TEST(ShotList, ClosestMatch) {
   const auto& keys = vdm::batch::shot_keys();
   EXPECT_EQ(vdm::batch::closest_match("promt", keys), "prompt");
