@@ -151,6 +151,7 @@ json shot_settings(const Shot& shot) {
       j[key] = k;
     }
   if (shot.extend > 0) j["extend"] = shot.extend;
+  if (shot.prompt_weights) j["prompt_weights"] = true;
   if (shot.deep_cache > 1) {
     j["deep_cache"] = shot.deep_cache;
     j["deep_cache_branch"] = shot.deep_cache_branch;

@@ -183,6 +183,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
                  {"software", "vdm 0.1.0"}};
   if (shot.mode() == Shot::Mode::kGenerate) wo.metadata["t2v_mode"] = pipeline_->t2v_mode(o.t2v_mode);
   if (const std::string loras = pipeline_->lora_description(); !loras.empty()) wo.metadata["lora"] = loras;
+  if (shot.prompt_weights) wo.metadata["prompt_weights"] = "on";
   if (o.context.splits(o.frames)) wo.metadata["context"] = o.context.describe();
   if (o.guidance_rescale > 0) wo.metadata["guidance_rescale"] = fmt::format("{}", o.guidance_rescale);
   if (!o.prompt_at.empty()) wo.metadata["prompt_at"] = pipelines::describe_prompt_keyframes(o.prompt_at);

@@ -78,6 +78,8 @@ struct Shot {
   // The batch's --lora, which the renderer merges at load for every shot (not from the list: vdm
   // batch sets it). Recorded in the manifest with the shot's own, so changing it renders again.
   std::vector<models::LoraSpec> batch_loras;
+  // The batch's --prompt-weights (vdm batch sets it); recorded so that turning it on or off renders again.
+  bool prompt_weights = false;
   // Frame windows for long clips (GenerateOptions::context, temporal/frame_windows.h): windows of
   // context_frames frames (0 = off) starting every context_stride frames.
   int64_t context_frames = 0;

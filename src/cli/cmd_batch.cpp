@@ -36,6 +36,7 @@ struct BatchArgs {
   std::string progress = "text";
   std::string device = "cpu";
   bool cuda_graph = false;
+  bool prompt_weights = false;
   std::string dtype = "float32";
   int crf = 18;
   std::string preset = "medium";
@@ -72,11 +73,15 @@ void run_batch(const BatchArgs& a) {
   ro.pipeline.device = a.device;
   ro.pipeline.dtype = a.dtype;
   ro.pipeline.cuda_graph = a.cuda_graph;
+  ro.pipeline.prompt_weights = a.prompt_weights;
   for (const std::string& l : a.loras) ro.pipeline.loras.push_back(models::parse_lora_spec(l));
   // Every shot records the batch's LoRAs (by content) in the manifest: a changed --lora renders again.
   std::vector<models::LoraSpec> batch_loras = ro.pipeline.loras;
   for (auto& l : batch_loras) l.path = models::lora_weights_file(l.path);
-  for (auto& shot : list.shots) shot.batch_loras = batch_loras;
+  for (auto& shot : list.shots) {
+    shot.batch_loras = batch_loras;
+    shot.prompt_weights = a.prompt_weights;
+  }
   if (!a.max_memory.empty()) ro.pipeline.max_memory = pipelines::parse_memory_size(a.max_memory);
   ro.crf = a.crf;
   ro.preset = a.preset;
@@ -157,6 +162,8 @@ void register_batch(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
   cmd->add_flag("--cuda-graph", args->cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
+  cmd->add_flag("--prompt-weights", args->prompt_weights,
+                "Read (text), [text] and (text:1.3) in every shot's prompts as weights of their tokens");
   cmd->add_option("--lora", args->loras,
                   "LoRA file merged into the model for every shot, as FILE or FILE:STRENGTH; repeat for several");
   cmd->add_option("--dtype", args->dtype, "float32, bfloat16 or float16")->capture_default_str();

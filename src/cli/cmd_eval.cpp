@@ -37,6 +37,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();
   add_context_options(cmd, o->context);
   add_deep_cache_options(cmd, o->deep_cache_interval, o->deep_cache_branch);
+  cmd->add_option("--emphasis", o->emphasis,
+                  "Weight one word of every caption, e.g. shape:1.3 writes '(circle:1.3)' and reads the prompts with "
+                  "--prompt-weights (t2v and i2v modes)");
   cmd->add_option("--lora", *loras, "LoRA file merged into the model, as FILE or FILE:STRENGTH; repeat for several");
   cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow) | words (first frames animated with a direction at right angles to the rendered one: motion read from the prompt or from the image) | travel (prompt travel from a caption to the same caption in another colour, each beside its control without travel) | extend (text-to-video clips extended by as many frames again: the new frames against the caption, and the seam)")->capture_default_str();
   cmd->add_option("--out", o->out_dir, "Folder for contact_t2v.png, contact_i2v.png, results.json")

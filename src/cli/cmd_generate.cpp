@@ -82,6 +82,8 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
                   "between keyframes blend their texts. Repeat for several");
   cmd->add_option("--negative-prompt-at", a.negative_prompt_at,
                   "Prompt travel of the negative prompt: FRAME:PROMPT (frame 0 has --negative-prompt)");
+  cmd->add_flag("--prompt-weights", a.pipeline.prompt_weights,
+                "Read (text), [text] and (text:1.3) in the prompts as weights of their tokens (off: plain text)");
   if (mode == Mode::kExtend)
     cmd->add_option("--frames", o.frames, "Frames to add after the source's last frame")->capture_default_str();
   else if (mode != Mode::kRestyle)
@@ -217,6 +219,7 @@ void run(Mode mode, GenerateArgs& a) {
       {"software", "vdm 0.1.0"}};
   if (mode == Mode::kGenerate) meta["t2v_mode"] = pipe->t2v_mode(o.t2v_mode);
   if (const std::string loras = pipe->lora_description(); !loras.empty()) meta["lora"] = loras;
+  if (a.pipeline.prompt_weights) meta["prompt_weights"] = "on";
   if (o.context.splits(o.frames)) meta["context"] = o.context.describe();
   if (o.guidance_rescale > 0) meta["guidance_rescale"] = fmt::format("{}", o.guidance_rescale);
   if (!o.prompt_at.empty()) meta["prompt_at"] = pipelines::describe_prompt_keyframes(o.prompt_at);

@@ -31,6 +31,7 @@
 #include "schedulers/scheduler.h"
 #include "text/clip_text_model.h"
 #include "text/clip_tokenizer.h"
+#include "text/prompt_weights.h"
 
 #ifdef VDM_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -54,6 +55,7 @@ struct VideoPipeline::Components {
   std::optional<uint64_t> max_memory;  // PipelineConfig::max_memory
   std::unique_ptr<UNetGraph> unet_graph;  // with PipelineConfig::cuda_graph
   std::vector<models::LoraSpec> loras;    // merged at load
+  bool prompt_weights = false;            // PipelineConfig::prompt_weights
   std::vector<models::LoraFile> lora_files;
   // set_extra_loras: the files read so far (by path), the list merged now, and the weights it
   // changed as they were before ("<component>/<module>" -> copy).
@@ -145,6 +147,7 @@ std::unique_ptr<VideoPipeline> VideoPipeline::load(const PipelineConfig& config)
 
   // Merged in float32, before the conversion to the run dtype; every file is checked before any merge.
   c->loras = config.loras;
+  c->prompt_weights = config.prompt_weights;
   c->lora_files = models::apply_loras(config.loras, c->lora_components());
   for (size_t i = 0; i < c->lora_files.size(); ++i)
     log::info("LoRA {} (strength {}): {}", c->lora_files[i].path, config.loras[i].strength, c->lora_files[i].summary());
@@ -275,6 +278,12 @@ void VideoPipeline::validate(GenerateOptions& o) const {
     throw InputError(fmt::format("--decode-chunk {}: must be >= 0 (0 = automatic)", o.decode_chunk));
   temporal::validate_frame_windows(o.context);
   validate_deep_cache(o);
+  if (c_->prompt_weights) {
+    // A weight that is not a number stops here, before any work.
+    for (const std::string* p : {&o.prompt, &o.negative_prompt}) text::parse_prompt_weights(*p);
+    for (const auto* keys : {&o.prompt_at, &o.negative_prompt_at})
+      for (const auto& [frame, p] : *keys) text::parse_prompt_weights(p);
+  }
   for (const auto* keys : {&o.prompt_at, &o.negative_prompt_at})
     for (const auto& [frame, text] : *keys)
       if (frame < 1 || frame >= o.frames)
@@ -358,6 +367,7 @@ void VideoPipeline::check_memory(const GenerateOptions& o) const {
 
 at::Tensor VideoPipeline::encode_text(const std::string& text) {
   c10::InferenceMode guard;
+  if (c_->prompt_weights) return encode_weighted_text(text);
   std::vector<int64_t> dropped;
   at::Tensor ids = c_->tokenizer.batch({text}, &dropped).to(c_->device);
   if (!dropped.empty() && dropped[0] > 0)
@@ -365,6 +375,39 @@ at::Tensor VideoPipeline::encode_text(const std::string& text) {
               "dropped; shorten the prompt to keep them",
               c_->tokenizer.max_length(), dropped[0]);
   return c_->text_encoder->forward(ids).last_hidden_state;  // [1, L, D]
+}
+
+at::Tensor VideoPipeline::encode_weighted_text(const std::string& text) {
+  const auto& tok = c_->tokenizer;
+  const int64_t L = tok.max_length();
+  std::vector<int64_t> ids{tok.bos_id()};
+  std::vector<float> weights{1.0f};
+  int64_t dropped = 0;
+  for (const text::WeightedText& segment : text::parse_prompt_weights(text))
+    for (int64_t id : tok.encode(segment.text, /*add_special=*/false, /*truncate=*/false)) {
+      if (static_cast<int64_t>(ids.size()) >= L - 1) {
+        ++dropped;
+        continue;
+      }
+      ids.push_back(id);
+      weights.push_back(static_cast<float>(segment.weight));
+    }
+  if (dropped > 0)
+    log::warn("prompt is longer than the text encoder's {} tokens: the last {} token(s) were dropped; shorten the "
+              "prompt to keep them",
+              L, dropped);
+  ids.push_back(tok.eos_id());
+  weights.push_back(1.0f);
+  while (static_cast<int64_t>(ids.size()) < L) {
+    ids.push_back(tok.pad_id());
+    weights.push_back(1.0f);
+  }
+  const at::Tensor id_tensor = at::tensor(ids, at::kLong).unsqueeze(0).to(c_->device);
+  const at::Tensor z = c_->text_encoder->forward(id_tensor).last_hidden_state;  // [1, L, D]
+  // Each token's embedding scaled by its weight, then the whole rescaled to its unweighted mean.
+  const at::Tensor w = at::tensor(weights, at::kFloat).to(z.device(), z.scalar_type()).view({1, L, 1});
+  const at::Tensor weighted = z * w;
+  return weighted * (z.mean() / weighted.mean());
 }
 
 at::Tensor VideoPipeline::encode_prompt(const std::string& prompt, const std::string& negative_prompt,

@@ -80,6 +80,9 @@ struct PipelineConfig {
   // LoRA files merged into the UNet and text encoder weights, in order, before the dtype conversion
   // (models/lora.h).
   std::vector<models::LoraSpec> loras;
+  // Prompts in the bracket syntax of text/prompt_weights.h ("a (red:1.3) circle"): each token's text
+  // embedding is weighted. Off: brackets are plain text, as diffusers reads them.
+  bool prompt_weights = false;
 };
 
 class VideoPipeline {
@@ -168,6 +171,9 @@ class VideoPipeline {
   at::Tensor encode_image_latents(const at::Tensor& frames_uint8, const GenerateOptions& options);
   // One prompt through the tokenizer and the text encoder: [1, L, D] (warns when it is truncated).
   at::Tensor encode_text(const std::string& text);
+  // The same with PipelineConfig::prompt_weights: the bracket syntax parsed, the tokens' embeddings
+  // weighted (text/prompt_weights.h).
+  at::Tensor encode_weighted_text(const std::string& text);
   // Prompt travel's per-frame text: [frames, L, D] from `first` at frame 0 and the keyframes after.
   at::Tensor encode_prompt_frames(const std::string& first, const std::map<int64_t, std::string>& later,
                                   int64_t frames);

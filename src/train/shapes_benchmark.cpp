@@ -97,8 +97,37 @@ void write_outputs(const ShapesBenchmarkOptions& o, ShapesBenchmarkReport& repor
   io::write_file_atomic(json_path, report.to_json(o).dump(2) + "\n");
 }
 
+// ShapesBenchmarkOptions::emphasis split into the attribute and its weight; InputError when malformed.
+std::pair<std::string, double> parse_emphasis(const std::string& emphasis) {
+  const size_t colon = emphasis.find(':');
+  const std::string attribute = emphasis.substr(0, colon);
+  char* end = nullptr;
+  const double weight = colon == std::string::npos ? 0.0 : std::strtod(emphasis.c_str() + colon + 1, &end);
+  if (colon == std::string::npos || end != emphasis.c_str() + emphasis.size() || !(weight >= 0) ||
+      (attribute != "shape" && attribute != "colour" && attribute != "direction"))
+    throw InputError(fmt::format("--emphasis '{}': expected shape, colour or direction, a colon and a weight, e.g. "
+                                 "shape:1.3",
+                                 emphasis));
+  return {attribute, weight};
+}
+
+// The caption of `a`, its `emphasis` attribute's word weighted in the bracket syntax.
+std::string emphasized_caption(const ShapeAttributes& a, const std::string& emphasis) {
+  std::string text = caption(a);
+  if (emphasis.empty()) return text;
+  const auto [attribute, weight] = parse_emphasis(emphasis);
+  const std::string word = attribute == "shape"    ? to_string(a.shape)
+                           : attribute == "colour" ? to_string(a.colour)
+                                                   : to_string(a.direction);
+  const size_t at = text.find(" " + word + " ");
+  if (at == std::string::npos) return text;
+  return text.substr(0, at + 1) + fmt::format("({}:{})", word, weight) + text.substr(at + 1 + word.size());
+}
+
 std::unique_ptr<pipelines::VideoPipeline> load_pipeline(const ShapesBenchmarkOptions& o) {
+  if (!o.emphasis.empty()) parse_emphasis(o.emphasis);  // before the model loads
   pipelines::PipelineConfig pc;
+  pc.prompt_weights = !o.emphasis.empty();
   pc.model_dir = o.model_dir;
   pc.device = o.device;
   pc.dtype = o.dtype;
@@ -176,7 +205,7 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
     std::vector<ShapeClipScore> scores;
     for (int64_t i = 0; i < o.n; ++i) {
       ShapeClipSpec spec = sample_spec(gen, world);
-      pipelines::GenerateOptions g = clip_options(o, caption(spec), mode, i);
+      pipelines::GenerateOptions g = clip_options(o, emphasized_caption(spec.attributes, o.emphasis), mode, i);
       at::Tensor frames;
       if (i2v) {
         frames = pipe->animate(first_frame(*pipe, g, spec), g);
@@ -494,6 +523,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
     j["travel"] = rates(travel);
     j["travel_control"] = rates(travel_control);
   }
+  if (!o.emphasis.empty()) j["emphasis"] = o.emphasis;
   if (o.deep_cache_interval > 1)
     j["deep_cache"] = {{"interval", o.deep_cache_interval}, {"branch", o.deep_cache_branch}};
   return j;

@@ -34,6 +34,9 @@ struct ShapesBenchmarkOptions {
   std::string dtype = "float32";
   std::vector<models::LoraSpec> loras;  // merged into the model (PipelineConfig::loras)
   temporal::FrameWindows context;       // frame windows for long clips (GenerateOptions::context)
+  // Prompt weighting: "shape:1.3" writes the captions' shape word as "(circle:1.3)" (likewise
+  // colour, direction) and reads the prompts with PipelineConfig::prompt_weights; "" = plain captions.
+  std::string emphasis;
   int64_t deep_cache_interval = 0;      // GenerateOptions::deep_cache_interval (0 = off)
   int64_t deep_cache_branch = 0;        // GenerateOptions::deep_cache_branch
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)

@@ -442,3 +442,20 @@ TEST(GenerateCli, ExtendAppendsFramesToTheSource) {
   EXPECT_NE(log.find("--frames 0: the frames to add must be between 1 and 1023"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
 }
+
+// --prompt-weights: recorded in the metadata; a weight that is not a number exits 2 before any work.
+TEST(GenerateCli, PromptWeightsAreRecordedAndChecked) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("weights"), log;
+  auto cmd = [&](const std::string& prompt, const std::string& out) {
+    return fmt::format("{} --threads 2 generate --model {} --prompt '{}' --frames 4 --steps 2 --seed 3 --t2v-mode joint "
+                       "--progress none --prompt-weights --output {} 2>&1",
+                       vdm::test::vdm_binary(), shapes, prompt, out);
+  };
+  ASSERT_EQ(run_command(cmd("a (red:1.3) circle moving right on a black background", dir + "/w.mp4"), &log), 0) << log;
+  EXPECT_EQ(ffprobe(dir + "/w.mp4").at("format").at("tags").at("prompt_weights"), "on");
+  EXPECT_EQ(run_command(cmd("a (red:1..3) circle", dir + "/bad.mp4"), &log), 2) << log;
+  EXPECT_NE(log.find("prompt weight '1..3' in 'a (red:1..3) circle' is not a number"), std::string::npos) << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+  EXPECT_FALSE(fs::exists(dir + "/bad.mp4"));
+}

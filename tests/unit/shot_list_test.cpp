@@ -522,6 +522,10 @@ TEST(ShotList, ExtendKeyContinuesVideoShotsOnly) {
   EXPECT_EQ(vdm::batch::shot_settings(list.shots[0]).at("extend"), 8);
   EXPECT_EQ(list.shots[1].mode(), Shot::Mode::kRestyle);
   EXPECT_FALSE(vdm::batch::shot_settings(list.shots[1]).contains("extend"));
+  // The batch's --prompt-weights is part of a shot's settings: turning it on renders the shot again.
+  EXPECT_FALSE(vdm::batch::shot_settings(list.shots[1]).contains("prompt_weights"));
+  list.shots[1].prompt_weights = true;
+  EXPECT_EQ(vdm::batch::shot_settings(list.shots[1]).at("prompt_weights"), true);
   const std::string msg = error_of("shots:\n  - {id: a, prompt: p, extend: 8}\n"
                                    "  - {id: b, prompt: p, video: clip.mp4, extend: 0}\n",
                                    dir);
