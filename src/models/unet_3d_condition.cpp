@@ -9,6 +9,7 @@
 #include "models/cuda_ops.h"
 #include "models/shape.h"
 #include "models/pretrained_io.h"
+#include "models/skip_connections.h"
 
 namespace vdm::models {
 
@@ -363,18 +364,7 @@ at::Tensor UNet3DConditionModelImpl::forward_impl(const at::Tensor& sample_in, c
 }
 
 std::vector<std::string> skip_connection_names(const UNet3DConditionConfig& c) {
-  const auto& boc = c.block_out_channels;
-  std::vector<std::string> names{fmt::format("transformer_in ({} ch, 1/1)", boc.at(0))};
-  for (size_t i = 0; i < boc.size(); ++i) {
-    const bool cross = c.down_block_types.at(i) == "CrossAttnDownBlock3D";
-    const int64_t scale = int64_t(1) << i;
-    for (int64_t l = 0; l < c.layers_per_block; ++l)
-      names.push_back(fmt::format("down_blocks.{}.{}.{} ({} ch, 1/{})", i, cross ? "temp_attentions" : "temp_convs",
-                                  l, boc[i], scale));
-    if (i + 1 < boc.size())
-      names.push_back(fmt::format("down_blocks.{}.downsamplers.0 ({} ch, 1/{})", i, boc[i], scale * 2));
-  }
-  return names;
+  return skip_connection_names(c.block_out_channels, c.down_block_types, c.layers_per_block);
 }
 
 // ---- loading and saving ---------------------------------------------------------------------

@@ -138,10 +138,8 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(UNet3DConditionModel);
 
-// The skip connections of a UNet with this config, in the order the down path makes them (the
-// FeatureCache::branch values): the module whose output each one is, with its channels and scale,
-// e.g. "transformer_in (320 ch, 1/1)", "down_blocks.0.attentions.0 (320 ch, 1/1)",
-// "down_blocks.0.downsamplers.0 (320 ch, 1/2)".
+// The skip connections of a UNet with this config (the FeatureCache::branch values), as
+// models/skip_connections.h names them.
 std::vector<std::string> skip_connection_names(const UNet3DConditionConfig& config);
 
 // Weight file names inside a diffusers component folder.

@@ -9,7 +9,7 @@
 #include "core/error.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
-#include "models/unet_3d_condition.h"
+#include "models/skip_connections.h"
 
 namespace vdm::pipelines {
 
@@ -134,7 +134,9 @@ std::string describe_model_folder(const ModelFolder& folder) {
         if (cfg.has(k)) out << fmt::format("  {:<24} {}\n", k, cfg.json().at(k).dump());
       if (c.name == "unet" && c.class_name == "UNet3DConditionModel") {
         // --deep-cache-branch takes the index of one of these.
-        const auto names = models::skip_connection_names(models::UNet3DConditionConfig::from_json(cfg));
+        const auto names = models::skip_connection_names(cfg.get_int_list("block_out_channels", {}),
+                                                         cfg.get_string_list("down_block_types", {}),
+                                                         cfg.get_int("layers_per_block", 2));
         for (size_t i = 0; i < names.size(); ++i)
           out << fmt::format("  {:<24} {} {}\n", i == 0 ? "deep cache branches" : "", i, names[i]);
       }
