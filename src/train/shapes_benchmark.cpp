@@ -48,8 +48,8 @@ bool write_sheet(const std::string& path, const at::Tensor& sheet) {
 
 struct Sheet {
   std::string name;
-  const std::vector<at::Tensor>& clips;
-  const std::vector<bool>& ok;
+  std::vector<at::Tensor> clips;
+  std::vector<bool> ok;
 };
 
 }  // namespace
@@ -156,6 +156,39 @@ pipelines::GenerateOptions clip_options(const ShapesBenchmarkOptions& o, const s
 }
 
 // The first frame of `spec`'s clip at the size `pipe` renders `g` at: uint8 [S, S, 3].
+// What every mode shares: --n checked, the clock, the world (checked before anything loads), the
+// report, the generator of clip specs and the contact sheets; finish() times the run and writes them.
+class ModeRun {
+ public:
+  ModeRun(const ShapesBenchmarkOptions& o, std::initializer_list<const char*> sheet_names)
+      : o_(o), t0_(std::chrono::steady_clock::now()), gen_(make_generator(o.seed)) {
+    if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
+    world_ = benchmark_world(o);
+    report.world = world_;
+    for (const char* name : sheet_names) sheets_.push_back({name, {}, {}});
+  }
+  ShapeClipSpec next_spec() { return sample_spec(gen_, world_); }
+  // frames: [F, S, W, 3] uint8, one tile row of sheet `sheet`; ok picks its frame colour.
+  void add(ShapesBenchmarkClip clip, const at::Tensor& frames, bool ok, size_t sheet = 0) {
+    report.clips.push_back(std::move(clip));
+    sheets_.at(sheet).clips.push_back(frames);
+    sheets_.at(sheet).ok.push_back(ok);
+  }
+  ShapesBenchmarkReport finish() {
+    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    write_outputs(o_, report, sheets_);
+    return std::move(report);
+  }
+  ShapesBenchmarkReport report;
+
+ private:
+  const ShapesBenchmarkOptions& o_;
+  std::chrono::steady_clock::time_point t0_;
+  at::Generator gen_;
+  ShapeWorldConfig world_;
+  std::vector<Sheet> sheets_;
+};
+
 at::Tensor first_frame(pipelines::VideoPipeline& pipe, const pipelines::GenerateOptions& g, const ShapeClipSpec& spec) {
   pipelines::GenerateOptions probe = g;
   pipe.validate(probe);
@@ -185,26 +218,19 @@ Direction perpendicular_direction(Direction d, bool first) {
 }
 
 ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
-  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip per mode", o.n));
-  const auto t0 = std::chrono::steady_clock::now();
-  const ShapeWorldConfig world = benchmark_world(o);  // checks --start before loading anything
+  ModeRun run(o, {"contact_t2v.png", "contact_i2v.png"});
   auto pipe = load_pipeline(o);
   if (o.image_to_video && !pipe->has_first_frame_conditioning()) {
     log::warn("{}: the UNet takes no first-frame condition; image-to-video falls back to animating from a noised "
               "image",
               o.model_dir);
   }
-  ShapesBenchmarkReport report;
-  report.world = world;
-  at::Generator gen = make_generator(o.seed);
-  std::vector<at::Tensor> sheet_clips[2];
-  std::vector<bool> sheet_ok[2];
   for (int mode = 0; mode < 2; ++mode) {
     const bool i2v = mode == 1;
     if ((i2v && !o.image_to_video) || (!i2v && !o.text_to_video)) continue;
     std::vector<ShapeClipScore> scores;
     for (int64_t i = 0; i < o.n; ++i) {
-      ShapeClipSpec spec = sample_spec(gen, world);
+      ShapeClipSpec spec = run.next_spec();
       pipelines::GenerateOptions g = clip_options(o, emphasized_caption(spec.attributes, o.emphasis), mode, i);
       at::Tensor frames;
       if (i2v) {
@@ -226,37 +252,26 @@ ShapesBenchmarkReport run_shapes_benchmark(const ShapesBenchmarkOptions& o) {
       log::info("{} {:>3}/{}  {}  {}{}", clip.mode, i + 1, o.n, clip.caption, clip.score.all_ok() ? "ok" : "FAIL: ",
                 clip.score.failure);
       scores.push_back(clip.score);
-      report.clips.push_back(clip);
-      sheet_clips[mode].push_back(frames);
-      sheet_ok[mode].push_back(clip.score.all_ok());
+      const bool ok = clip.score.all_ok();
+      run.add(std::move(clip), frames, ok, static_cast<size_t>(mode));
     }
-    (i2v ? report.i2v : report.t2v) = summarize(scores);
+    (i2v ? run.report.i2v : run.report.t2v) = summarize(scores);
   }
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_outputs(o, report, {{"contact_t2v.png", sheet_clips[0], sheet_ok[0]},
-                            {"contact_i2v.png", sheet_clips[1], sheet_ok[1]}});
-  return report;
+  return run.finish();
 }
 
 ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
-  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
-  const auto t0 = std::chrono::steady_clock::now();
-  const ShapeWorldConfig world = benchmark_world(o);  // checks --start before loading anything
+  ModeRun run(o, {"contact_words.png"});
   auto pipe = load_pipeline(o);
   if (!pipe->has_first_frame_conditioning())
     throw InputError(fmt::format("{}: the words mode animates a first frame, but this UNet takes no first-frame "
                                  "condition (in_channels is neither 2 x latent + 1 nor 2 x latent + 2); use a model "
                                  "trained with first-frame conditioning (vdm train), or --mode t2v for this one",
                                  o.model_dir));
-  ShapesBenchmarkReport report;
-  report.world = world;
-  at::Generator gen = make_generator(o.seed);
   std::vector<ShapeClipScore> scores;
-  std::vector<at::Tensor> clips;
-  std::vector<bool> ok;
   int64_t follow_rendered = 0;
   for (int64_t i = 0; i < o.n; ++i) {
-    const ShapeClipSpec spec = sample_spec(gen, world);
+    const ShapeClipSpec spec = run.next_spec();
     ShapeAttributes asked = spec.attributes;
     asked.direction = perpendicular_direction(spec.attributes.direction, i % 2 == 0);
     pipelines::GenerateOptions g = clip_options(o, caption(asked), 2, i);
@@ -272,15 +287,12 @@ ShapesBenchmarkReport run_shapes_words(const ShapesBenchmarkOptions& o) {
     log::info("words {:>3}/{}  {} (rendered moving {})  motion {}", i + 1, o.n, clip.caption, clip.rendered_direction,
               clip.score.direction.empty() ? "not measured" : clip.score.direction);
     scores.push_back(clip.score);
-    report.clips.push_back(clip);
-    clips.push_back(frames);
-    ok.push_back(clip.score.direction_ok);
+    const bool ok = clip.score.direction_ok;
+    run.add(std::move(clip), frames, ok);
   }
-  report.words = summarize(scores);
-  report.words_follow_rendered = static_cast<double>(follow_rendered) / static_cast<double>(o.n);
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_outputs(o, report, {{"contact_words.png", clips, ok}});
-  return report;
+  run.report.words = summarize(scores);
+  run.report.words_follow_rendered = static_cast<double>(follow_rendered) / static_cast<double>(o.n);
+  return run.finish();
 }
 
 std::optional<Colour> majority_colour(const at::Tensor& frames) {
@@ -313,18 +325,11 @@ bool continuous_object(const at::Tensor& frames) {
 }
 
 ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
-  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
   if (o.frames < 4)
     throw InputError(fmt::format("--frames {}: the travel mode needs at least 4 frames (a quarter at each end)",
                                  o.frames));
-  const auto t0 = std::chrono::steady_clock::now();
-  const ShapeWorldConfig world = benchmark_world(o);
+  ModeRun run(o, {"contact_travel.png"});
   auto pipe = load_pipeline(o);
-  ShapesBenchmarkReport report;
-  report.world = world;
-  at::Generator gen = make_generator(o.seed);
-  std::vector<at::Tensor> clips;
-  std::vector<bool> ok;
   const int64_t quarter = o.frames / 4;
   auto score = [&](const at::Tensor& frames, Colour first, Colour second, ShapesBenchmarkReport::TravelRates& r) {
     const auto start = majority_colour(frames.slice(0, 0, quarter));
@@ -338,7 +343,7 @@ ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
     return std::pair{s && e, fmt::format("{} -> {}", start ? to_string(*start) : "none", end ? to_string(*end) : "none")};
   };
   for (int64_t i = 0; i < o.n; ++i) {
-    const ShapeClipSpec spec = sample_spec(gen, world);
+    const ShapeClipSpec spec = run.next_spec();
     ShapeAttributes second = spec.attributes;
     // Another colour, cycling through the others.
     second.colour = static_cast<Colour>((static_cast<int>(spec.attributes.colour) + 1 + i % (kNumColours - 1)) %
@@ -352,39 +357,28 @@ ShapesBenchmarkReport run_shapes_travel(const ShapesBenchmarkOptions& o) {
     clip.mode = "travel";
     clip.caption = g.prompt + " -> " + caption(second);
     clip.seed = g.seed;
-    const auto [switched, seen] = score(travelled, spec.attributes.colour, second.colour, report.travel);
-    score(control, spec.attributes.colour, second.colour, report.travel_control);
+    const auto [switched, seen] = score(travelled, spec.attributes.colour, second.colour, run.report.travel);
+    score(control, spec.attributes.colour, second.colour, run.report.travel_control);
     log::info("travel {:>3}/{}  {} -> {}: {}{}", i + 1, o.n, to_string(spec.attributes.colour),
               to_string(second.colour), seen, switched ? "" : "  (missed)");
-    report.clips.push_back(clip);
-    clips.push_back(at::cat({travelled, control}, 2));  // travel | control, side by side
-    ok.push_back(switched);
+    run.add(std::move(clip), at::cat({travelled, control}, 2), switched);  // travel | control, side by side
   }
-  for (auto* r : {&report.travel, &report.travel_control}) {
+  for (auto* r : {&run.report.travel, &run.report.travel_control}) {
     r->start /= static_cast<double>(r->n);
     r->end /= static_cast<double>(r->n);
     r->switched /= static_cast<double>(r->n);
     r->continuous /= static_cast<double>(r->n);
   }
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_outputs(o, report, {{"contact_travel.png", clips, ok}});
-  return report;
+  return run.finish();
 }
 
 ShapesBenchmarkReport run_shapes_extend(const ShapesBenchmarkOptions& o) {
-  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
-  const auto t0 = std::chrono::steady_clock::now();
-  const ShapeWorldConfig world = benchmark_world(o);
+  ModeRun run(o, {"contact_extend.png"});
   auto pipe = load_pipeline(o);
-  ShapesBenchmarkReport report;
-  report.world = world;
-  at::Generator gen = make_generator(o.seed);
-  std::vector<at::Tensor> clips;
-  std::vector<bool> ok;
   std::vector<ShapeClipScore> scores;
   int64_t seams = 0;
   for (int64_t i = 0; i < o.n; ++i) {
-    const ShapeClipSpec spec = sample_spec(gen, world);
+    const ShapeClipSpec spec = run.next_spec();
     pipelines::GenerateOptions g = clip_options(o, caption(spec), 4, i);
     const at::Tensor source = pipe->generate(g);
     g.seed += 1;
@@ -405,21 +399,16 @@ ShapesBenchmarkReport run_shapes_extend(const ShapesBenchmarkOptions& o) {
     log::info("extend {:>3}/{}  {}  seam {}  new frames {}{}", i + 1, o.n, clip.caption, seam ? "ok" : "BROKEN",
               clip.score.all_ok() ? "ok" : "FAIL: ", clip.score.failure);
     scores.push_back(clip.score);
-    report.clips.push_back(clip);
-    clips.push_back(both);
-    ok.push_back(seam && clip.score.all_ok());
+    const bool ok = seam && clip.score.all_ok();
+    run.add(std::move(clip), both, ok);
   }
-  report.extension = summarize(scores);
-  report.seam_ok = static_cast<double>(seams) / static_cast<double>(o.n);
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_outputs(o, report, {{"contact_extend.png", clips, ok}});
-  return report;
+  run.report.extension = summarize(scores);
+  run.report.seam_ok = static_cast<double>(seams) / static_cast<double>(o.n);
+  return run.finish();
 }
 
 ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
-  if (o.n < 1) throw InputError(fmt::format("--n {}: need at least one clip", o.n));
-  const auto t0 = std::chrono::steady_clock::now();
-  const ShapeWorldConfig world = benchmark_world(o);  // checks --start before loading anything
+  ModeRun run(o, {"contact_vae.png"});  // checks --n and --start before loading anything
   const c10::Device device = parse_device(o.device);
   const c10::ScalarType dtype = parse_dtype(o.dtype);
   models::AutoencoderKL vae = models::load_autoencoder_kl((fs::path(o.model_dir) / "vae").string());
@@ -428,15 +417,10 @@ ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
   const int64_t size = vae->config().sample_size > 0 ? vae->config().sample_size : 64;
   log::info("eval shapes ceiling: {} dataset clips of {} frames at {}x{}, VAE of {}", o.n, o.frames, size, size,
             o.model_dir);
-  ShapesBenchmarkReport report;
-  report.world = world;
-  at::Generator gen = make_generator(o.seed);
-  std::vector<at::Tensor> clips;
-  std::vector<bool> ok;
   std::vector<ShapeClipScore> data_scores, vae_scores;
   at::NoGradGuard no_grad;
   for (int64_t i = 0; i < o.n; ++i) {
-    const ShapeClipSpec spec = sample_spec(gen, world);
+    const ShapeClipSpec spec = run.next_spec();
     at::Tensor frames = render_clip(spec, o.frames, size);  // [F, S, S, 3] uint8
     at::Tensor x = frames.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1.0);  // [F, 3, S, S]
     at::Tensor z = vae->encode(x.to(device, dtype)).mean;
@@ -450,15 +434,12 @@ ShapesBenchmarkReport run_shapes_ceiling(const ShapesBenchmarkOptions& o) {
     vae_scores.push_back(clip.score);
     log::info("vae {:>3}/{}  {}  data {}  vae {}{}", i + 1, o.n, clip.caption, data_scores.back().all_ok() ? "ok" : "FAIL",
               clip.score.all_ok() ? "ok" : "FAIL: ", clip.score.failure);
-    report.clips.push_back(clip);
-    clips.push_back(at::cat({frames, rec_u8}, 2));  // dataset | round trip, side by side
-    ok.push_back(clip.score.all_ok());
+    const bool ok = clip.score.all_ok();
+    run.add(std::move(clip), at::cat({frames, rec_u8}, 2), ok);  // dataset | round trip, side by side
   }
-  report.data = summarize(data_scores);
-  report.vae = summarize(vae_scores);
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_outputs(o, report, {{"contact_vae.png", clips, ok}});
-  return report;
+  run.report.data = summarize(data_scores);
+  run.report.vae = summarize(vae_scores);
+  return run.finish();
 }
 
 nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) const {

@@ -587,9 +587,6 @@ TEST(Train, ShapesCeilingSeparatesATrainedVaeFromAnUntrainedOne) {
   EXPECT_LT(bad.vae.persistence, 0.5);
 }
 
-// The words mode of `vdm eval shapes`: every first frame is animated with a prompt whose direction
-// lies at right angles to the one the clip was rendered with, and the report scores the motion
-// against the prompt.
 // A curriculum phase with its own world draws its clips from a latent pool of that world, cached
 // apart from the data's; the model's training.json records the world of its last clips, which the
 // shapes benchmark draws its first frames from. A pool made from other data settings is encoded
@@ -644,6 +641,9 @@ TEST(Train, PhaseWorldHasItsOwnLatentPool) {
   EXPECT_EQ(resumed.at("world").at("margin"), 0.05);
 }
 
+// The words mode of `vdm eval shapes`: every first frame is animated with a prompt whose direction
+// lies at right angles to the one the clip was rendered with, and the report scores the motion
+// against the prompt.
 TEST(Train, ShapesWordsModePromptsAPerpendicularDirection) {
   EXPECT_EQ(perpendicular_direction(Direction::kLeft, true), Direction::kUp);
   EXPECT_EQ(perpendicular_direction(Direction::kRight, false), Direction::kDown);
@@ -674,6 +674,61 @@ TEST(Train, ShapesWordsModePromptsAPerpendicularDirection) {
     o.model_dir = tiny + "/t2v_pipeline";
     EXPECT_THROW(run_shapes_words(o), InputError);
   }
+}
+
+// The travel mode of `vdm eval shapes`: each clip is generated twice from one seed, with the caption
+// travelling to another colour and without; both are scored, side by side on one contact sheet.
+TEST(Train, ShapesTravelModeScoresTheTravelAndItsControl) {
+  ShapesBenchmarkOptions o;
+  o.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  o.n = 2;
+  o.seed = 7;
+  o.steps = 2;
+  o.frames = 4;
+  o.out_dir = test::make_temp_dir("eval_travel");
+  ShapesBenchmarkReport r = run_shapes_travel(o);
+  EXPECT_EQ(r.travel.n, 2);
+  EXPECT_EQ(r.travel_control.n, 2);
+  for (const auto* t : {&r.travel, &r.travel_control})
+    for (double rate : {t->start, t->end, t->switched, t->continuous}) {
+      EXPECT_GE(rate, 0.0);
+      EXPECT_LE(rate, 1.0);
+    }
+  ASSERT_EQ(r.clips.size(), 2u);
+  for (const auto& c : r.clips) {
+    EXPECT_EQ(c.mode, "travel");
+    EXPECT_NE(c.caption.find(" -> "), std::string::npos) << c.caption;
+  }
+  EXPECT_NE(r.to_table().find("without travel: 2 clips"), std::string::npos) << r.to_table();
+  EXPECT_TRUE(fs::exists(fs::path(o.out_dir) / "results.json"));
+#ifdef VDM_WITH_FFMPEG
+  EXPECT_TRUE(fs::exists(fs::path(o.out_dir) / "contact_travel.png"));
+#endif
+  o.frames = 3;  // no quarter at each end
+  EXPECT_THROW(run_shapes_travel(o), InputError);
+  o.frames = 4;
+  o.n = 0;
+  EXPECT_THROW(run_shapes_travel(o), InputError);
+}
+
+// The extend mode of `vdm eval shapes`: each generated clip is extended by as many frames again;
+// the new frames are scored against the caption and the seam between the two is checked.
+TEST(Train, ShapesExtendModeScoresTheNewFramesAndTheSeam) {
+  ShapesBenchmarkOptions o;
+  o.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  o.n = 2;
+  o.seed = 9;
+  o.steps = 2;
+  o.frames = 4;
+  ShapesBenchmarkReport r = run_shapes_extend(o);
+  EXPECT_EQ(r.extension.n, 2);
+  EXPECT_GE(r.seam_ok, 0.0);
+  EXPECT_LE(r.seam_ok, 1.0);
+  ASSERT_EQ(r.clips.size(), 2u);
+  EXPECT_EQ(r.clips[0].mode, "extend");
+  EXPECT_NE(r.clips[0].seed, r.clips[1].seed);
+  EXPECT_NE(r.to_table().find("extend: the seam keeps the object"), std::string::npos) << r.to_table();
+  EXPECT_GT(r.seconds, 0.0);
 }
 
 }  // namespace
