@@ -156,6 +156,7 @@ json shot_settings(const Shot& shot) {
     j["deep_cache"] = shot.deep_cache;
     j["deep_cache_branch"] = shot.deep_cache_branch;
   }
+  if (shot.freeu) j["freeu"] = models::describe_freeu(*shot.freeu);
   if (!shot.image.empty()) {
     j["image"] = shot.image;
     j["image_sha256"] = sha256_file(shot.image);

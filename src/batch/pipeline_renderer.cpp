@@ -64,6 +64,7 @@ pipelines::GenerateOptions PipelineRenderer::options_for(const Shot& shot) {
   o.negative_prompt_at = shot.negative_prompt_at;
   o.deep_cache_interval = shot.deep_cache;
   o.deep_cache_branch = shot.deep_cache_branch;
+  o.freeu = shot.freeu;
   o.strength = shot.strength;
   if (shot.mode() == Shot::Mode::kExtend) o.frames = shot.extend;  // the frames to add
   return o;
@@ -191,6 +192,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
     wo.metadata["negative_prompt_at"] = pipelines::describe_prompt_keyframes(o.negative_prompt_at);
   if (o.deep_cache_interval > 1)
     wo.metadata["deep_cache"] = pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch);
+  if (o.freeu) wo.metadata["freeu"] = models::describe_freeu(*o.freeu);
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

@@ -108,6 +108,7 @@ struct Fields {
   std::optional<double> guidance, guidance_rescale, strength;
   std::optional<std::vector<models::LoraSpec>> loras;
   std::optional<std::map<int64_t, std::string>> prompt_at, negative_prompt_at;
+  std::optional<models::FreeU> freeu;
   std::map<std::string, int> lines;  // key -> line
 };
 
@@ -133,7 +134,7 @@ const std::vector<KeySpec>& key_specs() {
       {"context_stride", Kind::kInt, true},        {"guidance_rescale", Kind::kNumber, true},
       {"deep_cache", Kind::kInt, true},            {"deep_cache_branch", Kind::kInt, true},
       {"prompt_at", Kind::kKeyframes, true},       {"negative_prompt_at", Kind::kKeyframes, true},
-      {"extend", Kind::kInt, true},
+      {"extend", Kind::kInt, true},                {"freeu", Kind::kString, true},
   };
   return specs;
 }
@@ -476,6 +477,13 @@ class Parser {
             return;
           }
           f->loras = loras;
+        } else if (name == "freeu") {
+          try {
+            f->freeu = models::parse_freeu(s, "key 'freeu'");
+          } catch (const InputError& e) {
+            problems_.add(line, where, e.what());
+            return;
+          }
         }
         return;
       }
@@ -688,6 +696,7 @@ class Parser {
     if (has_video) shot->extend = f.extend.value_or(d.extend.value_or(0));
     shot->deep_cache = f.deep_cache.value_or(d.deep_cache.value_or(0));
     shot->deep_cache_branch = f.deep_cache_branch.value_or(d.deep_cache_branch.value_or(0));
+    shot->freeu = f.freeu ? f.freeu : d.freeu;
     return true;
   }
 

@@ -25,9 +25,11 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "models/freeu_spec.h"
 #include "models/lora_spec.h"
 
 namespace vdm::batch {
@@ -91,6 +93,8 @@ struct Shot {
   // DeepCache (GenerateOptions::deep_cache_interval and deep_cache_branch); 0 = off.
   int64_t deep_cache = 0;
   int64_t deep_cache_branch = 0;
+  // FreeU (GenerateOptions::freeu), "freeu: b1=1.2,b2=1.4,s1=0.9,s2=0.2"; unset = off.
+  std::optional<models::FreeU> freeu;
   // Where the shot came from, for messages.
   size_t index = 0;     // 0-based position in the list
   int line = 0;         // 1-based line of the shot's entry

@@ -20,6 +20,7 @@ void register_eval(CLI::App& app) {
   o->out_dir = "eval_shapes";
   auto mode = std::make_shared<std::string>("both");
   auto loras = std::make_shared<std::vector<std::string>>();
+  auto freeu = std::make_shared<std::string>();
   cmd->add_option("--model", o->model_dir, "Model folder")->capture_default_str();
   cmd->add_option("--n", o->n, "Clips per mode")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the captions and the generations")->capture_default_str();
@@ -37,6 +38,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();
   add_context_options(cmd, o->context);
   add_deep_cache_options(cmd, o->deep_cache_interval, o->deep_cache_branch);
+  add_freeu_option(cmd, *freeu);
   cmd->add_option("--emphasis", o->emphasis,
                   "Weight one word of every caption, e.g. shape:1.3 writes '(circle:1.3)' and reads the prompts with "
                   "--prompt-weights (t2v and i2v modes)");
@@ -44,8 +46,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--mode", *mode, "both | t2v | i2v | ceiling (dataset clips as rendered and through the model's VAE: what the measure and the VAE allow) | words (first frames animated with a direction at right angles to the rendered one: motion read from the prompt or from the image) | travel (prompt travel from a caption to the same caption in another colour, each beside its control without travel) | extend (text-to-video clips extended by as many frames again: the new frames against the caption, and the seam)")->capture_default_str();
   cmd->add_option("--out", o->out_dir, "Folder for contact_t2v.png, contact_i2v.png, results.json")
       ->capture_default_str();
-  cmd->callback([o, mode, loras] {
+  cmd->callback([o, mode, loras, freeu] {
     for (const std::string& l : *loras) o->loras.push_back(models::parse_lora_spec(l));
+    if (!freeu->empty()) o->freeu = models::parse_freeu(*freeu);
     if (*mode != "both" && *mode != "t2v" && *mode != "i2v" && *mode != "ceiling" && *mode != "words" &&
         *mode != "travel" && *mode != "extend")
       throw InputError("--mode '" + *mode + "' is not known; use both, t2v, i2v, ceiling, words, travel or extend");

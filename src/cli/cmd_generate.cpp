@@ -38,6 +38,7 @@ struct GenerateArgs {
   std::string max_memory;  // "" = the memory the machine has free
   std::vector<std::string> loras;  // --lora FILE[:STRENGTH]
   std::vector<std::string> prompt_at, negative_prompt_at;  // FRAME:PROMPT (prompt travel)
+  std::string freeu;  // --freeu b1=..,b2=..,s1=..,s2=.. ("" = off)
 };
 
 }  // namespace
@@ -67,6 +68,12 @@ void add_deep_cache_options(CLI::App* cmd, int64_t& interval, int64_t& branch) {
                   "With --deep-cache: the skip connection below which features are reused (0 = shallowest, fastest; "
                   "`vdm info` lists them)")
       ->capture_default_str();
+}
+
+void add_freeu_option(CLI::App* cmd, std::string& text) {
+  cmd->add_option("--freeu", text,
+                  "FreeU: scale the backbone (b1, b2) and the skip connections' low frequencies (s1, s2) of the two "
+                  "deepest up blocks, e.g. b1=1.2,b2=1.4,s1=0.9,s2=0.2 (default: off)");
 }
 
 namespace {
@@ -111,6 +118,7 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
                   "FILE:STRENGTH (default 1); repeat for several");
   add_context_options(cmd, o.context);
   add_deep_cache_options(cmd, o.deep_cache_interval, o.deep_cache_branch);
+  add_freeu_option(cmd, a.freeu);
   cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
   cmd->add_flag("--cuda-graph", a.pipeline.cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
@@ -156,6 +164,7 @@ void run(Mode mode, GenerateArgs& a) {
   for (const std::string& k : a.negative_prompt_at)
     pipelines::add_prompt_keyframe(o.negative_prompt_at, k, "--negative-prompt-at");
   temporal::validate_frame_windows(o.context);
+  if (!a.freeu.empty()) o.freeu = models::parse_freeu(a.freeu);
 
   at::Tensor input;
 #ifdef VDM_WITH_FFMPEG
@@ -186,6 +195,7 @@ void run(Mode mode, GenerateArgs& a) {
   if (!o.prompt_at.empty()) log::info("prompt travel: {}", pipelines::describe_prompt_keyframes(o.prompt_at));
   if (o.deep_cache_interval > 1)
     log::info("deep cache: {}", pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch));
+  if (o.freeu) log::info("FreeU: {}", models::describe_freeu(*o.freeu));
   if (mode == Mode::kExtend) log::info("extending {} frames of {} by {}", input.size(0), a.input, o.frames);
   if (o.context.splits(o.frames)) {
     log::info("frame windows: {}", o.context.describe());
@@ -227,6 +237,7 @@ void run(Mode mode, GenerateArgs& a) {
     meta["negative_prompt_at"] = pipelines::describe_prompt_keyframes(o.negative_prompt_at);
   if (o.deep_cache_interval > 1)
     meta["deep_cache"] = pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch);
+  if (o.freeu) meta["freeu"] = models::describe_freeu(*o.freeu);
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

@@ -30,5 +30,7 @@ void add_context_options(CLI::App* cmd, temporal::FrameWindows& windows);
 // --deep-cache and --deep-cache-branch (GenerateOptions::deep_cache_interval/_branch), on generate,
 // animate, restyle and eval shapes.
 void add_deep_cache_options(CLI::App* cmd, int64_t& interval, int64_t& branch);
+// --freeu B1,B2,S1,S2 as KEY=VALUE text (models::parse_freeu reads it).
+void add_freeu_option(CLI::App* cmd, std::string& text);
 
 }  // namespace vdm::cli

@@ -90,6 +90,16 @@ at::Tensor pop_back(std::vector<at::Tensor>& res_samples) {
   return r;
 }
 
+// h: [B*F, C, H, W] joined with the next skip connection along the channels, after FreeU's factors
+// when the block has them.
+at::Tensor join_skip(const at::Tensor& h, std::vector<at::Tensor>& res_samples,
+                     const std::optional<FreeUStage>& freeu) {
+  at::Tensor skip = pop_back(res_samples);
+  if (!freeu) return at::cat({h, skip}, 1);
+  const auto [backbone, filtered] = apply_freeu(*freeu, h, skip);
+  return at::cat({backbone, filtered}, 1);
+}
+
 // Layer i of a block's spatial-then-temporal pairs, each output tapped under its attribute name:
 // resnets[i] (with the time embedding) then temp_convs[i]. h: [B*F, C, H, W].
 at::Tensor resnet_and_temp_conv(const torch::nn::ModuleList& resnets, const torch::nn::ModuleList& temp_convs,
@@ -273,7 +283,7 @@ at::Tensor CrossAttnUpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::
   at::Tensor h = x;
   end = layer_end(begin, end, num_resnets());
   for (int64_t i = begin; i < end; ++i) {
-    h = at::cat({h, pop_back(res_samples)}, 1);
+    h = join_skip(h, res_samples, freeu);
     h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
     h = attention_and_temp_attention(attentions_, temp_attentions_, i, h, encoder_hidden_states, num_frames, tap);
   }
@@ -296,7 +306,7 @@ at::Tensor UpBlock3DImpl::forward(const at::Tensor& x, std::vector<at::Tensor>& 
   at::Tensor h = x;
   end = layer_end(begin, end, num_resnets());
   for (int64_t i = begin; i < end; ++i) {
-    h = at::cat({h, pop_back(res_samples)}, 1);
+    h = join_skip(h, res_samples, freeu);
     h = resnet_and_temp_conv(resnets_, temp_convs_, i, h, temb, num_frames, tap);
   }
   return end == num_resnets() ? upsample(upsamplers_, h, upsample_size, tap) : h;

@@ -13,10 +13,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "models/activations.h"
+#include "models/freeu.h"
 #include "models/tap.h"
 
 namespace vdm::models {
@@ -68,6 +70,9 @@ class UpBlock3DBase : public torch::nn::Module {
                              int64_t begin = 0, int64_t end = -1) = 0;
   virtual bool has_cross_attention() const = 0;
   virtual int64_t num_resnets() const = 0;
+  // FreeU factors of this block's stage (models/freeu.h), applied before each layer joins its skip
+  // connection; unset = off. Set by UNet3DConditionModelImpl::set_freeu.
+  std::optional<FreeUStage> freeu;
 };
 
 class CrossAttnDownBlock3DImpl : public DownBlock3DBase {

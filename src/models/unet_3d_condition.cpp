@@ -210,6 +210,16 @@ int64_t UNet3DConditionModelImpl::set_frame_windows(const temporal::FrameWindows
   return n;
 }
 
+void UNet3DConditionModelImpl::set_freeu(const std::optional<FreeU>& freeu) {
+  for (size_t i = 0; i < up_.size(); ++i) {
+    if (!freeu || i > 1)
+      up_[i]->freeu.reset();
+    else
+      up_[i]->freeu = i == 0 ? FreeUStage{freeu->b1, freeu->s1} : FreeUStage{freeu->b2, freeu->s2};
+  }
+  freeu_ = freeu;
+}
+
 c10::ScalarType UNet3DConditionModelImpl::dtype() const { return conv_in_->weight.scalar_type(); }
 c10::Device UNet3DConditionModelImpl::device() const { return conv_in_->weight.device(); }
 

@@ -9,6 +9,7 @@
 #include <torch/nn/modules/conv.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -115,6 +116,11 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   int64_t set_frame_windows(const temporal::FrameWindows& windows);
   const temporal::FrameWindows& frame_windows() const { return frame_windows_; }
 
+  // FreeU (models/freeu.h): stage 1's factors on up_blocks.0, stage 2's on up_blocks.1, as
+  // diffusers' enable_freeu; unset turns it off. The UNet's other up blocks are not touched.
+  void set_freeu(const std::optional<FreeU>& freeu);
+  const std::optional<FreeU>& freeu() const { return freeu_; }
+
   const UNet3DConditionConfig& config() const { return config_; }
   c10::ScalarType dtype() const;
   c10::Device device() const;
@@ -127,6 +133,7 @@ class UNet3DConditionModelImpl : public torch::nn::Module {
   TapFn tap_;
   bool channels_last_ = false;
   temporal::FrameWindows frame_windows_;
+  std::optional<FreeU> freeu_;
   torch::nn::Conv2d conv_in_{nullptr}, conv_out_{nullptr};
   TimestepEmbedding time_embedding_{nullptr};
   temporal::TransformerTemporalModel transformer_in_{nullptr};

@@ -459,9 +459,10 @@ at::Tensor VideoPipeline::denoise(const GenerateOptions& o, const at::Tensor& te
                                   at::Tensor latents, const at::Tensor& condition,
                                   int64_t start_step, const StepObserver& observer) {
   c10::InferenceMode guard;
-  if (c_->unet->frame_windows() != o.context) {
+  if (c_->unet->frame_windows() != o.context || c_->unet->freeu() != o.freeu) {
     c_->unet->set_frame_windows(o.context);
-    // A captured graph holds the previous windows' kernels: capture again.
+    c_->unet->set_freeu(o.freeu);
+    // A captured graph holds the previous windows' or FreeU's kernels: capture again.
     if (c_->unet_graph) c_->unet_graph = std::make_unique<UNetGraph>(c_->unet);
   }
   auto scheduler = make_pipeline_scheduler(c_->scheduler_config, o.sampler);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "models/freeu.h"
 #include "models/lora.h"
 #include "pipelines/memory_guard.h"
 #include "pipelines/progress.h"
@@ -59,6 +60,9 @@ struct GenerateOptions {
   // the steps between, with the deeper features of the last full step. interval 0 or 1 = off.
   int64_t deep_cache_interval = 0;
   int64_t deep_cache_branch = 0;
+  // FreeU (models/freeu.h): the backbone and skip-connection factors of the two deepest up blocks;
+  // unset = off (the model as trained).
+  std::optional<models::FreeU> freeu;
   // Image-to-video / video-to-video
   double strength = 0.8;              // SDEdit strength (plain text-to-video models, restyle)
   std::string fit = "crop";           // crop | pad | stretch: how an image/video is fitted to the size

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "models/freeu.h"
 #include "models/lora.h"
 #include "temporal/frame_windows.h"
 #include "train/shapes_eval.h"
@@ -39,6 +40,7 @@ struct ShapesBenchmarkOptions {
   std::string emphasis;
   int64_t deep_cache_interval = 0;      // GenerateOptions::deep_cache_interval (0 = off)
   int64_t deep_cache_branch = 0;        // GenerateOptions::deep_cache_branch
+  std::optional<models::FreeU> freeu;   // GenerateOptions::freeu (unset = off)
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)
   bool text_to_video = true;
   bool image_to_video = true;

@@ -344,6 +344,29 @@ TEST(GenerateCli, ContextWindowsSplitOnlyLongerClipsAndAreRecorded) {
 
 // --deep-cache on the embedded model: logged and recorded in the clip's metadata, its branches listed by
 // `vdm info`, and a branch the UNet does not have refused before any work.
+// --freeu: the render changes and is tagged; a malformed value exits 2 before any work, naming the key.
+TEST(GenerateCli, FreeUIsRecordedAndChecked) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("freeu"), log;
+  auto cmd = [&](const std::string& out, const std::string& extra) {
+    return fmt::format("{} --threads 2 generate --model {} --prompt 'a red circle moving right on a black "
+                       "background' --frames 4 --steps 3 --guidance 4 --seed 3 --t2v-mode joint --progress none "
+                       "{} --output {} 2>&1",
+                       vdm::test::vdm_binary(), shapes, extra, out);
+  };
+  ASSERT_EQ(run_command(cmd(dir + "/plain", "--format png"), &log), 0) << log;
+  ASSERT_EQ(run_command(cmd(dir + "/f.mp4", "--freeu b1=1.2,b2=1.4,s1=0.9,s2=0.2"), &log), 0) << log;
+  EXPECT_NE(log.find("FreeU: b1=1.2,b2=1.4,s1=0.9,s2=0.2"), std::string::npos) << log;
+  EXPECT_EQ(ffprobe(dir + "/f.mp4").at("format").at("tags").at("freeu").get<std::string>(),
+            "b1=1.2,b2=1.4,s1=0.9,s2=0.2");
+  ASSERT_EQ(run_command(cmd(dir + "/freeu", "--format png --freeu b1=1.3,b2=1.3,s1=0.5,s2=0.5"), &log), 0) << log;
+  EXPECT_NE(read_bytes(dir + "/plain/frame_00003.png"), read_bytes(dir + "/freeu/frame_00003.png"));
+  EXPECT_FALSE(read_bytes(dir + "/freeu/frame_00003.png").empty());
+  EXPECT_EQ(run_command(cmd(dir + "/bad.mp4", "--freeu b1=1.2,b2=1.4"), &log), 2);
+  EXPECT_NE(log.find("--freeu 'b1=1.2,b2=1.4': s1 is missing"), std::string::npos) << log;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/bad.mp4"));
+}
+
 TEST(GenerateCli, DeepCacheIsRecordedListedAndChecked) {
   const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
   std::string dir = vdm::test::make_temp_dir("deep_cache"), log;

@@ -487,6 +487,27 @@ TEST(ShotList, DeepCacheKeysAreReadAndRecorded) {
     EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
 }
 
+TEST(ShotList, FreeUKeyIsReadCheckedAndRecorded) {
+  ShotList list = parse_shot_list("defaults:\n  freeu: b1=1.2,b2=1.4,s1=0.9,s2=0.2\nshots:\n  - {id: a, prompt: p}\n"
+                                  "  - {id: b, prompt: p, freeu: 'b1=1,b2=1,s1=0.5,s2=0.5'}\n",
+                                  "shots.yaml", "/tmp");
+  ASSERT_TRUE(list.shots[0].freeu.has_value());
+  EXPECT_EQ(*list.shots[0].freeu, (vdm::models::FreeU{1.2, 1.4, 0.9, 0.2}));
+  EXPECT_EQ(*list.shots[1].freeu, (vdm::models::FreeU{1, 1, 0.5, 0.5}));
+  // Recorded in the manifest's settings: changing a factor renders the shot again.
+  auto settings = vdm::batch::shot_settings(list.shots[0]);
+  EXPECT_EQ(settings.at("freeu"), "b1=1.2,b2=1.4,s1=0.9,s2=0.2");
+  list.shots[0].freeu->s2 = 0.3;
+  EXPECT_NE(vdm::batch::shot_settings(list.shots[0]), settings);
+  list.shots[0].freeu.reset();
+  EXPECT_FALSE(vdm::batch::shot_settings(list.shots[0]).contains("freeu"));
+  const std::string msg = error_of("shots:\n  - {id: a, prompt: p, freeu: 'b1=1.2,b2=1.4'}\n"
+                                   "  - {id: b, prompt: p, freeu: 'b1=1,b2=1,s1=1,s2=0'}\n");
+  for (const char* expected : {"shots.yaml:2: shot 'a': key 'freeu' 'b1=1.2,b2=1.4': s1 is missing",
+                               "shots.yaml:3: shot 'b': key 'freeu' 'b1=1,b2=1,s1=1,s2=0': s2 must be a positive number"})
+    EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
+}
+
 TEST(ShotList, PromptAtKeysAreMappingsOfFramesToPrompts) {
   ShotList list = parse_shot_list("defaults:\n  frames: 16\n  prompt_at: {8: a blue circle}\nshots:\n"
                                   "  - {id: a, prompt: a red circle}\n"
