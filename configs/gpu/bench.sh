@@ -82,17 +82,19 @@ echo "|---|---|---|---|---|---|---|"
 # (the VAE decode timed too, 3 runs), "upsep" / "vae-upsep" (the upsamplers as upsampling then
 # convolution, VDM_UPSAMPLE=separate), "tconv3d" (the temporal convolutions as NDHWC Conv3d instead
 # of 2-D convolutions over [B, C, F, H*W], VDM_TEMPORAL_CONV=conv3d), "deepcache" (DeepCache's shallow
-# UNet pass at branch 0 timed too).
+# UNet pass at branch 0 timed too), "freeu" (FreeU's factors on the two deepest up blocks, in the
+# captured graph: checks that its FFTs capture).
 # QUICK=1: the channels-last rows, the VAE decode in both layouts and the A/B rows of the changes
 # not yet measured on a GPU.
 RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "float16 off graph" "bfloat16 on graph"
       "float16 on graph nobench" "float16 on graph no:layer_norm" "float16 on graph no:geglu"
       "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
-      "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d" "float16 on eager deepcache")
+      "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d" "float16 on eager deepcache"
+      "float16 on graph freeu")
 [ "${QUICK:-0}" = 1 ] && RUNS=("float16 on graph" "float16 on eager vae" "float16 off eager vae" "bfloat16 on graph" "float16 on graph no:layer_norm"
                                 "float16 on graph no:short_attention" "float16 on graph no:bias_residual" "float16 on graph noqkv"
                                 "float16 on graph upsep" "float16 on eager vae-upsep" "float16 on graph tconv3d"
-                                "float16 on eager deepcache")
+                                "float16 on eager deepcache" "float16 on graph freeu")
 for run in "${RUNS[@]}"; do
   read -r dtype layout mode extra <<< "$run"
   flags=(--dtype "$dtype" --channels-last "$layout" --steps "$STEPS")
@@ -100,6 +102,7 @@ for run in "${RUNS[@]}"; do
   [ "${extra:-}" = nobench ] && flags+=(--no-cudnn-benchmark)
   [ "${extra:-}" = noqkv ] && flags+=(--fuse-qkv off)
   [ "${extra:-}" = deepcache ] && flags+=(--deep-cache-branch 0)
+  [ "${extra:-}" = freeu ] && flags+=(--freeu b1=1.2,b2=1.4,s1=0.9,s2=0.2)
   case "${extra:-}" in vae*) flags+=(--repeat 3) ;; *) flags+=(--skip-vae) ;; esac
   upsample=""; [[ "${extra:-}" == *upsep ]] && upsample=separate
   tconv=""; [ "${extra:-}" = tconv3d ] && tconv=conv3d

@@ -41,6 +41,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--deep-cache-branch", o->deep_cache_branch,
                   "Also time DeepCache's shallow UNet pass at this branch (as vdm generate; -1 = off)")
       ->capture_default_str();
+  add_freeu_option(cmd, o->freeu);
   cmd->add_flag("--cuda-graph", o->cuda_graph, "Replay the UNet step as one CUDA graph");
   cmd->add_flag("--skip-vae", o->skip_vae, "Do not time the VAE decode");
   cmd->add_flag("--profile", o->profile, "Per-operator times of the timed UNet steps (LibTorch's profiler)");

@@ -8,6 +8,7 @@
 #include <c10/core/InferenceMode.h>
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -53,6 +54,7 @@ nlohmann::json BenchReport::to_json() const {
                       {"fused_qkv_modules", fused_qkv_modules},
                       {"cuda_kernels", cuda_kernels},  {"upsample", upsample},
                       {"temporal_conv", temporal_conv}, {"frame_windows", frame_windows},
+                      {"freeu", freeu},
                       {"peak_host_mb", peak_host_mb},
                       {"threads", threads},            {"kernel_threads", kernel_threads},
                       {"cpu_kernels", cpu_kernels},
@@ -67,9 +69,9 @@ nlohmann::json BenchReport::to_json() const {
 std::string BenchReport::to_table() const {
   std::string out =
       fmt::format("device {}  dtype {}  batch {}  layout {}  fused qkv {}  upsample {}  temporal conv {}  threads {} "
-                  "(vdm's kernels on {}, {})  frame windows {}  unet {:.1f} M parameters\n{}\n",
+                  "(vdm's kernels on {}, {})  frame windows {}  freeu {}  unet {:.1f} M parameters\n{}\n",
                   device_name, dtype, batch, layout, fused_qkv_modules, upsample, temporal_conv, threads, kernel_threads,
-                  cpu_kernels, frame_windows, unet_parameters / 1e6, source);
+                  cpu_kernels, frame_windows, freeu, unet_parameters / 1e6, source);
   out += fmt::format("{:<16} {:>10} {:>10} {:>10} {:>6}\n", "stage", "median ms", "min ms", "max ms", "runs");
   for (const auto& s : stages)
     out += fmt::format("{:<16} {:>10.2f} {:>10.2f} {:>10.2f} {:>6}\n", s.stage, s.median(), s.min(),
@@ -118,6 +120,8 @@ BenchReport run_bench(const BenchOptions& o) {
   for (const auto& [flag, value] : {std::pair{"--channels-last", &o.channels_last}, {"--fuse-qkv", &o.fuse_qkv}})
     if (*value != "auto" && *value != "on" && *value != "off")
       throw InputError(fmt::format("{}: expected auto, on or off, got '{}'", flag, *value));
+  std::optional<models::FreeU> freeu;
+  if (!o.freeu.empty()) freeu = models::parse_freeu(o.freeu);
   // Option conflicts are refused before anything is loaded or run.
   if (o.cuda_graph) {
 #ifdef VDM_WITH_CUDA
@@ -170,6 +174,8 @@ BenchReport run_bench(const BenchOptions& o) {
   windows.length = o.context_frames;
   windows.stride = o.context_stride;
   unet->set_frame_windows(windows);
+  unet->set_freeu(freeu);
+  if (freeu) report.freeu = models::describe_freeu(*freeu);
   if (const int64_t skips = unet->num_skip_connections(); o.deep_cache_branch >= skips)
     throw InputError(fmt::format("--deep-cache-branch {}: this UNet has {} skip connections; use 0..{} (or -1: off)",
                                  o.deep_cache_branch, skips, skips - 1));

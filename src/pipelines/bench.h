@@ -36,6 +36,7 @@ struct BenchOptions {
   // >= 0: also time the shallow pass of DeepCache at this branch (vdm generate --deep-cache-branch),
   // as the stage unet_step_shallow.
   int64_t deep_cache_branch = -1;
+  std::string freeu;  // FreeU factors as vdm generate --freeu ("" = off)
 };
 
 struct StageTiming {
@@ -58,6 +59,7 @@ struct BenchReport {
   std::string upsample = "transposed";    // the upsamplers: transposed or separate (VDM_UPSAMPLE)
   std::string temporal_conv = "conv3d";   // the temporal convolutions: conv2d or conv3d (VDM_TEMPORAL_CONV)
   std::string frame_windows = "off";  // temporal::FrameWindows::describe()
+  std::string freeu = "off";          // models::describe_freeu()
   int threads = 1;         // LibTorch's intra-op threads
   int kernel_threads = 1;  // threads vdm's own CPU kernels run on (1 in a build without OpenMP)
   std::string cpu_kernels;  // the build of vdm's CPU kernels in use: avx512 (+bf16), avx2 or baseline

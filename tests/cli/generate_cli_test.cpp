@@ -272,7 +272,8 @@ TEST(BenchCli, StagesAndOperatorProfile) {
   // --fuse-qkv on: the self-attention modules run q, k and v as one product; a bad value is refused
   // before anything loads, naming the option.
   ASSERT_EQ(run_command(fmt::format("({} --threads 2 bench --model {} --frames 4 --width 32 --height 32 --steps 1 "
-                                    "--skip-vae --fuse-qkv on --deep-cache-branch 0 --json > {}/fused.json)",
+                                    "--skip-vae --fuse-qkv on --deep-cache-branch 0 --freeu b1=1.2,b2=1.4,s1=0.9,s2=0.2 --json > "
+                                    "{}/fused.json)",
                                     vdm::test::vdm_binary(), model, dir),
                         &out),
             0)
@@ -282,6 +283,11 @@ TEST(BenchCli, StagesAndOperatorProfile) {
   EXPECT_GT(fused.at("fused_qkv_modules").get<int>(), 0);
   // --deep-cache-branch: DeepCache's shallow pass timed as a stage of its own.
   EXPECT_EQ(fused.at("stages").at("unet_step_shallow").at("runs"), 1);
+  // --freeu: the UNet steps are timed with it, and the report says so.
+  EXPECT_EQ(fused.at("freeu"), "b1=1.2,b2=1.4,s1=0.9,s2=0.2");
+  EXPECT_EQ(j.at("freeu"), "off");
+  EXPECT_EQ(run_command(fmt::format("{} bench --model {} --freeu b1=2 2>&1", vdm::test::vdm_binary(), model), &out), 2);
+  EXPECT_NE(out.find("--freeu 'b1=2': b2 is missing"), std::string::npos) << out;
   EXPECT_EQ(run_command(fmt::format("{} bench --model {} --deep-cache-branch 99 2>&1", vdm::test::vdm_binary(), model),
                         &out),
             2);
