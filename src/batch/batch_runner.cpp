@@ -157,6 +157,7 @@ json shot_settings(const Shot& shot) {
     j["deep_cache_branch"] = shot.deep_cache_branch;
   }
   if (shot.freeu) j["freeu"] = models::describe_freeu(*shot.freeu);
+  if (shot.free_init > 1) j["free_init"] = shot.free_init;
   if (!shot.image.empty()) {
     j["image"] = shot.image;
     j["image_sha256"] = sha256_file(shot.image);

@@ -65,6 +65,7 @@ pipelines::GenerateOptions PipelineRenderer::options_for(const Shot& shot) {
   o.deep_cache_interval = shot.deep_cache;
   o.deep_cache_branch = shot.deep_cache_branch;
   o.freeu = shot.freeu;
+  o.free_init.iterations = shot.free_init;
   o.strength = shot.strength;
   if (shot.mode() == Shot::Mode::kExtend) o.frames = shot.extend;  // the frames to add
   return o;
@@ -193,6 +194,7 @@ ShotResult PipelineRenderer::render(const Shot& shot, const std::string& output_
   if (o.deep_cache_interval > 1)
     wo.metadata["deep_cache"] = pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch);
   if (o.freeu) wo.metadata["freeu"] = models::describe_freeu(*o.freeu);
+  if (o.free_init.active()) wo.metadata["free_init"] = temporal::describe_free_init(o.free_init);
   if (shot.mode() != Shot::Mode::kGenerate) {
     wo.metadata["source"] = shot.mode() == Shot::Mode::kAnimate ? shot.image : shot.video;
     wo.metadata["strength"] = fmt::format("{}", shot.strength);

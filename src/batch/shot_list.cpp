@@ -104,7 +104,7 @@ struct Fields {
   std::optional<std::string> id, prompt, negative_prompt, sampler, t2v_mode, image, video, output;
   std::optional<uint64_t> seed;
   std::optional<int64_t> frames, fps, width, height, steps, context_frames, context_stride, deep_cache,
-      deep_cache_branch, extend;
+      deep_cache_branch, extend, free_init;
   std::optional<double> guidance, guidance_rescale, strength;
   std::optional<std::vector<models::LoraSpec>> loras;
   std::optional<std::map<int64_t, std::string>> prompt_at, negative_prompt_at;
@@ -135,6 +135,7 @@ const std::vector<KeySpec>& key_specs() {
       {"deep_cache", Kind::kInt, true},            {"deep_cache_branch", Kind::kInt, true},
       {"prompt_at", Kind::kKeyframes, true},       {"negative_prompt_at", Kind::kKeyframes, true},
       {"extend", Kind::kInt, true},                {"freeu", Kind::kString, true},
+      {"free_init", Kind::kInt, true},
   };
   return specs;
 }
@@ -534,6 +535,9 @@ class Parser {
           // The upper bound depends on the model: the pipeline checks it before the first render.
           if (*v < 0) return out_of_range(std::to_string(*v), "0 or more");
           f->deep_cache_branch = *v;
+        } else if (name == "free_init") {
+          if (*v < 0 || *v > 10) return out_of_range(std::to_string(*v), "0 (off) to 10 sampling passes");
+          f->free_init = *v;
         }
         return;
       }
@@ -638,6 +642,14 @@ class Parser {
       problems_.add(f.lines["extend"], label, "key 'extend' applies only to shots with 'video' (the clip to continue)");
       ok = false;
     }
+    const int64_t free_init = f.free_init.value_or(d.free_init.value_or(0));
+    const bool restyled = (has_video || f.lines.count("video")) && !f.extend && !d.extend;
+    if (free_init > 1 && restyled) {
+      problems_.add(f.free_init ? f.lines["free_init"] : line, label,
+                    "key 'free_init': FreeInit samples from pure noise, and a restyled shot starts from its video "
+                    "(strength); drop free_init from this shot");
+      ok = false;
+    }
     if (f.t2v_mode && (has_image || has_video || f.lines.count("image") || f.lines.count("video"))) {
       problems_.add(f.lines["t2v_mode"], label,
                     "key 't2v_mode' applies only to text-to-video shots (without 'image' or 'video')");
@@ -697,6 +709,7 @@ class Parser {
     shot->deep_cache = f.deep_cache.value_or(d.deep_cache.value_or(0));
     shot->deep_cache_branch = f.deep_cache_branch.value_or(d.deep_cache_branch.value_or(0));
     shot->freeu = f.freeu ? f.freeu : d.freeu;
+    shot->free_init = free_init;
     return true;
   }
 

@@ -95,6 +95,8 @@ struct Shot {
   int64_t deep_cache_branch = 0;
   // FreeU (GenerateOptions::freeu), "freeu: b1=1.2,b2=1.4,s1=0.9,s2=0.2"; unset = off.
   std::optional<models::FreeU> freeu;
+  // FreeInit's sampling passes (GenerateOptions::free_init.iterations, the filter at its defaults); 0 or 1 = off.
+  int64_t free_init = 0;
   // Where the shot came from, for messages.
   size_t index = 0;     // 0-based position in the list
   int line = 0;         // 1-based line of the shot's entry

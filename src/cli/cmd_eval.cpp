@@ -39,6 +39,7 @@ void register_eval(CLI::App& app) {
   add_context_options(cmd, o->context);
   add_deep_cache_options(cmd, o->deep_cache_interval, o->deep_cache_branch);
   add_freeu_option(cmd, *freeu);
+  add_free_init_options(cmd, o->free_init);
   cmd->add_option("--emphasis", o->emphasis,
                   "Weight one word of every caption, e.g. shape:1.3 writes '(circle:1.3)' and reads the prompts with "
                   "--prompt-weights (t2v and i2v modes)");

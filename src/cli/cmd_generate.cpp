@@ -76,6 +76,20 @@ void add_freeu_option(CLI::App* cmd, std::string& text) {
                   "deepest up blocks, e.g. b1=1.2,b2=1.4,s1=0.9,s2=0.2 (default: off)");
 }
 
+void add_free_init_options(CLI::App* cmd, temporal::FreeInit& f) {
+  cmd->add_option("--free-init", f.iterations,
+                  "FreeInit: sample the clip N times, each pass after the first starting from the low frequencies of "
+                  "the last result (0 or 1 = off; 3 is usual; N times the work)")
+      ->capture_default_str();
+  cmd->add_option("--free-init-filter", f.filter, "FreeInit's low-pass filter: butterworth, gaussian or ideal")
+      ->capture_default_str();
+  cmd->add_option("--free-init-order", f.order, "Order of the butterworth filter")->capture_default_str();
+  cmd->add_option("--free-init-spatial", f.spatial_stop, "FreeInit's normalised spatial stop frequency, (0, 1]")
+      ->capture_default_str();
+  cmd->add_option("--free-init-temporal", f.temporal_stop, "FreeInit's normalised temporal stop frequency, (0, 1]")
+      ->capture_default_str();
+}
+
 namespace {
 
 void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
@@ -119,6 +133,7 @@ void add_common_options(CLI::App* cmd, GenerateArgs& a, Mode mode) {
   add_context_options(cmd, o.context);
   add_deep_cache_options(cmd, o.deep_cache_interval, o.deep_cache_branch);
   add_freeu_option(cmd, a.freeu);
+  add_free_init_options(cmd, o.free_init);
   cmd->add_option("--dtype", a.pipeline.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_option("--device", a.pipeline.device, "cpu or cuda")->capture_default_str();
   cmd->add_flag("--cuda-graph", a.pipeline.cuda_graph, "CUDA: replay the UNet step as one CUDA graph");
@@ -165,6 +180,11 @@ void run(Mode mode, GenerateArgs& a) {
     pipelines::add_prompt_keyframe(o.negative_prompt_at, k, "--negative-prompt-at");
   temporal::validate_frame_windows(o.context);
   if (!a.freeu.empty()) o.freeu = models::parse_freeu(a.freeu);
+  temporal::validate_free_init(o.free_init);
+  if (mode == Mode::kRestyle && o.free_init.active())
+    throw InputError(fmt::format("--free-init {}: restyle starts part-way from the source video (--strength), and "
+                                 "FreeInit samples from pure noise; drop --free-init",
+                                 o.free_init.iterations));
 
   at::Tensor input;
 #ifdef VDM_WITH_FFMPEG
@@ -196,6 +216,7 @@ void run(Mode mode, GenerateArgs& a) {
   if (o.deep_cache_interval > 1)
     log::info("deep cache: {}", pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch));
   if (o.freeu) log::info("FreeU: {}", models::describe_freeu(*o.freeu));
+  if (o.free_init.active()) log::info("FreeInit: {}", temporal::describe_free_init(o.free_init));
   if (mode == Mode::kExtend) log::info("extending {} frames of {} by {}", input.size(0), a.input, o.frames);
   if (o.context.splits(o.frames)) {
     log::info("frame windows: {}", o.context.describe());
@@ -238,6 +259,7 @@ void run(Mode mode, GenerateArgs& a) {
   if (o.deep_cache_interval > 1)
     meta["deep_cache"] = pipelines::describe_deep_cache(o.deep_cache_interval, o.deep_cache_branch);
   if (o.freeu) meta["freeu"] = models::describe_freeu(*o.freeu);
+  if (o.free_init.active()) meta["free_init"] = temporal::describe_free_init(o.free_init);
   if (mode != Mode::kGenerate) {
     meta["source"] = a.input;
     meta["strength"] = fmt::format("{}", o.strength);

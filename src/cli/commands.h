@@ -3,12 +3,14 @@
 // subclasses; main prints one line and exits with the error's code.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace CLI {
 class App;
 }
 namespace vdm::temporal {
 struct FrameWindows;
+struct FreeInit;
 }
 
 namespace vdm::cli {
@@ -30,7 +32,11 @@ void add_context_options(CLI::App* cmd, temporal::FrameWindows& windows);
 // --deep-cache and --deep-cache-branch (GenerateOptions::deep_cache_interval/_branch), on generate,
 // animate, restyle and eval shapes.
 void add_deep_cache_options(CLI::App* cmd, int64_t& interval, int64_t& branch);
-// --freeu B1,B2,S1,S2 as KEY=VALUE text (models::parse_freeu reads it).
+// --freeu b1=..,b2=..,s1=..,s2=.. as text (models::parse_freeu reads it), on generate, animate,
+// restyle, extend, eval shapes and bench.
 void add_freeu_option(CLI::App* cmd, std::string& text);
+// --free-init N and its filter's settings (temporal/free_init.h), on generate, animate, extend and
+// eval shapes.
+void add_free_init_options(CLI::App* cmd, temporal::FreeInit& free_init);
 
 }  // namespace vdm::cli

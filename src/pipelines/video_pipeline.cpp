@@ -277,6 +277,7 @@ void VideoPipeline::validate(GenerateOptions& o) const {
   if (o.decode_chunk < 0)
     throw InputError(fmt::format("--decode-chunk {}: must be >= 0 (0 = automatic)", o.decode_chunk));
   temporal::validate_frame_windows(o.context);
+  temporal::validate_free_init(o.free_init);
   validate_deep_cache(o);
   if (c_->prompt_weights) {
     // A weight that is not a number stops here, before any work.
@@ -639,7 +640,49 @@ at::Tensor VideoPipeline::sample(const GenerateOptions& o_in, const at::Tensor& 
       latents = noise * scheduler->init_noise_sigma();
     }
   }
-  return denoise(o, text, latents, condition, start);
+  if (!o.free_init.active()) return denoise(o, text, latents, condition, start);
+  if (start > 0)
+    throw InputError(fmt::format("--free-init {}: FreeInit samples from pure noise, and this render starts part-way "
+                                 "(restyle, or animate on a model without first-frame conditioning, at --strength "
+                                 "{}); drop --free-init",
+                                 o.free_init.iterations, o.strength));
+  return sample_free_init(o, text, latents, condition, *scheduler, gen);
+}
+
+at::Tensor VideoPipeline::sample_free_init(const GenerateOptions& o, const at::Tensor& text, at::Tensor latents,
+                                           const at::Tensor& condition, const schedulers::Scheduler& scheduler,
+                                           at::Generator& gen) {
+  // latents: [1, C, F, h, w], the first pass's noise times init_noise_sigma.
+  const double sigma = scheduler.init_noise_sigma();
+  const at::Tensor unit_noise = latents / sigma;
+  const at::Tensor low_pass = temporal::free_init_low_pass(o.free_init, latents.size(2), latents.size(3), latents.size(4));
+  // Diffused back to the start of the schedule: the last training timestep, as diffusers, for the
+  // schedulers that noise with the training alphas; the first timestep of the schedule for the
+  // sigma-based ones, whose add_noise works on their own schedule.
+  const int64_t T = c_->scheduler_config.get_int("num_train_timesteps", 1000);
+  const at::Tensor t_start = scheduler.sigmas().defined() ? scheduler.timesteps().index({0}).reshape({1})
+                                                          : at::full({1}, T - 1, at::kLong);
+  const int64_t n = o.free_init.iterations;
+  for (int64_t pass = 0; pass < n; ++pass) {
+    if (pass > 0) {
+      const at::Tensor z_t = scheduler.add_noise(latents.to(at::kFloat).cpu(), unit_noise.cpu(), t_start);
+      const at::Tensor fresh = at::randn(latents.sizes(), gen, at::TensorOptions().dtype(at::kFloat)) * sigma;
+      latents = temporal::free_init_mix(z_t, fresh, low_pass);
+    }
+    log::info("FreeInit pass {}/{}", pass + 1, n);
+    GenerateOptions p = o;
+    if (pass + 1 < n) {  // previews and step observers see the last pass only
+      p.on_step = {};
+      p.preview_dir.clear();
+      if (o.progress)
+        p.progress = [sink = o.progress, pass, n](ProgressEvent e) {
+          e.stage = fmt::format("free-init {}/{}", pass + 1, n);
+          sink(e);
+        };
+    }
+    latents = denoise(p, text, latents, condition, 0);
+  }
+  return latents;
 }
 
 std::string VideoPipeline::t2v_mode(const std::string& requested) const {

@@ -20,6 +20,11 @@
 #include "pipelines/progress.h"
 #include "pipelines/t2v_mode.h"
 #include "temporal/frame_windows.h"
+#include "temporal/free_init.h"
+
+namespace vdm::schedulers {
+class Scheduler;
+}
 
 namespace vdm::pipelines {
 
@@ -63,6 +68,10 @@ struct GenerateOptions {
   // FreeU (models/freeu.h): the backbone and skip-connection factors of the two deepest up blocks;
   // unset = off (the model as trained).
   std::optional<models::FreeU> freeu;
+  // FreeInit (temporal/free_init.h): sample the clip free_init.iterations times, each pass after the
+  // first starting from the low frequencies of the last result diffused back; off below 2 passes.
+  // Only for passes that start from pure noise (not restyle's --strength).
+  temporal::FreeInit free_init;
   // Image-to-video / video-to-video
   double strength = 0.8;              // SDEdit strength (plain text-to-video models, restyle)
   std::string fit = "crop";           // crop | pad | stretch: how an image/video is fitted to the size
@@ -187,6 +196,11 @@ class VideoPipeline {
   // strength's step), denoise. Returns the final latents [1, C, F, h, w].
   at::Tensor sample(const GenerateOptions& options, const at::Tensor& init_latents,
                     const at::Tensor& image_condition_latent);
+  // FreeInit's passes (GenerateOptions::free_init) from the first pass's latents [1, C, F, h, w]
+  // (noise times init_noise_sigma); returns the last pass's latents.
+  at::Tensor sample_free_init(const GenerateOptions& options, const at::Tensor& text, at::Tensor latents,
+                              const at::Tensor& condition, const schedulers::Scheduler& scheduler,
+                              at::Generator& generator);
   // sample, then decode. Returns frames float [F, 3, H, W] in [0, 1].
   at::Tensor run(const GenerateOptions& options, const at::Tensor& init_latents,
                  const at::Tensor& image_condition_latent);

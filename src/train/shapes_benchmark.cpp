@@ -152,6 +152,7 @@ pipelines::GenerateOptions clip_options(const ShapesBenchmarkOptions& o, const s
   g.deep_cache_interval = o.deep_cache_interval;
   g.deep_cache_branch = o.deep_cache_branch;
   g.freeu = o.freeu;
+  g.free_init = o.free_init;
   g.seed = o.seed * 1000003ULL + static_cast<uint64_t>(mode * 100000 + index);
   return g;
 }
@@ -508,6 +509,7 @@ nlohmann::json ShapesBenchmarkReport::to_json(const ShapesBenchmarkOptions& o) c
   if (!o.emphasis.empty()) j["emphasis"] = o.emphasis;
   if (o.deep_cache_interval > 1)
     j["deep_cache"] = {{"interval", o.deep_cache_interval}, {"branch", o.deep_cache_branch}};
+  if (o.free_init.active()) j["free_init"] = temporal::describe_free_init(o.free_init);
   if (o.freeu) j["freeu"] = {{"b1", o.freeu->b1}, {"b2", o.freeu->b2}, {"s1", o.freeu->s1}, {"s2", o.freeu->s2}};
   return j;
 }

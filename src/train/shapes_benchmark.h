@@ -14,6 +14,7 @@
 #include "models/freeu.h"
 #include "models/lora.h"
 #include "temporal/frame_windows.h"
+#include "temporal/free_init.h"
 #include "train/shapes_eval.h"
 
 namespace vdm::train {
@@ -41,6 +42,7 @@ struct ShapesBenchmarkOptions {
   int64_t deep_cache_interval = 0;      // GenerateOptions::deep_cache_interval (0 = off)
   int64_t deep_cache_branch = 0;        // GenerateOptions::deep_cache_branch
   std::optional<models::FreeU> freeu;   // GenerateOptions::freeu (unset = off)
+  temporal::FreeInit free_init;         // GenerateOptions::free_init (off below 2 passes)
   std::string out_dir;         // contact sheets + results.json ("" = nothing written)
   bool text_to_video = true;
   bool image_to_video = true;

@@ -373,6 +373,29 @@ TEST(GenerateCli, FreeUIsRecordedAndChecked) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/bad.mp4"));
 }
 
+// --free-init: the passes are logged and the clip tagged; restyle and bad settings exit 2 before any
+// work, naming the option.
+TEST(GenerateCli, FreeInitIsRecordedAndChecked) {
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  std::string dir = vdm::test::make_temp_dir("free_init"), log;
+  auto cmd = [&](const std::string& verb, const std::string& out, const std::string& extra) {
+    return fmt::format("{} --threads 2 {} --model {} --prompt 'a red circle moving right on a black background' "
+                       "--steps 2 --guidance 4 --seed 3 --progress none {} --output {} 2>&1",
+                       vdm::test::vdm_binary(), verb, shapes, extra, out);
+  };
+  ASSERT_EQ(run_command(cmd("generate", dir + "/f.mp4", "--frames 4 --t2v-mode joint --free-init 2"), &log), 0)
+      << log;
+  EXPECT_NE(log.find("FreeInit pass 2/2"), std::string::npos) << log;
+  EXPECT_EQ(ffprobe(dir + "/f.mp4").at("format").at("tags").at("free_init").get<std::string>(),
+            "2 passes, butterworth filter of order 4, stops 0.25 spatial / 0.25 temporal");
+  EXPECT_EQ(run_command(cmd("restyle", dir + "/r.mp4", "--video " + dir + "/f.mp4 --free-init 2"), &log), 2);
+  EXPECT_NE(log.find("--free-init 2: restyle starts part-way"), std::string::npos) << log;
+  EXPECT_EQ(run_command(cmd("generate", dir + "/b.mp4", "--free-init 3 --free-init-spatial 2"), &log), 2);
+  EXPECT_NE(log.find("--free-init-spatial 2: the stop frequency must be in (0, 1]"), std::string::npos) << log;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/r.mp4"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/b.mp4"));
+}
+
 TEST(GenerateCli, DeepCacheIsRecordedListedAndChecked) {
   const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
   std::string dir = vdm::test::make_temp_dir("deep_cache"), log;

@@ -508,6 +508,28 @@ TEST(ShotList, FreeUKeyIsReadCheckedAndRecorded) {
     EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
 }
 
+TEST(ShotList, FreeInitKeyIsReadCheckedAndRecorded) {
+  const std::string dir = vdm::test::make_temp_dir("shots_free_init");
+  { std::ofstream(dir + "/clip.mp4") << "x"; }
+  ShotList list = parse_shot_list("defaults:\n  free_init: 3\nshots:\n  - {id: a, prompt: p}\n"
+                                  "  - {id: b, prompt: p, free_init: 0}\n"
+                                  "  - {id: c, prompt: p, video: clip.mp4, extend: 8}\n",
+                                  "shots.yaml", dir);
+  EXPECT_EQ(list.shots[0].free_init, 3);
+  EXPECT_EQ(list.shots[1].free_init, 0);
+  EXPECT_EQ(list.shots[2].free_init, 3);  // an extension samples its new frames from noise
+  auto settings = vdm::batch::shot_settings(list.shots[0]);
+  EXPECT_EQ(settings.at("free_init"), 3);
+  EXPECT_FALSE(vdm::batch::shot_settings(list.shots[1]).contains("free_init"));
+  const std::string msg = error_of("shots:\n  - {id: a, prompt: p, free_init: 11}\n"
+                                   "  - {id: b, prompt: p, video: clip.mp4, free_init: 2}\n",
+                                   dir);
+  for (const char* expected : {"shots.yaml:2: shot 'a': key 'free_init': 11 is out of range; expected 0 (off) to 10",
+                               "shots.yaml:3: shot 'b': key 'free_init': FreeInit samples from pure noise, and a "
+                               "restyled shot starts from its video"})
+    EXPECT_NE(msg.find(expected), std::string::npos) << expected << "\n" << msg;
+}
+
 TEST(ShotList, PromptAtKeysAreMappingsOfFramesToPrompts) {
   ShotList list = parse_shot_list("defaults:\n  frames: 16\n  prompt_at: {8: a blue circle}\nshots:\n"
                                   "  - {id: a, prompt: a red circle}\n"
