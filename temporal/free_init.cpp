@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -20,6 +21,14 @@ void validate_free_init(const FreeInit& f) {
   for (const auto& [flag, v] : {std::pair{"--free-init-spatial", f.spatial_stop}, {"--free-init-temporal", f.temporal_stop}})
     if (!std::isfinite(v) || v <= 0 || v > 1)
       throw InputError(fmt::format("{} {}: the stop frequency must be in (0, 1] (0.25 is usual)", flag, v));
+}
+
+int64_t FreeInit::pass_steps(int64_t pass, int64_t steps) const {
+  if (!fast || !active()) return steps;
+  // diffusers computes int(steps / N * (pass + 1)) in floating point, which for 31 pairs with N = 7
+  // and steps <= 1000 (61, 115, 122, ...) rounds the last pass down to steps - 1; integer arithmetic
+  // gives the same values otherwise and the last pass all its steps.
+  return std::max<int64_t>(1, steps * (pass + 1) / iterations);
 }
 
 at::Tensor free_init_low_pass(const FreeInit& f, int64_t frames, int64_t height, int64_t width) {
@@ -53,9 +62,9 @@ at::Tensor free_init_mix(const at::Tensor& z, const at::Tensor& noise, const at:
 }
 
 std::string describe_free_init(const FreeInit& f) {
-  return fmt::format("{} passes, {} filter{}, stops {} spatial / {} temporal", f.iterations, f.filter,
+  return fmt::format("{} passes, {} filter{}, stops {} spatial / {} temporal{}", f.iterations, f.filter,
                      f.filter == "butterworth" ? fmt::format(" of order {}", f.order) : "", f.spatial_stop,
-                     f.temporal_stop);
+                     f.temporal_stop, f.fast ? ", coarse to fine" : "");
 }
 
 }  // namespace vdm::temporal

@@ -19,10 +19,15 @@ struct FreeInit {
   int64_t order = 4;                   // butterworth's order
   double spatial_stop = 0.25;          // normalised stop frequencies of the low-pass filter
   double temporal_stop = 0.25;
+  // Coarse to fine (diffusers' use_fast_sampling): pass i of N (0-based) runs max(1, floor(steps (i + 1) / N))
+  // steps, so only the last runs them all.
+  bool fast = false;
   bool active() const { return iterations > 1; }
+  // The steps pass `pass` (0-based) runs out of a render's `steps`.
+  int64_t pass_steps(int64_t pass, int64_t steps) const;
   bool operator==(const FreeInit& o) const {
     return iterations == o.iterations && filter == o.filter && order == o.order && spatial_stop == o.spatial_stop &&
-           temporal_stop == o.temporal_stop;
+           temporal_stop == o.temporal_stop && fast == o.fast;
   }
 };
 
@@ -40,7 +45,8 @@ at::Tensor free_init_low_pass(const FreeInit& f, int64_t frames, int64_t height,
 // of FFT(z) * low_pass + FFT(noise) * (1 - low_pass), in float32.
 at::Tensor free_init_mix(const at::Tensor& z, const at::Tensor& noise, const at::Tensor& low_pass);
 
-// "3 passes, butterworth filter of order 4, stops 0.25 spatial / 0.25 temporal" (logs, metadata).
+// "3 passes, butterworth filter of order 4, stops 0.25 spatial / 0.25 temporal[, coarse to fine]"
+// (logs, metadata).
 std::string describe_free_init(const FreeInit& f);
 
 }  // namespace vdm::temporal

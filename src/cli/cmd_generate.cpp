@@ -88,6 +88,8 @@ void add_free_init_options(CLI::App* cmd, temporal::FreeInit& f) {
       ->capture_default_str();
   cmd->add_option("--free-init-temporal", f.temporal_stop, "FreeInit's normalised temporal stop frequency, (0, 1]")
       ->capture_default_str();
+  cmd->add_flag("--free-init-fast", f.fast,
+                "FreeInit coarse to fine: pass i of N runs steps * i / N steps, only the last all of them");
 }
 
 namespace {

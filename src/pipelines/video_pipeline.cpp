@@ -669,8 +669,9 @@ at::Tensor VideoPipeline::sample_free_init(const GenerateOptions& o, const at::T
       const at::Tensor fresh = at::randn(latents.sizes(), gen, at::TensorOptions().dtype(at::kFloat)) * sigma;
       latents = temporal::free_init_mix(z_t, fresh, low_pass);
     }
-    log::info("FreeInit pass {}/{}", pass + 1, n);
     GenerateOptions p = o;
+    p.steps = o.free_init.pass_steps(pass, o.steps);
+    log::info("FreeInit pass {}/{}: {} steps", pass + 1, n, p.steps);
     if (pass + 1 < n) {  // previews and step observers see the last pass only
       p.on_step = {};
       p.preview_dir.clear();

@@ -81,6 +81,22 @@ TEST(FreeInit, MixTakesLowFrequenciesFromTheLatentAndHighOnesFromTheNoise) {
   EXPECT_TRUE(at::allclose(mixed, expected, 1e-4, 1e-5));
 }
 
+// Coarse to fine: the passes run a growing share of the steps, the last all of them (also where
+// diffusers' floating-point arithmetic drops one: 61 steps in 7 passes).
+TEST(FreeInit, FastPassesRunAGrowingShareOfTheSteps) {
+  FreeInit f;
+  f.iterations = 3;
+  EXPECT_EQ(f.pass_steps(0, 25), 25);  // not fast: every pass runs all steps
+  f.fast = true;
+  EXPECT_EQ(f.pass_steps(0, 25), 8);
+  EXPECT_EQ(f.pass_steps(1, 25), 16);
+  EXPECT_EQ(f.pass_steps(2, 25), 25);
+  EXPECT_EQ(f.pass_steps(0, 2), 1);  // at least one step
+  f.iterations = 7;
+  EXPECT_EQ(f.pass_steps(6, 61), 61);
+  EXPECT_EQ(f.pass_steps(5, 61), 52);
+}
+
 TEST(FreeInit, SettingsAreChecked) {
   auto error_of = [](FreeInit f) {
     try {
@@ -131,6 +147,16 @@ TEST(FreeInit, PipelineRunsItsPasses) {
   EXPECT_TRUE(pipe->generate(g).equal(three));
   g.free_init.filter = "ideal";
   EXPECT_FALSE(pipe->generate(g).equal(three));
+  // Coarse to fine: 1, 2 and 3 steps; the steps the progress reports add up to that.
+  g.free_init.filter = "butterworth";
+  g.free_init.fast = true;
+  int64_t steps_run = 0;
+  g.progress = [&](const pipelines::ProgressEvent& e) {
+    if (e.step == e.total && e.stage != "decode") steps_run += e.total;
+  };
+  pipe->generate(g);
+  EXPECT_EQ(steps_run, 1 + 2 + 3);
+  g.progress = {};
 
   // restyle starts from the source noised part-way.
   try {
