@@ -266,6 +266,46 @@ TEST_F(BatchCli, ExtendContinuesAVideoShot) {
   EXPECT_EQ(read_text(out_ + "/restyled.mp4"), restyled_before);
 }
 
+// Shots with FreeU and FreeInit render with them and are tagged; a changed factor renders that shot
+// again and leaves the others.
+TEST_F(BatchCli, FreeUAndFreeInitShotsAreRenderedAndRecorded) {
+  if (!kHaveCodecs) GTEST_SKIP() << "built without FFmpeg: vdm batch cannot write video";
+  const std::string shapes = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  auto list = [&](const char* s1) {
+    write_text(list_, fmt::format("defaults:\n  frames: 4\n  steps: 2\n  guidance: 4\n  t2v_mode: joint\n  seed: 4\n"
+                                  "shots:\n  - {{id: freeu, prompt: a red circle, freeu: 'b1=1.2,b2=1.4,s1={},s2=0.2'}}\n"
+                                  "  - {{id: init, prompt: a red circle, free_init: 2}}\n"
+                                  "  - {{id: plain, prompt: a red circle}}\n",
+                                  s1));
+  };
+  auto tag = [](const std::string& file, const char* key) {
+    std::string value;
+    EXPECT_EQ(run_command(fmt::format("ffprobe -v error -show_entries format_tags={} -of csv=p=0 '{}'", key, file),
+                          &value),
+              0);
+    return value;
+  };
+  auto pictures = [](const std::string& file) {
+    std::string md5;
+    EXPECT_EQ(run_command("ffmpeg -v error -i '" + file + "' -map 0:v -f framemd5 - | grep -v '^#'", &md5), 0) << md5;
+    return md5;
+  };
+  list("0.9");
+  std::string out;
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "2>&1"), &out), 0) << out;
+  EXPECT_NE(tag(out_ + "/freeu.mp4", "freeu").find("b1=1.2,b2=1.4,s1=0.9,s2=0.2"), std::string::npos);
+  EXPECT_NE(tag(out_ + "/init.mp4", "free_init").find("2 passes, butterworth"), std::string::npos);
+  EXPECT_EQ(tag(out_ + "/plain.mp4", "freeu").find("b1="), std::string::npos);
+  const std::string plain = pictures(out_ + "/plain.mp4"), init_before = read_text(out_ + "/init.mp4");
+  EXPECT_NE(pictures(out_ + "/freeu.mp4"), plain);
+  EXPECT_NE(pictures(out_ + "/init.mp4"), plain);
+  list("0.5");
+  ASSERT_EQ(run_command(batch_cmd(shapes, list_, out_, "2>&1"), &out), 0) << out;
+  EXPECT_NE(out.find("1 shot rendered, 2 up to date"), std::string::npos) << out;
+  EXPECT_NE(tag(out_ + "/freeu.mp4", "freeu").find("s1=0.5"), std::string::npos);
+  EXPECT_EQ(read_text(out_ + "/init.mp4"), init_before);
+}
+
 TEST_F(BatchCli, RendersAShotListResumesAndRerendersOnlyWhatIsMissing) {
   REQUIRE_MODEL(model);
   write_text(list_, shot_list(2, 2, 1) +
