@@ -183,6 +183,11 @@ text::CLIPTextConfig tiny_clip_text_config() {
   return c;
 }
 
+std::unique_ptr<pipelines::VideoPipeline> load_shapes_pipeline(pipelines::PipelineConfig config) {
+  config.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  return pipelines::VideoPipeline::load(config);
+}
+
 pipelines::GenerateOptions tiny_clip_options() {
   pipelines::GenerateOptions g;
   g.prompt = "a red circle moving left on a black background";

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -34,6 +35,9 @@ text::CLIPTextConfig tiny_clip_text_config();
 // A training recipe (vdm train) for a tiny model: 16x16 frames, 4 frames, a two-level VAE of 8
 // channels with 4 latent channels, a UNet (8, 16) with first-frame conditioning, v prediction.
 nlohmann::json tiny_recipe_json();
+
+// The embedded model (samples/models/shapes) with `config`'s other settings (model_dir is set here).
+std::unique_ptr<pipelines::VideoPipeline> load_shapes_pipeline(pipelines::PipelineConfig config = {});
 
 // A quick joint text-to-video render: "a red circle moving left on a black background", 4 frames,
 // 2 denoising steps, seed 5.

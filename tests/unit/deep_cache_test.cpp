@@ -121,9 +121,7 @@ TEST(DeepCache, BadBranchesAndEmptyCachesAreErrors) {
 }
 
 TEST(DeepCache, DenoisingLoopRefreshesOnItsFirstStepAndEveryIntervalAfter) {
-  pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  auto pipe = pipelines::VideoPipeline::load(pc);
+  auto pipe = test::load_shapes_pipeline();
   pipelines::GenerateOptions g = test::tiny_clip_options();
   g.steps = 4;
   const at::Tensor plain = pipe->generate_float(g);

@@ -16,9 +16,7 @@
 using namespace vdm;
 
 TEST(Extend, KeepsTheSourceAndContinuesItsObjectAcrossTheSeam) {
-  pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  auto pipe = pipelines::VideoPipeline::load(pc);
+  auto pipe = test::load_shapes_pipeline();
   pipelines::GenerateOptions g;
   g.prompt = "a red circle moving right on a black background";
   g.frames = 8;
@@ -48,9 +46,7 @@ TEST(Extend, KeepsTheSourceAndContinuesItsObjectAcrossTheSeam) {
 }
 
 TEST(Extend, FitsTheSourceAndChecksTheFramesToAdd) {
-  pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  auto pipe = pipelines::VideoPipeline::load(pc);
+  auto pipe = test::load_shapes_pipeline();
   pipelines::GenerateOptions g = test::tiny_clip_options();
   const at::Tensor source = at::full({3, 32, 48, 3}, 40, at::kByte);
   g.frames = 2;

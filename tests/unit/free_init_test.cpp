@@ -27,16 +27,6 @@ double filter_at(const FreeInit& f, int64_t t, int64_t y, int64_t x, int64_t F, 
   return d2 <= s * 2 ? 1.0 : 0.0;
 }
 
-pipelines::GenerateOptions clip_options() {
-  pipelines::GenerateOptions g;
-  g.prompt = "a red circle moving right on a black background";
-  g.frames = 4;
-  g.steps = 3;
-  g.guidance = 4;
-  g.seed = 11;
-  g.t2v_mode = "joint";
-  return g;
-}
 
 }  // namespace
 
@@ -127,10 +117,10 @@ TEST(FreeInit, SettingsAreChecked) {
 // One pass is the plain render; more passes change it, repeat with the seed, and report each
 // pass's progress under its own stage; a render that starts part-way (SDEdit) is refused.
 TEST(FreeInit, PipelineRunsItsPasses) {
-  pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  auto pipe = pipelines::VideoPipeline::load(pc);
-  pipelines::GenerateOptions g = clip_options();
+  auto pipe = test::load_shapes_pipeline();
+  pipelines::GenerateOptions g = test::tiny_clip_options();
+  g.steps = 3;
+  g.guidance = 4;
   const at::Tensor plain = pipe->generate(g);
   g.free_init.iterations = 1;
   EXPECT_TRUE(pipe->generate(g).equal(plain));

@@ -134,16 +134,10 @@ TEST(FreeU, TextFormIsReadAndCheckedWhole) {
 // In the pipeline: FreeU changes the render, the next render without it is the plain one again (the
 // setting does not stick to the loaded UNet), and factors of 1 render as without it up to rounding.
 TEST(FreeU, PipelineRendersWithItAndResetsAfter) {
-  pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  auto pipe = pipelines::VideoPipeline::load(pc);
-  pipelines::GenerateOptions g;
-  g.prompt = "a red circle moving right on a black background";
-  g.frames = 4;
+  auto pipe = test::load_shapes_pipeline();
+  pipelines::GenerateOptions g = test::tiny_clip_options();
   g.steps = 4;
   g.guidance = 4;
-  g.seed = 3;
-  g.t2v_mode = "joint";
   const at::Tensor plain = pipe->generate(g);
   pipelines::GenerateOptions f = g;
   f.freeu = FreeU{1.3, 1.3, 0.5, 0.5};

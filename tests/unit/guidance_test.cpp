@@ -36,9 +36,7 @@ TEST(GuidanceRescale, MatchesTheFormulaPerSample) {
 }
 
 TEST(GuidanceRescale, ChangesTheGuidedClipAndIsChecked) {
-  pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  auto pipe = pipelines::VideoPipeline::load(pc);
+  auto pipe = test::load_shapes_pipeline();
   pipelines::GenerateOptions g = test::tiny_clip_options();
   const at::Tensor plain = pipe->generate_float(g);
   g.guidance_rescale = 0.7;

@@ -16,12 +16,6 @@ using namespace vdm;
 
 namespace {
 
-std::unique_ptr<pipelines::VideoPipeline> shapes_pipeline() {
-  pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  return pipelines::VideoPipeline::load(pc);
-}
-
 std::string error_of(const std::function<void()>& fn) {
   try {
     fn();
@@ -34,7 +28,7 @@ std::string error_of(const std::function<void()>& fn) {
 }  // namespace
 
 TEST(PromptTravel, FramesBetweenKeyframesBlendTheirTextsAndTheLastHolds) {
-  auto pipe = shapes_pipeline();
+  auto pipe = test::load_shapes_pipeline();
   const std::string a = "a red circle moving right on a black background";
   const std::string b = "a blue square moving up on a gray background";
   const std::string n = "a green triangle";
@@ -85,7 +79,7 @@ TEST(PromptTravel, UNetTakesOneTextPerFrame) {
 }
 
 TEST(PromptTravel, RendersAndChecksItsKeyframes) {
-  auto pipe = shapes_pipeline();
+  auto pipe = test::load_shapes_pipeline();
   pipelines::GenerateOptions g = test::tiny_clip_options();
   const at::Tensor plain = pipe->generate_float(g);
   // A keyframe with the same prompt: the same text on every frame, the same clip (up to rounding).

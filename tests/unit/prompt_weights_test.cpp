@@ -28,9 +28,8 @@ void expect_segments(const std::string& prompt, const std::vector<WeightedText>&
 
 std::unique_ptr<pipelines::VideoPipeline> shapes_pipeline(bool weights) {
   pipelines::PipelineConfig pc;
-  pc.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
   pc.prompt_weights = weights;
-  return pipelines::VideoPipeline::load(pc);
+  return test::load_shapes_pipeline(pc);
 }
 
 }  // namespace

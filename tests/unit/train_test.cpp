@@ -33,6 +33,17 @@ namespace fs = std::filesystem;
 
 using test::tiny_recipe_json;
 
+// A quick run of the shapes benchmark on the embedded model: n clips of 4 frames, 2 steps.
+ShapesBenchmarkOptions quick_shapes_options(int64_t n, uint64_t seed) {
+  ShapesBenchmarkOptions o;
+  o.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
+  o.n = n;
+  o.seed = seed;
+  o.steps = 2;
+  o.frames = 4;
+  return o;
+}
+
 // Always the same batch: training on it must overfit.
 class FixedDataset : public ShapesClipDataset {
  public:
@@ -649,12 +660,7 @@ TEST(Train, ShapesWordsModePromptsAPerpendicularDirection) {
   EXPECT_EQ(perpendicular_direction(Direction::kRight, false), Direction::kDown);
   EXPECT_EQ(perpendicular_direction(Direction::kUp, true), Direction::kLeft);
   EXPECT_EQ(perpendicular_direction(Direction::kDown, false), Direction::kRight);
-  ShapesBenchmarkOptions o;
-  o.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  o.n = 3;
-  o.seed = 5;
-  o.steps = 2;
-  o.frames = 4;
+  ShapesBenchmarkOptions o = quick_shapes_options(3, 5);
   o.conflicting_direction = true;
   ShapesBenchmarkReport r = run_shapes_words(o);
   EXPECT_EQ(r.words.n, 3);
@@ -679,12 +685,7 @@ TEST(Train, ShapesWordsModePromptsAPerpendicularDirection) {
 // The travel mode of `vdm eval shapes`: each clip is generated twice from one seed, with the caption
 // travelling to another colour and without; both are scored, side by side on one contact sheet.
 TEST(Train, ShapesTravelModeScoresTheTravelAndItsControl) {
-  ShapesBenchmarkOptions o;
-  o.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  o.n = 2;
-  o.seed = 7;
-  o.steps = 2;
-  o.frames = 4;
+  ShapesBenchmarkOptions o = quick_shapes_options(2, 7);
   o.out_dir = test::make_temp_dir("eval_travel");
   ShapesBenchmarkReport r = run_shapes_travel(o);
   EXPECT_EQ(r.travel.n, 2);
@@ -714,12 +715,7 @@ TEST(Train, ShapesTravelModeScoresTheTravelAndItsControl) {
 // The extend mode of `vdm eval shapes`: each generated clip is extended by as many frames again;
 // the new frames are scored against the caption and the seam between the two is checked.
 TEST(Train, ShapesExtendModeScoresTheNewFramesAndTheSeam) {
-  ShapesBenchmarkOptions o;
-  o.model_dir = std::string(VDM_SOURCE_DIR) + "/samples/models/shapes";
-  o.n = 2;
-  o.seed = 9;
-  o.steps = 2;
-  o.frames = 4;
+  ShapesBenchmarkOptions o = quick_shapes_options(2, 9);
   ShapesBenchmarkReport r = run_shapes_extend(o);
   EXPECT_EQ(r.extension.n, 2);
   EXPECT_GE(r.seam_ok, 0.0);
